@@ -1,0 +1,29 @@
+"""The compiled core, or its pure-Python twins.
+
+``BEMCP_NO_EXTENSIONS=1`` (or a non-CPython interpreter) selects the twins.
+Nothing outside this package imports a twin directly.
+"""
+
+import os
+import sys
+
+from ._errors import RpcError  # noqa: F401  (shared by both twins)
+
+NO_EXTENSIONS = bool(os.environ.get("BEMCP_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+USE_EXTENSIONS = False
+
+if not NO_EXTENSIONS:
+    try:
+        from ._dispatch import Dispatcher, ToolSlot
+        from ._framing import Framer, Oversized
+        from ._protocol import ReaderProtocol, WriterProtocol
+        from ._watchdog import STATE_NAMES, InFlightTable, Request
+        USE_EXTENSIONS = True
+    except ImportError:
+        pass
+
+if not USE_EXTENSIONS:
+    from ._dispatch_py import Dispatcher, ToolSlot  # noqa: F401
+    from ._framing_py import Framer, Oversized  # noqa: F401
+    from ._protocol_py import ReaderProtocol, WriterProtocol  # noqa: F401
+    from ._watchdog_py import STATE_NAMES, InFlightTable, Request  # noqa: F401

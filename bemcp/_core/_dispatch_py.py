@@ -1,0 +1,459 @@
+"""JSON-RPC 2.0 dispatch (pure-Python twin of _dispatch.pyx).
+
+Knows JSON-RPC, not MCP: method strings in, encoded responses out. The layer
+above registers method handlers ``handler(params, request)`` and tool slots;
+a handler returns a result, or an awaitable that becomes a task, so a slow
+request never holds up the next one.
+"""
+
+import asyncio
+from collections import deque
+from types import CoroutineType
+
+from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
+
+from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+                      METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
+                      SERVER_BUSY, RpcError)
+from ._framing_py import Framer, Oversized
+from ._ids import recover_id
+from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
+                           STATE_OK, STATE_REJECTED, STATE_RUNNING,
+                           STATE_TIMED_OUT,
+                           InFlightTable)
+
+_CancelledError = asyncio.CancelledError
+
+
+class ToolSlot:
+    """A registered tool as the dispatcher sees it.
+
+    ``call(arguments, request)`` returns a result or an awaitable. ``eager``: the
+    coroutine is stepped inline and only becomes a task if it suspends.
+    """
+
+    __slots__ = ("name", "call", "eager", "timeout", "limit", "active")
+
+    def __init__(self, name, call, eager=False, timeout=None, limit=0):
+        self.name = name
+        self.call = call
+        self.eager = eager
+        self.timeout = timeout
+        self.limit = limit
+        self.active = 0
+
+
+class _Resume:
+    """Hands a coroutine that was stepped inline, and suspended, to a task.
+
+    The first step already ran and yielded ``pending`` (a future); the task
+    re-yields it, then drives the coroutine on as ``await`` would.
+    """
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro, pending):
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self):
+        coro = self.coro
+        pending = self.pending
+        self.pending = None
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(value)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class Dispatcher:
+    """Routes each incoming message and writes the answers, coalesced."""
+
+    def __init__(self, loop, write=None, max_message_size=64 * 1024 * 1024):
+        self.loop = loop
+        self.write = write                 # callable(bytes): the transport
+        self.methods = {}                  # method -> handler(params, request)
+        self.notifications = {}            # method -> handler(params)
+        self.tools = {}                    # name -> ToolSlot
+        self.tool_method = "tools/call"
+        self.table = InFlightTable(loop)
+        self.table.on_expire = self._on_expire
+        self.framer = Framer(max_message_size)
+        self.default_timeout = None        # seconds; None: no deadline
+        self.max_active = 0                # concurrent tool calls; 0: unlimited
+        self.max_queued = 0                # tool calls waiting for a slot
+        self.active = 0
+        self.queue = deque()
+        # Hooks for the layers above, all optional.
+        self.timeout_result = None         # (request) -> result sent at a deadline
+        self.on_cancelled = None           # (request) after its task was cancelled
+        self.on_exception = None           # (request or None, exc) for crash reports
+        self.on_protocol_error = None      # (kind, size) for malformed/oversized input
+        self.on_client_response = None    # (message) for answers to our own requests
+        self._out = []
+        self._reading = False
+        self._flush_handle = None
+        self._tasks = set()
+        self._idle = None
+
+    # -- input -------------------------------------------------------------
+
+    def feed(self, data):
+        """Bytes from the transport: frame, dispatch, then write once."""
+        self._reading = True
+        try:
+            for item in self.framer.feed(data):
+                if type(item) is Oversized:
+                    self._oversized(item)
+                else:
+                    self.handle_line(item)
+        finally:
+            self._reading = False
+        self.flush()
+
+    def handle_line(self, line):
+        try:
+            msg = loads(line)
+        except JSONDecodeError as exc:
+            if self.on_protocol_error is not None:
+                self.on_protocol_error("malformed", len(line))
+            self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
+            return
+        self.handle_message(msg)
+
+    def handle_message(self, msg):
+        if type(msg) is not dict:
+            if type(msg) is list:
+                self._send_error(None, INVALID_REQUEST,
+                                 "Invalid request: JSON-RPC batches are not supported; send one message per line")
+            else:
+                self._send_error(None, INVALID_REQUEST, "Invalid request: a message must be a JSON object")
+            return
+        method = msg.get("method")
+        has_id = "id" in msg
+        id = msg.get("id")
+        if has_id and not _valid_id(id):
+            self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+            return
+        if method is None:
+            if has_id and ("result" in msg or "error" in msg):
+                if self.on_client_response is not None:
+                    self.on_client_response(msg)
+                return
+            self._send_error(id, INVALID_REQUEST, "Invalid request: no method")
+            return
+        if msg.get("jsonrpc") != "2.0":
+            self._send_error(id, INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
+            return
+        if type(method) is not str:
+            self._send_error(id, INVALID_REQUEST, "Invalid request: method must be a string")
+            return
+        params = msg.get("params")
+        if params is not None and type(params) is not dict and type(params) is not list:
+            self._send_error(id, INVALID_REQUEST, "Invalid request: params must be an object or an array")
+            return
+        if not has_id:
+            self._notification(method, params)
+        elif method == self.tool_method:
+            self._call_tool(id, params)
+        else:
+            self._request(id, method, params)
+
+    def _request(self, id, method, params):
+        handler = self.methods.get(method)
+        if handler is None:
+            self._send_error(id, METHOD_NOT_FOUND, f"Method not found: {method}")
+            return
+        try:
+            req = self.table.open(id, method, None, params)
+        except RpcError as exc:
+            self._send_error(id, exc.code, exc.message)
+            return
+        try:
+            result = handler(params, req)
+        except RpcError as exc:
+            self._answer_error(req, exc)
+            return
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        self._settle(req, result, False, None)
+
+    def _call_tool(self, id, params):
+        if type(params) is not dict:
+            self._send_error(id, INVALID_PARAMS, "Invalid params: tools/call needs {name, arguments}")
+            return
+        name = params.get("name")
+        slot = self.tools.get(name) if type(name) is str else None
+        if slot is None:
+            self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
+            return
+        args = params.get("arguments")
+        if args is None:
+            args = {}
+        elif type(args) is not dict:
+            self._send_error(id, INVALID_PARAMS, "Invalid params: arguments must be an object")
+            return
+        try:
+            req = self.table.open(id, self.tool_method, name, params)
+        except RpcError as exc:
+            self._send_error(id, exc.code, exc.message)
+            return
+        timeout = slot.timeout if slot.timeout is not None else self.default_timeout
+        if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
+            if len(self.queue) >= self.max_queued:
+                self.table.close(req, STATE_REJECTED)
+                self._send_error(id, SERVER_BUSY, self._busy_message(slot), self._busy_data(slot))
+                return
+            self.table.arm(req, timeout)
+            self.queue.append((req, slot, args))
+            return
+        self._start_tool(req, slot, args, timeout)
+
+    def _start_tool(self, req, slot, args, timeout):
+        req.slot = slot
+        slot.active += 1
+        self.active += 1
+        try:
+            result = slot.call(args, req)
+        except RpcError as exc:
+            self._answer_error(req, exc)
+            return
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        self._settle(req, result, slot.eager, timeout)
+
+    def _settle(self, req, result, eager, timeout):
+        if type(result) is CoroutineType:
+            if eager:
+                try:
+                    pending = result.send(None)
+                except StopIteration as stop:
+                    self._answer(req, stop.value)
+                    return
+                except RpcError as exc:
+                    self._answer_error(req, exc)
+                    return
+                except Exception as exc:
+                    self._fail(req, exc)
+                    return
+                result = _Resume(result, pending)
+        elif not hasattr(result, "__await__"):
+            self._answer(req, result)
+            return
+        if timeout is not None and not req.armed:
+            self.table.arm(req, timeout)
+        task = self.loop.create_task(self._drive(req, result))
+        req.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drive(self, req, awaitable):
+        try:
+            result = await awaitable
+        except _CancelledError:
+            if req.state == STATE_RUNNING:
+                # Cancelled by neither the client nor a deadline: the server is stopping.
+                self._answer_error(req, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
+            return
+        except RpcError as exc:
+            self._answer_error(req, exc)
+        except Exception as exc:
+            self._fail(req, exc)
+        else:
+            self._answer(req, result)
+
+    def _notification(self, method, params):
+        handler = self.notifications.get(method)
+        if handler is None:
+            return  # JSON-RPC: unknown notifications are ignored, never answered.
+        try:
+            result = handler(params)
+            if result is not None and hasattr(result, "__await__"):
+                task = self.loop.create_task(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except Exception as exc:
+            if self.on_exception is not None:
+                self.on_exception(None, exc)
+
+    def _oversized(self, item):
+        if self.on_protocol_error is not None:
+            self.on_protocol_error("oversized", item.size)
+        self._send_error(recover_id(item.head), INVALID_REQUEST,
+                         f"Message of {item.size} bytes exceeds the limit of {self.framer.max_size} bytes",
+                         {"size": item.size, "limit": self.framer.max_size})
+
+    # -- ending requests ------------------------------------------------------
+
+    def _close(self, req, state):
+        if not self.table.close(req, state):
+            return False
+        if req.slot is not None:
+            self._release(req)
+        if self._idle is not None and not self.table.requests:
+            self._idle.set()
+        return True
+
+    def _release(self, req):
+        req.slot.active -= 1
+        req.slot = None
+        self.active -= 1
+        if self.queue:
+            self._pump()
+
+    def _pump(self):
+        queue = self.queue
+        for _ in range(len(queue)):
+            if self.max_active and self.active >= self.max_active:
+                return
+            req, slot, args = queue.popleft()
+            if req.state != STATE_RUNNING:
+                continue
+            if slot.limit and slot.active >= slot.limit:
+                queue.append((req, slot, args))
+                continue
+            self._start_tool(req, slot, args, None)
+        self.flush_soon()
+
+    def _answer(self, req, result):
+        state = STATE_OK
+        if type(result) is dict and result.get("isError") is True:
+            state = STATE_ERROR
+        if not self._close(req, state):
+            return
+        try:
+            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
+        except TypeError as exc:
+            data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
+        self._emit(data)
+
+    def _answer_error(self, req, exc):
+        if self._close(req, STATE_ERROR):
+            self._send_error(req.id, exc.code, exc.message, exc.data)
+
+    def _fail(self, req, exc):
+        if self.on_exception is not None:
+            self.on_exception(req, exc)
+        self._answer_error(req, RpcError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"))
+
+    def _on_expire(self, req):
+        if self.timeout_result is not None:
+            try:
+                result = self.timeout_result(req)
+            except RpcError as exc:
+                result = exc
+        else:
+            result = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
+        if not self._close(req, STATE_TIMED_OUT):
+            return
+        if type(result) is RpcError:
+            self._send_error(req.id, result.code, result.message, result.data)
+        else:
+            self._emit(dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE))
+        self._cancel_task(req)
+        self.flush_soon()
+
+    def cancel(self, id, state=STATE_CANCELLED):
+        """Stop request ``id``: no response is sent for it. False if unknown."""
+        req = self.table.get(id)
+        if req is None or not self._close(req, state):
+            return False
+        self._cancel_task(req)
+        return True
+
+    def _cancel_task(self, req):
+        if req.task is not None:
+            req.task.cancel()
+        if self.on_cancelled is not None:
+            self.on_cancelled(req)
+
+    def _busy_message(self, slot):
+        if slot.limit and slot.active >= slot.limit:
+            what = f"tool {slot.name!r} is at its limit of {slot.limit} concurrent calls"
+        else:
+            what = f"the server is at its limit of {self.max_active} concurrent tool calls"
+        return (f"Server busy: {what}, and the queue is full ({len(self.queue)} waiting, "
+                f"limit {self.max_queued}); retry later")
+
+    def _busy_data(self, slot):
+        return {"active": self.active, "limit": self.max_active, "queued": len(self.queue),
+                "queue_limit": self.max_queued, "tool": slot.name,
+                "tool_active": slot.active, "tool_limit": slot.limit}
+
+    # -- output ------------------------------------------------------------------
+
+    def _send_error(self, id, code, message, data=None):
+        self._emit(_error_bytes(id, code, message, data))
+
+    def notify(self, method, params):
+        """Send a notification to the client."""
+        self._emit(dumps({"jsonrpc": "2.0", "method": method, "params": params}, option=OPT_APPEND_NEWLINE))
+
+    def send(self, message):
+        """Send an already-built message (a dict) to the client."""
+        self._emit(dumps(message, option=OPT_APPEND_NEWLINE))
+
+    def _emit(self, data):
+        self._out.append(data)
+        if not self._reading and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush_soon(self):
+        if self._out and not self._reading and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self):
+        self._flush_handle = None
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.write is not None:
+            self.write(data)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def drain(self, timeout):
+        """Let in-flight requests finish for up to ``timeout`` s, then cancel the rest."""
+        if self.table.requests:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        for req in list(self.table.requests.values()):
+            if self._close(req, STATE_KILLED):
+                self._send_error(req.id, INTERNAL_ERROR, "Request cancelled: the server is shutting down")
+                self._cancel_task(req)
+        self.flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+
+    def close(self):
+        self.table.close_timer()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _valid_id(id):
+    t = type(id)
+    return t is str or t is int
+
+
+def _error_bytes(id, code, message, data):
+    error = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE)

@@ -1,0 +1,164 @@
+"""The in-flight table (pure-Python twin of _watchdog.pyx).
+
+Every request the server is working on has one entry: id, method, tool, start,
+deadline, state and the task doing the work. Deadlines sit in one heap served by
+one timer handle, so a request costs a heap push, never a timer of its own.
+"""
+
+import heapq
+from time import monotonic
+
+from ._errors import INVALID_REQUEST, RpcError
+
+STATE_RUNNING = 0
+STATE_OK = 1
+STATE_ERROR = 2
+STATE_TIMED_OUT = 3
+STATE_CANCELLED = 4
+STATE_KILLED = 5
+STATE_REJECTED = 6
+
+STATE_NAMES = ("running", "ok", "error", "timeout", "cancelled", "killed", "rejected")
+
+# Rebuild the heap once this many finished requests still sit in it.
+_COMPACT_MIN = 1024
+
+
+class Request:
+    """One in-flight request. ``state`` leaves RUNNING exactly once."""
+
+    __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
+                 "state", "task", "thread", "armed", "slot", "detail", "size")
+
+    def __init__(self, id, method, tool, params, start):
+        self.id = id
+        self.method = method
+        self.tool = tool
+        self.params = params
+        self.start = start
+        self.end = 0.0
+        self.deadline = 0.0
+        self.state = STATE_RUNNING
+        self.task = None
+        self.thread = None
+        self.armed = False
+        self.slot = None
+        self.detail = None
+        self.size = 0
+
+    @property
+    def running(self):
+        return self.state == STATE_RUNNING
+
+    @property
+    def state_name(self):
+        return STATE_NAMES[self.state]
+
+    def __repr__(self):
+        return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
+
+
+class InFlightTable:
+    """Requests by id, their deadlines, and counts of how they ended."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.requests = {}
+        self.on_expire = None   # called with a Request whose deadline passed
+        self.on_close = None    # called with each Request as it leaves the table
+        self.counts = [0] * len(STATE_NAMES)
+        self._heap = []
+        self._seq = 0
+        self._stale = 0
+        self._timer = None
+        self._timer_at = 0.0
+
+    def __len__(self):
+        return len(self.requests)
+
+    def get(self, id):
+        return self.requests.get(id)
+
+    def open(self, id, method, tool, params):
+        if id in self.requests:
+            raise RpcError(INVALID_REQUEST, f"request id {id!r} is already in flight")
+        req = Request(id, method, tool, params, monotonic())
+        self.requests[id] = req
+        return req
+
+    def close(self, req, state):
+        """Take ``req`` out with its final state; False if it had already left."""
+        if req.state != STATE_RUNNING:
+            return False
+        req.state = state
+        req.end = monotonic()
+        del self.requests[req.id]
+        self.counts[state] += 1
+        if req.armed:
+            self._stale += 1
+            if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
+                self._compact()
+        if self.on_close is not None:
+            self.on_close(req)
+        return True
+
+    def arm(self, req, timeout):
+        """Give ``req`` a deadline ``timeout`` seconds from its start."""
+        if timeout is None or timeout <= 0:
+            return
+        deadline = req.start + timeout
+        req.deadline = deadline
+        req.armed = True
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, req))
+        if self._timer is None or deadline < self._timer_at:
+            self._schedule(deadline)
+
+    def _schedule(self, when):
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_later(max(0.0, when - monotonic()), self._on_timer)
+
+    def _on_timer(self):
+        self._timer = None
+        now = monotonic()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            req = heapq.heappop(heap)[2]
+            if req.state == STATE_RUNNING:
+                req.armed = False
+                self.on_expire(req)
+            else:
+                self._stale -= 1
+        if heap:
+            self._schedule(heap[0][0])
+
+    def _compact(self):
+        self._heap = [e for e in self._heap if e[2].state == STATE_RUNNING]
+        heapq.heapify(self._heap)
+        self._stale = 0
+
+    @property
+    def heap_size(self):
+        return len(self._heap)
+
+    def snapshot(self):
+        """The in-flight requests as plain dicts, oldest first."""
+        now = monotonic()
+        rows = []
+        for req in sorted(self.requests.values(), key=lambda r: r.start):
+            rows.append({
+                "id": req.id,
+                "method": req.method,
+                "tool": req.tool,
+                "age_s": round(now - req.start, 3),
+                "deadline_in_s": round(req.deadline - now, 3) if req.armed else None,
+                "async": req.task is not None,
+            })
+        return rows
+
+    def close_timer(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,79 @@
+"""The `bemcp` command."""
+
+import argparse
+import sys
+
+from . import config
+
+
+def build_parser():
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.")
+    parser.add_argument("--version", action="version", version=f"bemcp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve MCP over stdio (what MCP clients spawn)")
+    tools = sub.add_parser("tools", help="list the tools `bemcp serve` would offer")
+    tools.add_argument("--json", action="store_true", help="print the tools/list entries as JSON")
+    for p in (serve, tools):
+        config.add_arguments(p)
+    return parser
+
+
+def make_server(cfg):
+    """The server `bemcp serve` runs, configured by ``cfg`` (a Config)."""
+    from . import Server, __version__
+    from .builtins import register_builtins
+    server = Server("bemcp", version=__version__, config=cfg)
+    register_builtins(server)
+    return server
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("serve", "tools"):
+        try:
+            cfg = config.Config.load(args.config, args)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+    if args.command == "serve":
+        make_server(cfg).run()
+    elif args.command == "tools":
+        show_tools(make_server(cfg), args.json)
+    else:
+        parser.print_help()
+        return 2
+    return 0
+
+
+def show_tools(server, as_json):
+    tools = sorted(server.tools.values(), key=lambda t: t.name)
+    if as_json:
+        import orjson
+        sys.stdout.write(orjson.dumps([t.definition() for t in tools], option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for tool in tools:
+        props = tool.input_schema.get("properties", {})
+        required = set(tool.input_schema.get("required", ()))
+        args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
+        summary = (tool.description or "").strip().splitlines()[0] if tool.description else ""
+        print(f"{tool.name}({args})")
+        if summary:
+            print(f"    {summary}")
+
+
+def _type_name(schema):
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return "|".join(kind)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"array[{_type_name(schema['items'])}]"
+    if "enum" in schema:
+        return "|".join(map(repr, schema["enum"]))
+    if "anyOf" in schema:
+        return "|".join(_type_name(s) for s in schema["anyOf"])
+    return kind or "any"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Settings for `bemcp serve`: defaults, then the config file, then command-line flags.
+
+The config file is TOML (``--config FILE`` or ``$BEMCP_CONFIG``); its keys are the
+field names below, e.g. ``allow = ["git", "ls"]`` or ``[tool_limits] run_command = 4``.
+"""
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Config:
+    # Protocol and requests.
+    timeout: float = 300.0                 # default deadline of a tool call, seconds
+    tool_timeouts: dict = field(default_factory=dict)   # tool name -> seconds
+    max_message_size: int = 64 * MiB
+    # Commands and processes.
+    shell: bool = False                    # strings run under /bin/sh -c
+    allow: list = field(default_factory=list)   # executables allowed (empty: any)
+    deny: list = field(default_factory=list)    # executables refused
+    roots: list = field(default_factory=list)   # directories commands and files may use
+    env_allow: list = field(default_factory=list)   # names/globs passed to children (empty: default filter)
+    env_deny: list = field(default_factory=list)    # names/globs never passed
+    command_timeout: float = 60.0
+    command_timeout_max: float = 3600.0
+    max_output: int = 1 * MiB              # bytes kept per stream of run_command
+    max_processes: int = 64
+    kill_grace: float = 2.0                # SIGTERM -> SIGKILL
+    # Watchdog.
+    max_inflight: int = 0                  # concurrent tool calls (0: unlimited)
+    max_queued: int = 1024                 # calls waiting for a slot
+    tool_limits: dict = field(default_factory=dict)     # tool name -> concurrent calls
+    memory_soft_mb: int = 0                # 0: derived from the machine's memory
+    memory_hard_mb: int = 0
+    lag_threshold: float = 1.0             # loop blocked this long: record a stack
+    lag_interrupt: float = 5.0             # ... this long: interrupt the blocking code
+    # Plugins.
+    plugins: bool = True
+    plugin_only: list = field(default_factory=list)     # load only these (empty: all)
+    plugin_disable: list = field(default_factory=list)
+    plugin_dirs: list = field(default_factory=list)
+    plugin_timeout: float = 2.0
+    # Logs.
+    log_dir: str = ""                      # empty: the per-user state directory
+    log_files: bool = True
+    log_level: str = "warning"             # stderr
+    log_bodies: bool = False               # keep message bodies in crash reports
+
+    @classmethod
+    def load(cls, path=None, args=None):
+        """Defaults, overridden by the TOML file at ``path``, overridden by parsed ``args``."""
+        config = cls()
+        path = path or os.environ.get("BEMCP_CONFIG")
+        if path:
+            config.update(read_toml(path), source=path)
+        if args is not None:
+            config.update({k: v for k, v in vars(args).items() if v is not None and k in _FIELDS},
+                          source="command line")
+        if os.environ.get("BEMCP_NO_PLUGINS"):
+            config.plugins = False
+        return config
+
+    def update(self, values, source):
+        for key, value in values.items():
+            if key not in _FIELDS:
+                raise ValueError(f"{source}: unknown setting {key!r}")
+            current = getattr(self, key)
+            if isinstance(current, bool) and not isinstance(value, bool) or \
+               isinstance(current, (int, float)) and not isinstance(current, bool) and \
+               (isinstance(value, bool) or not isinstance(value, (int, float))) or \
+               isinstance(current, (list, dict, str)) and not isinstance(value, type(current)):
+                raise ValueError(f"{source}: {key} must be {type(current).__name__}, not {value!r}")
+            setattr(self, key, type(current)(value) if isinstance(current, float) else value)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Config)}
+
+
+def read_toml(path):
+    import tomllib
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def add_arguments(parser):
+    """The flags of `bemcp serve` (and of commands that build the same server)."""
+    a = parser.add_argument
+    a("--config", metavar="FILE", help="TOML settings file (also $BEMCP_CONFIG)")
+    a("--timeout", type=float, metavar="SECONDS", help="default deadline of a tool call (300)")
+    a("--max-message-size", type=int, metavar="BYTES", help="largest accepted message (64 MiB)")
+    g = parser.add_argument_group("commands")
+    g.add_argument("--shell", action="store_true", default=None,
+                   help="run string commands under /bin/sh -c (refused together with --allow)")
+    g.add_argument("--allow", action="append", metavar="NAME", help="allow only these executables (repeatable)")
+    g.add_argument("--deny", action="append", metavar="NAME", help="refuse this executable (repeatable)")
+    g.add_argument("--root", action="append", dest="roots", metavar="DIR",
+                   help="commands and files stay inside DIR (repeatable)")
+    g.add_argument("--command-timeout", type=float, metavar="SECONDS", help="run_command default timeout (60)")
+    g.add_argument("--max-output", type=int, metavar="BYTES", help="output kept per stream (1 MiB)")
+    g.add_argument("--max-processes", type=int, metavar="N", help="concurrent child processes (64)")
+    g = parser.add_argument_group("watchdog")
+    g.add_argument("--max-inflight", type=int, metavar="N", help="concurrent tool calls (0: unlimited)")
+    g.add_argument("--max-queued", type=int, metavar="N", help="tool calls waiting for a slot (1024)")
+    g.add_argument("--memory-soft-mb", type=int, metavar="MB", help="refuse new work above this RSS")
+    g.add_argument("--memory-hard-mb", type=int, metavar="MB", help="kill work above this RSS")
+    g = parser.add_argument_group("plugins")
+    g.add_argument("--no-plugins", action="store_false", dest="plugins", default=None,
+                   help="load no plugins (also $BEMCP_NO_PLUGINS=1)")
+    g.add_argument("--plugin", action="append", dest="plugin_only", metavar="NAME", help="load only this plugin")
+    g.add_argument("--disable-plugin", action="append", dest="plugin_disable", metavar="NAME")
+    g.add_argument("--plugins-dir", action="append", dest="plugin_dirs", metavar="DIR",
+                   help="load plugins from DIR (repeatable)")
+    g = parser.add_argument_group("logs")
+    g.add_argument("--log-dir", metavar="DIR", help="where log files go (default: the user state directory)")
+    g.add_argument("--no-log-files", action="store_false", dest="log_files", default=None)
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="stderr level (warning)")
+
+
+def parse(argv):
+    """Config from a list of flags (for tests and embedding)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return Config.load(args.config, args)

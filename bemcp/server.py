@@ -1,0 +1,399 @@
+"""Server: the registries and MCP semantics (both protocol eras) above the core."""
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from orjson import Fragment, dumps
+
+from . import __version__
+from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot
+from ._core._errors import INVALID_PARAMS, METHOD_NOT_FOUND
+from .config import Config
+from .protocol import (HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
+                       SERVER_INFO_KEY, SUPPORTED_VERSIONS, request_version)
+from .tools import Tool
+
+log = logging.getLogger("bemcp")
+
+# MCP log levels (RFC 5424 names) and the stdlib levels they map to.
+LOG_LEVELS = {"debug": 10, "info": 20, "notice": 25, "warning": 30, "error": 40,
+              "critical": 50, "alert": 50, "emergency": 50}
+
+# Methods the 2026-07-28 revision removed; a modern request for one is unknown.
+_REMOVED_IN_MODERN = frozenset(("ping", "logging/setLevel", "initialize",
+                                "resources/subscribe", "resources/unsubscribe"))
+
+
+class Server:
+    """An MCP server: register tools and resources, then ``run()`` it over stdio.
+
+    >>> server = Server("demo", version="1.0")
+    >>> @server.tool
+    ... async def add(a: int, b: int) -> int:
+    ...     "Add two integers."
+    ...     return a + b
+    """
+
+    def __init__(self, name, version="0.0.0", *, title=None, instructions=None, config=None,
+                 page_size=500, worker_threads=64, list_ttl_ms=60_000):
+        self.name = name
+        self.version = version
+        self.title = title
+        self.instructions = instructions
+        self.config = config if config is not None else Config()
+        self.page_size = page_size
+        self.worker_threads = worker_threads
+        self.list_ttl_ms = list_ttl_ms
+        self.tools = {}
+        self.resources = {}
+        self.client_info = None
+        self.client_capabilities = None
+        self.protocol_version = None
+        self.initialized = False
+        self.log_level = None          # set by logging/setLevel (handshake era)
+        self.dispatcher = None
+        self.loop = None
+        self._loop_thread = None
+        self._executor = None
+        self._list_cache = {}
+        self._start_callbacks = []
+        self._shutdown_callbacks = []
+        self._log_handler = None
+        # Hooks the watchdog and logs attach to (None: nothing to do).
+        self.on_tool_crash = None
+
+    # -- registration ----------------------------------------------------------
+
+    def tool(self, fn=None, **options):
+        """Register a tool: ``@server.tool`` or ``@server.tool(name=..., timeout=...)``.
+
+        Options: name, title, description, input_schema, output_schema, annotations,
+        timeout (seconds), max_concurrency, task_support ("optional"/"required"),
+        eager (an async tool that usually finishes without waiting: run inline).
+        """
+        def register(fn):
+            self.add_tool(Tool(fn, self, **options))
+            return fn
+        return register(fn) if fn is not None else register
+
+    def add_tool(self, tool):
+        if tool.name in self.tools:
+            raise ValueError(f"a tool named {tool.name!r} is already registered")
+        self.tools[tool.name] = tool
+        self._tools_changed()
+
+    def remove_tool(self, name):
+        del self.tools[name]
+        self._tools_changed()
+
+    def _tools_changed(self):
+        self._list_cache.clear()
+        if self.dispatcher is not None:
+            self._sync_tools()
+            if self.initialized:
+                self.notify("notifications/tools/list_changed", None)
+
+    def _sync_tools(self):
+        table = self.dispatcher.tools
+        table.clear()
+        for tool in self.tools.values():
+            timeout = self.config.tool_timeouts.get(tool.name, tool.timeout)
+            limit = self.config.tool_limits.get(tool.name, tool.max_concurrency)
+            table[tool.name] = ToolSlot(tool.name, tool, tool.eager, timeout, limit)
+
+    def resource(self, uri, *, name=None, description=None, mime_type="application/json"):
+        """Register a resource read by calling the function (str, bytes or JSON value)."""
+        def register(fn):
+            self.resources[uri] = {"fn": fn, "name": name or fn.__name__,
+                                   "description": description or (fn.__doc__ or "").strip() or None,
+                                   "mimeType": mime_type}
+            return fn
+        return register
+
+    def on_start(self, callback):
+        """Call ``callback()`` (sync or async) once the transport is serving."""
+        self._start_callbacks.append(callback)
+        return callback
+
+    def on_shutdown(self, callback):
+        """Call ``callback()`` (sync or async) when the server stops."""
+        self._shutdown_callbacks.append(callback)
+        return callback
+
+    # -- wiring ----------------------------------------------------------------
+
+    def build_dispatcher(self, loop):
+        """Create the dispatcher and register every method with it (once)."""
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        cfg = self.config
+        d = Dispatcher(loop, None, cfg.max_message_size)
+        d.default_timeout = cfg.timeout or None
+        d.max_active = cfg.max_inflight
+        d.max_queued = cfg.max_queued
+        d.timeout_result = self._timeout_result
+        d.on_exception = self._on_exception
+        d.methods.update({
+            "initialize": self._handle_initialize,
+            "ping": self._modern_gone(self._handle_ping),
+            "logging/setLevel": self._modern_gone(self._handle_set_level),
+            "server/discover": self._handle_discover,
+            "tools/list": self._handle_tools_list,
+            "resources/list": self._handle_resources_list,
+            "resources/templates/list": self._handle_templates_list,
+            "resources/read": self._handle_resources_read,
+        })
+        d.notifications.update({
+            "notifications/initialized": self._handle_initialized,
+            "notifications/cancelled": self._handle_cancelled,
+        })
+        self.dispatcher = d
+        self._sync_tools()
+        return d
+
+    # -- handshake era ------------------------------------------------------------
+
+    def _handle_initialize(self, params, req):
+        if type(params) is not dict:
+            raise RpcError(INVALID_PARAMS, "initialize needs params {protocolVersion, capabilities, clientInfo}")
+        requested = params.get("protocolVersion")
+        if type(requested) is not str:
+            raise RpcError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
+        version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+        self.protocol_version = version
+        self.client_info = params.get("clientInfo")
+        self.client_capabilities = params.get("capabilities")
+        result = {"protocolVersion": version, "capabilities": self.capabilities(modern=False),
+                  "serverInfo": self.server_info()}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    def _handle_initialized(self, params):
+        self.initialized = True
+
+    def _handle_ping(self, params, req):
+        return {}
+
+    def _handle_set_level(self, params, req):
+        level = params.get("level") if type(params) is dict else None
+        if level not in LOG_LEVELS:
+            raise RpcError(INVALID_PARAMS, f"level must be one of {', '.join(LOG_LEVELS)}")
+        self.log_level = level
+        self._install_log_forwarding()
+        return {}
+
+    def _modern_gone(self, handler):
+        def handle(params, req):
+            if request_version(params) is not None:
+                raise RpcError(METHOD_NOT_FOUND, f"Method not found: {req.method} (removed in 2026-07-28)")
+            return handler(params, req)
+        return handle
+
+    # -- 2026-07-28 ----------------------------------------------------------------
+
+    def _handle_discover(self, params, req):
+        request_version(params)
+        result = {"resultType": "complete", "supportedVersions": list(SUPPORTED_VERSIONS),
+                  "capabilities": self.capabilities(modern=True),
+                  "ttlMs": self.list_ttl_ms, "cacheScope": "public",
+                  "_meta": {SERVER_INFO_KEY: self.server_info()}}
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    # -- both eras ---------------------------------------------------------------------
+
+    def server_info(self):
+        info = {"name": self.name, "version": self.version}
+        if self.title:
+            info["title"] = self.title
+        return info
+
+    def capabilities(self, modern):
+        caps = {"tools": {"listChanged": not modern}}
+        if self.resources:
+            caps["resources"] = {"listChanged": False} if not modern else {}
+        if not modern:
+            caps["logging"] = {}
+        return caps
+
+    def _handle_tools_list(self, params, req):
+        modern = request_version(params) is not None
+        cursor = params.get("cursor") if type(params) is dict else None
+        key = (modern, cursor)
+        cached = self._list_cache.get(key)
+        if cached is None:
+            cached = Fragment(dumps(self._tools_page(modern, cursor)))
+            if len(self._list_cache) < 1024:
+                self._list_cache[key] = cached
+        return cached
+
+    def _tools_page(self, modern, cursor):
+        tools = sorted(self.tools.values(), key=lambda t: t.name)
+        start = self._decode_cursor(cursor, len(tools))
+        page = tools[start:start + self.page_size]
+        result = {"tools": [t.definition() for t in page]}
+        if start + self.page_size < len(tools):
+            result["nextCursor"] = f"offset:{start + self.page_size}"
+        return self._list_result(result, modern)
+
+    def _list_result(self, result, modern):
+        if modern:
+            result["resultType"] = "complete"
+            result["ttlMs"] = self.list_ttl_ms
+            result["cacheScope"] = "public"
+        return result
+
+    @staticmethod
+    def _decode_cursor(cursor, total):
+        if cursor is None:
+            return 0
+        if type(cursor) is str and cursor.startswith("offset:") and cursor[7:].isdigit():
+            start = int(cursor[7:])
+            if start <= total:
+                return start
+        raise RpcError(INVALID_PARAMS, f"Invalid cursor: {cursor!r}")
+
+    def _handle_resources_list(self, params, req):
+        modern = request_version(params) is not None
+        self._decode_cursor(params.get("cursor") if type(params) is dict else None, 0)
+        items = []
+        for uri, r in sorted(self.resources.items()):
+            item = {"uri": uri, "name": r["name"], "mimeType": r["mimeType"]}
+            if r["description"]:
+                item["description"] = r["description"]
+            items.append(item)
+        return self._list_result({"resources": items}, modern)
+
+    def _handle_templates_list(self, params, req):
+        modern = request_version(params) is not None
+        return self._list_result({"resourceTemplates": []}, modern)
+
+    async def _handle_resources_read(self, params, req):
+        modern = request_version(params) is not None
+        uri = params.get("uri") if type(params) is dict else None
+        entry = self.resources.get(uri)
+        if entry is None:
+            raise RpcError(INVALID_PARAMS, f"Resource not found: {uri!r}", {"uri": uri})
+        value = entry["fn"]()
+        if asyncio.iscoroutine(value):
+            value = await value
+        content = {"uri": uri, "mimeType": entry["mimeType"]}
+        if isinstance(value, bytes):
+            import base64
+            content["blob"] = base64.b64encode(value).decode("ascii")
+        elif isinstance(value, str):
+            content["text"] = value
+        else:
+            content["text"] = dumps(value).decode()
+        result = {"contents": [content]}
+        if modern:
+            result.update(resultType="complete", ttlMs=0, cacheScope="private")
+        return result
+
+    def _handle_cancelled(self, params):
+        if type(params) is not dict:
+            return
+        req = self.dispatcher.table.get(params.get("requestId"))
+        if req is not None and req.method != "initialize":
+            self.dispatcher.cancel(req.id)
+
+    def _timeout_result(self, req):
+        seconds = f"{req.deadline - req.start:g}"
+        if req.tool is not None:
+            return self.tools[req.tool].error_result(
+                f"Tool {req.tool!r} timed out after {seconds} s and was stopped", req)
+        raise RpcError(-32001, f"Request timed out after {seconds} s")
+
+    def _on_exception(self, req, exc):
+        log.error("internal error in %s", req, exc_info=exc)
+
+    def tool_crashed(self, tool, req, exc):
+        """A tool raised something other than ToolError: log it (and report it)."""
+        tool.log.error("tool %r raised in request %r", tool.name, req.id, exc_info=exc)
+        if self.on_tool_crash is not None:
+            self.on_tool_crash(tool, req, exc)
+
+    # -- talking to the client -------------------------------------------------------
+
+    def notify(self, method, params):
+        """Send a notification; safe from any thread."""
+        if self.dispatcher is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self.dispatcher.notify(method, params)
+        else:
+            self.loop.call_soon_threadsafe(self.dispatcher.notify, method, params)
+
+    def _install_log_forwarding(self):
+        if self._log_handler is None:
+            self._log_handler = _ClientLogHandler(self)
+            logging.getLogger().addHandler(self._log_handler)
+        self._log_handler.setLevel(LOG_LEVELS[self.log_level])
+
+    # -- running -------------------------------------------------------------------
+
+    async def run_in_thread(self, req, fn, kwargs):
+        """Run a sync tool in a worker thread, recording the thread on its request."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.worker_threads, thread_name_prefix="bemcp-tool")
+
+        def call():
+            req.thread = threading.get_ident()
+            try:
+                return fn(**kwargs)
+            finally:
+                req.thread = None
+        return await self.loop.run_in_executor(self._executor, call)
+
+    def run(self):
+        """Serve MCP over stdio until stdin closes or a signal arrives."""
+        from .transports.stdio import run_stdio
+        sys.exit(run_stdio(self))
+
+    async def started(self):
+        for callback in self._start_callbacks:
+            result = callback()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def shutdown(self):
+        for callback in reversed(self._shutdown_callbacks):
+            try:
+                result = callback()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("shutdown callback %r failed", callback)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self):
+        """Facts for humans and crash reports: name, versions, core in use."""
+        return {"name": self.name, "version": self.version, "bemcp": __version__,
+                "compiled_core": USE_EXTENSIONS, "python": sys.version.split()[0], "pid": os.getpid()}
+
+
+class _ClientLogHandler(logging.Handler):
+    """Forwards log records to a handshake-era client that asked with logging/setLevel."""
+
+    _NAMES = {10: "debug", 20: "info", 25: "notice", 30: "warning", 40: "error", 50: "critical"}
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+
+    def emit(self, record):
+        if record.name.startswith("bemcp.transport"):
+            return  # never echo the transport's own records back over it
+        try:
+            level = self._NAMES.get(record.levelno - record.levelno % 10, "info")
+            self.server.notify("notifications/message",
+                               {"level": level, "logger": record.name, "data": record.getMessage()})
+        except Exception:
+            pass

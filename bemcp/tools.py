@@ -1,0 +1,386 @@
+"""Tools as the server sees them: schema, validation, invocation, result mapping."""
+
+import asyncio
+import dataclasses
+import enum
+import inspect
+import logging
+import re
+import typing
+from typing import get_args, get_origin
+
+from orjson import OPT_INDENT_2, dumps
+
+from .protocol import VERSION_KEY, request_version
+from .schema import compile_validator, is_typeddict, schema_for
+
+
+class ToolError(Exception):
+    """Raise in a tool to answer with ``isError: true`` and this message."""
+
+
+class ToolResult:
+    """An explicit tool result: content blocks, structured content, error flag."""
+
+    __slots__ = ("content", "structured", "is_error")
+
+    def __init__(self, content=(), structured=None, is_error=False):
+        self.content = [c if isinstance(c, dict) else text(str(c)) for c in content]
+        self.structured = structured
+        self.is_error = is_error
+
+
+class Content(dict):
+    """A content block (text, image, audio, resource link); see the helpers below."""
+
+
+def text(value):
+    return Content(type="text", text=value)
+
+
+def image(data, mime_type):
+    """An image block; ``data`` is bytes or base64 text."""
+    return Content(type="image", data=_b64(data), mimeType=mime_type)
+
+
+def audio(data, mime_type):
+    return Content(type="audio", data=_b64(data), mimeType=mime_type)
+
+
+def resource_link(uri, name, mime_type=None, description=None):
+    block = Content(type="resource_link", uri=uri, name=name)
+    if mime_type:
+        block["mimeType"] = mime_type
+    if description:
+        block["description"] = description
+    return block
+
+
+def _b64(data):
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        import base64
+        return base64.b64encode(data).decode("ascii")
+    return data
+
+
+class Context:
+    """What a running tool may ask of the server: progress, cancellation, logging.
+
+    Declare a parameter annotated ``Context`` to receive one. Every method is safe
+    to call from a sync tool's worker thread.
+    """
+
+    __slots__ = ("request", "server", "_last_progress", "log")
+
+    def __init__(self, request, server, log):
+        self.request = request
+        self.server = server
+        self.log = log
+        self._last_progress = None
+
+    @property
+    def request_id(self):
+        return self.request.id
+
+    @property
+    def tool(self):
+        return self.request.tool
+
+    @property
+    def cancelled(self):
+        """True once the request was cancelled, timed out or killed."""
+        return not self.request.running
+
+    def check_cancelled(self):
+        """Raise CancelledError if the request was stopped (for loops in sync tools)."""
+        if not self.request.running:
+            raise asyncio.CancelledError()
+
+    @property
+    def progress_token(self):
+        params = self.request.params
+        meta = params.get("_meta") if type(params) is dict else None
+        return meta.get("progressToken") if type(meta) is dict else None
+
+    def report_progress(self, progress, total=None, message=None):
+        """Send notifications/progress if the client asked for it (a progressToken).
+
+        Progress must increase: a value not above the last one is dropped.
+        """
+        token = self.progress_token
+        if token is None or not self.request.running:
+            return False
+        if self._last_progress is not None and progress <= self._last_progress:
+            return False
+        self._last_progress = progress
+        params = {"progressToken": token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        self.server.notify("notifications/progress", params)
+        return True
+
+
+class Tool:
+    """A registered tool. The dispatcher calls it as ``tool(arguments, request)``."""
+
+    def __init__(self, fn, server, *, name=None, title=None, description=None,
+                 input_schema=None, output_schema=None, annotations=None,
+                 timeout=None, eager=False, max_concurrency=0, task_support=None):
+        self.fn = fn
+        self.server = server
+        self.name = name or fn.__name__
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", self.name):
+            raise ValueError(f"tool name {self.name!r}: use 1-128 letters, digits, '_', '-' or '.'")
+        self.title = title
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.timeout = timeout
+        self.eager = bool(eager and self.is_async)
+        self.max_concurrency = max_concurrency
+        self.task_support = task_support
+        self.annotations = annotations
+        self.log = logging.getLogger(f"bemcp.tool.{self.name}")
+        summary, arg_docs = parse_docstring(fn.__doc__)
+        self.description = description if description is not None else summary
+        self.context_param = None
+        self._converters = {}
+        derived, self.output_schema, self._wrap_output = self._derive(fn, arg_docs)
+        self.input_schema = input_schema if input_schema is not None else derived
+        if output_schema is not None:
+            self.output_schema = output_schema
+            self._wrap_output = False
+        self._validate = compile_validator(self.input_schema)
+
+    def _derive(self, fn, arg_docs):
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        props = {}
+        required = []
+        for pname, param in sig.parameters.items():
+            hint = hints.get(pname, param.annotation)
+            if hint is Context or (isinstance(hint, type) and issubclass(hint, Context)):
+                self.context_param = pname
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            schema = {} if hint is inspect.Parameter.empty else dict(schema_for(hint))
+            if pname in arg_docs and "description" not in schema:
+                schema["description"] = arg_docs[pname]
+            if param.default is inspect.Parameter.empty:
+                required.append(pname)
+            elif param.default is not None:
+                default = param.default.value if isinstance(param.default, enum.Enum) else param.default
+                if isinstance(default, (str, int, float, bool, list, dict)):
+                    schema.setdefault("default", default)
+            props[pname] = schema
+            converter = _converter_for(hint)
+            if converter is not None:
+                self._converters[pname] = converter
+        input_schema = {"type": "object", "properties": props, "additionalProperties": False}
+        if required:
+            input_schema["required"] = required
+        ret = hints.get("return", inspect.Parameter.empty)
+        output_schema, wrap = None, False
+        if ret is not inspect.Parameter.empty and _is_structured(ret):
+            output_schema = schema_for(ret)
+            if output_schema.get("type") != "object":
+                output_schema = {"type": "object", "properties": {"result": output_schema},
+                                 "required": ["result"]}
+                wrap = True
+        return input_schema, output_schema, wrap
+
+    def definition(self):
+        """This tool's entry in tools/list."""
+        entry = {"name": self.name}
+        if self.title:
+            entry["title"] = self.title
+        if self.description:
+            entry["description"] = self.description
+        entry["inputSchema"] = self.input_schema
+        if self.output_schema is not None:
+            entry["outputSchema"] = self.output_schema
+        if self.annotations:
+            entry["annotations"] = self.annotations
+        if self.task_support:
+            entry["execution"] = {"taskSupport": self.task_support}
+        return entry
+
+    # -- the call path ---------------------------------------------------------
+
+    def __call__(self, args, req):
+        request_version(req.params)  # -32022 for a version we do not speak
+        error = self._validate(args, "")
+        if error is not None:
+            return self.error_result(f"Invalid arguments for tool {self.name!r}: {error}", req)
+        if self._converters:
+            args = dict(args)
+            for pname, convert in self._converters.items():
+                if pname in args:
+                    args[pname] = convert(args[pname])
+        if self.context_param is not None:
+            args = dict(args)
+            args[self.context_param] = Context(req, self.server, self.log)
+        if self.is_async:
+            return self._run_async(args, req)
+        return self._run_sync(args, req)
+
+    async def _run_async(self, args, req):
+        try:
+            value = await self.fn(**args)
+        except ToolError as exc:
+            return self.error_result(str(exc), req)
+        except Exception as exc:
+            return self._crashed(exc, req)
+        return self.to_result(value, req)
+
+    async def _run_sync(self, args, req):
+        try:
+            value = await self.server.run_in_thread(req, self.fn, args)
+        except ToolError as exc:
+            return self.error_result(str(exc), req)
+        except Exception as exc:
+            return self._crashed(exc, req)
+        return self.to_result(value, req)
+
+    def _crashed(self, exc, req):
+        self.server.tool_crashed(self, req, exc)
+        return self.error_result(f"Tool {self.name!r} failed: {type(exc).__name__}: {exc}", req)
+
+    def error_result(self, message, req):
+        result = {"content": [{"type": "text", "text": message}], "isError": True}
+        if _is_modern(req):
+            result["resultType"] = "complete"
+        return result
+
+    def to_result(self, value, req):
+        """Map a tool's return value onto a CallToolResult."""
+        if type(value) is str:
+            result = {"content": [{"type": "text", "text": value}]}
+        elif isinstance(value, ToolResult):
+            result = {"content": value.content}
+            if value.structured is not None:
+                result["structuredContent"] = _plain(value.structured)
+            if value.is_error:
+                result["isError"] = True
+        elif isinstance(value, Content):
+            result = {"content": [value]}
+        elif value is None:
+            result = {"content": []}
+        elif isinstance(value, list) and value and all(isinstance(v, Content) for v in value):
+            result = {"content": value}
+        else:
+            plain = _plain(value)
+            if self._wrap_output or type(plain) is not dict:
+                plain = {"result": plain}
+            result = {"content": [{"type": "text", "text": dumps(plain).decode()}],
+                      "structuredContent": plain}
+        if _is_modern(req):
+            result["resultType"] = "complete"
+        return result
+
+
+def _is_modern(req):
+    """Whether ``req`` came from a 2026-07-28 client (its version sits in ``_meta``)."""
+    params = req.params
+    if type(params) is not dict:
+        return False
+    meta = params.get("_meta")
+    return type(meta) is dict and VERSION_KEY in meta
+
+
+def _plain(value):
+    """Dataclasses and enums to JSON-ready values (orjson does the rest)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    return value
+
+
+def _is_structured(tp):
+    origin = get_origin(tp)
+    if origin is typing.Annotated:
+        return _is_structured(get_args(tp)[0])
+    return (tp in (dict, list) or origin in (dict, list) or is_typeddict(tp)
+            or dataclasses.is_dataclass(tp))
+
+
+def _converter_for(hint):
+    """A function turning a validated JSON value into the annotated Python type, or None."""
+    origin = get_origin(hint)
+    if origin is typing.Annotated:
+        return _converter_for(get_args(hint)[0])
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        hints = typing.get_type_hints(hint)
+        inner = {k: _converter_for(v) for k, v in hints.items()}
+        inner = {k: c for k, c in inner.items() if c is not None}
+
+        def to_dataclass(value):
+            value = {k: (inner[k](v) if k in inner else v) for k, v in value.items()}
+            return hint(**value)
+        return to_dataclass
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        members = [a for a in get_args(hint) if a is not type(None)]
+        if len(members) == 1:
+            inner = _converter_for(members[0])
+            if inner is not None:
+                return lambda v: None if v is None else inner(v)
+        return None
+    if origin in (list, tuple, set, frozenset) or hint in (tuple, set, frozenset):
+        args = get_args(hint)
+        inner = _converter_for(args[0]) if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else None
+        container = origin or hint
+        if inner is None and container is list:
+            return None
+        if inner is None:
+            return container
+        return lambda v: container(inner(x) for x in v)
+    return None
+
+
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+def parse_docstring(doc):
+    """(summary, {param: description}) from a docstring with an optional Args: section.
+
+    Understands Google style ("Args:" then "name: text") and reST (":param name: text").
+    """
+    if not doc:
+        return None, {}
+    doc = inspect.cleandoc(doc)
+    params = {}
+    for m in re.finditer(r"^:param\s+(?:\S+\s+)?(\w+):\s*(.+)$", doc, re.M):
+        params[m.group(1)] = m.group(2).strip()
+    lines = doc.splitlines()
+    summary_lines = []
+    section = None
+    current = None
+    for line in lines:
+        stripped = line.strip()
+        if re.fullmatch(r"(Args|Arguments|Parameters|Params):", stripped):
+            section = "args"
+            continue
+        if re.fullmatch(r"(Returns|Return|Raises|Yields|Examples?|Notes?):", stripped):
+            section = "other"
+            continue
+        if section is None:
+            if stripped.startswith(":"):
+                section = "other"
+                continue
+            summary_lines.append(line)
+        elif section == "args":
+            m = _ARG_LINE.match(line)
+            if m and (len(line) - len(line.lstrip())) <= 4:
+                current = m.group(1).lstrip("*")
+                params[current] = m.group(2).strip()
+            elif stripped and current:
+                params[current] = (params[current] + " " + stripped).strip()
+    summary = "\n".join(summary_lines).strip() or None
+    return summary, params
+

@@ -1,0 +1,1 @@
+"""Transports own the file descriptors; the core only ever sees a transport."""
