@@ -63,8 +63,9 @@ class Server:
         self._start_callbacks = []
         self._shutdown_callbacks = []
         self._log_handler = None
-        # Hooks the watchdog and logs attach to (None: nothing to do).
-        self.on_tool_crash = None
+        # Observers the watchdog, logs and plugins attach to.
+        self.request_observers = []    # f(request) as each request leaves the in-flight table
+        self.recorders = []            # f(kind, fields) for every forensics event
 
     # -- registration ----------------------------------------------------------
 
@@ -137,6 +138,9 @@ class Server:
         d.max_queued = cfg.max_queued
         d.timeout_result = self._timeout_result
         d.on_exception = self._on_exception
+        d.on_protocol_error = self._on_protocol_error
+        if self.request_observers:
+            d.table.on_close = self._request_done
         d.methods.update({
             "initialize": self._handle_initialize,
             "ping": self._modern_gone(self._handle_ping),
@@ -310,14 +314,37 @@ class Server:
                 f"Tool {req.tool!r} timed out after {seconds} s and was stopped", req)
         raise RpcError(-32001, f"Request timed out after {seconds} s")
 
+    # -- events -----------------------------------------------------------------
+
+    def record(self, kind, **fields):
+        """A forensics event (watchdog action, plugin failure, protocol abuse, crash)."""
+        for recorder in self.recorders:
+            try:
+                recorder(kind, fields)
+            except Exception:
+                log.exception("recorder %r failed on %s", recorder, kind)
+
+    def report_crash(self, exc, req=None, where=""):
+        """An exception escaped (a tool, a handler, a callback): log it and record a crash."""
+        log.error("unhandled exception in %s", where or req, exc_info=exc)
+        self.record("crash", exc=exc, request=req, where=where)
+
+    def _request_done(self, req):
+        for observer in self.request_observers:
+            try:
+                observer(req)
+            except Exception:
+                log.exception("request observer %r failed", observer)
+
     def _on_exception(self, req, exc):
-        log.error("internal error in %s", req, exc_info=exc)
+        self.report_crash(exc, req, "request handler" if req is not None else "notification handler")
+
+    def _on_protocol_error(self, kind, size):
+        self.record("protocol_error", problem=kind, size=size)
 
     def tool_crashed(self, tool, req, exc):
-        """A tool raised something other than ToolError: log it (and report it)."""
-        tool.log.error("tool %r raised in request %r", tool.name, req.id, exc_info=exc)
-        if self.on_tool_crash is not None:
-            self.on_tool_crash(tool, req, exc)
+        """A tool raised something other than ToolError."""
+        self.report_crash(exc, req, f"tool {tool.name!r}")
 
     # -- talking to the client -------------------------------------------------------
 
