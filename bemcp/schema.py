@@ -170,6 +170,72 @@ def describe(value):
     return "object"
 
 
+_PY_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+             "null": (type(None),), "array": (list,), "object": (dict,)}
+# Keywords that do not constrain a value.
+_ANNOTATIONS = frozenset(("type", "description", "title", "default", "examples", "deprecated"))
+
+
+def _simple_types(schema):
+    """The Python types a schema allows if it only constrains the type, else None."""
+    if not isinstance(schema, dict) or not schema.keys() <= _ANNOTATIONS or "type" not in schema:
+        return None
+    kinds = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+    if not all(k in _PY_TYPES for k in kinds):
+        return None
+    return frozenset(t for k in kinds for t in _PY_TYPES[k])
+
+
+def compile_arguments_validator(schema):
+    """A validator for a tool's arguments object: ``check(args) -> error or None``.
+
+    The dispatcher already knows ``args`` is a dict. Arguments whose schema only
+    names a type are checked with one set lookup; the rest use compile_validator.
+    """
+    if schema.get("type") not in ("object", None) or "anyOf" in schema or "oneOf" in schema \
+            or "allOf" in schema or "patternProperties" in schema:
+        general = compile_validator(schema)
+        return lambda args: general(args, "")
+    props = schema.get("properties") or {}
+    required = tuple(schema.get("required") or ())
+    extra = schema.get("additionalProperties", True)
+    extra_check = compile_validator(extra) if isinstance(extra, dict) else None
+    simple = {}
+    nested = {}
+    for key, sub in props.items():
+        types = _simple_types(sub)
+        if types is not None:
+            simple[key] = types
+        else:
+            nested[key] = compile_validator(sub)
+    names = {key: " or ".join([sub["type"]] if isinstance(sub["type"], str) else sub["type"])
+             for key, sub in props.items() if key in simple}
+    known = ", ".join(props) or "none"
+
+    def check(args):
+        for key in required:
+            if key not in args:
+                return f"{key}: required argument missing"
+        for key, value in args.items():
+            types = simple.get(key)
+            if types is not None:
+                if type(value) in types:
+                    continue
+                return f"{key}: expected {names[key]}, got {describe(value)}"
+            sub = nested.get(key)
+            if sub is None:
+                if extra is False:
+                    return f"{key}: unexpected argument (allowed: {known})"
+                if extra_check is None:
+                    continue
+                sub = extra_check
+            error = sub(value, key)
+            if error is not None:
+                return error
+        return None
+    return check
+
+
 def compile_validator(schema):
     """A function ``check(value, path) -> error message or None`` for ``schema``."""
     if schema is True or not schema:

@@ -104,7 +104,7 @@ class Server:
         for tool in self.tools.values():
             timeout = self.config.tool_timeouts.get(tool.name, tool.timeout)
             limit = self.config.tool_limits.get(tool.name, tool.max_concurrency)
-            table[tool.name] = ToolSlot(tool.name, tool, tool.eager, timeout, limit)
+            table[tool.name] = ToolSlot(tool.name, tool.start, tool.finish, tool.fail, tool.eager, timeout, limit)
 
     def resource(self, uri, *, name=None, description=None, mime_type="application/json"):
         """Register a resource read by calling the function (str, bytes or JSON value)."""

@@ -9,10 +9,10 @@ import re
 import typing
 from typing import get_args, get_origin
 
-from orjson import OPT_INDENT_2, dumps
+from orjson import dumps
 
 from .protocol import VERSION_KEY, request_version
-from .schema import compile_validator, is_typeddict, schema_for
+from .schema import compile_arguments_validator, is_typeddict, schema_for
 
 
 class ToolError(Exception):
@@ -123,7 +123,7 @@ class Context:
 
 
 class Tool:
-    """A registered tool. The dispatcher calls it as ``tool(arguments, request)``."""
+    """A registered tool. The dispatcher calls ``start``, then ``finish`` or ``fail``."""
 
     def __init__(self, fn, server, *, name=None, title=None, description=None,
                  input_schema=None, output_schema=None, annotations=None,
@@ -150,7 +150,7 @@ class Tool:
         if output_schema is not None:
             self.output_schema = output_schema
             self._wrap_output = False
-        self._validate = compile_validator(self.input_schema)
+        self._validate = compile_arguments_validator(self.input_schema)
 
     def _derive(self, fn, arg_docs):
         sig = inspect.signature(fn)
@@ -208,52 +208,55 @@ class Tool:
 
     # -- the call path ---------------------------------------------------------
 
-    def __call__(self, args, req):
-        request_version(req.params)  # -32022 for a version we do not speak
-        error = self._validate(args, "")
+    # -- the call path: the dispatcher calls, then finishes or fails ------------
+
+    def start(self, args, req):
+        """Validate and start a call: the tool's value, or an awaitable of it."""
+        if "_meta" in req.params:
+            request_version(req.params)  # -32022 for a version we do not speak
+        error = self._validate(args)
         if error is not None:
-            return self.error_result(f"Invalid arguments for tool {self.name!r}: {error}", req)
-        if self._converters:
-            args = dict(args)
-            for pname, convert in self._converters.items():
-                if pname in args:
-                    args[pname] = convert(args[pname])
-        if self.context_param is not None:
-            args = dict(args)
-            args[self.context_param] = Context(req, self.server, self.log)
+            raise ToolError(f"Invalid arguments for tool {self.name!r}: {error}")
+        if self._converters or self.context_param is not None:
+            args = self._prepare(args, req)
         if self.is_async:
-            return self._run_async(args, req)
-        return self._run_sync(args, req)
+            return self.fn(**args)
+        return self.server.run_in_thread(req, self.fn, args)
 
-    async def _run_async(self, args, req):
-        try:
-            value = await self.fn(**args)
-        except ToolError as exc:
+    def _prepare(self, args, req):
+        args = dict(args)
+        for pname, convert in self._converters.items():
+            if pname in args:
+                args[pname] = convert(args[pname])
+        if self.context_param is not None:
+            args[self.context_param] = Context(req, self.server, self.log)
+        return args
+
+    def finish(self, value, req):
+        """The CallToolResult for a value the tool returned."""
+        if type(value) is str and "_meta" not in req.params:
+            return {"content": [{"type": "text", "text": value}]}  # fast path: plain text
+        return self.to_result(value, _is_modern(req))
+
+    def fail(self, exc, req):
+        """The CallToolResult for an exception the tool raised."""
+        if isinstance(exc, ToolError):
             return self.error_result(str(exc), req)
-        except Exception as exc:
-            return self._crashed(exc, req)
-        return self.to_result(value, req)
-
-    async def _run_sync(self, args, req):
-        try:
-            value = await self.server.run_in_thread(req, self.fn, args)
-        except ToolError as exc:
-            return self.error_result(str(exc), req)
-        except Exception as exc:
-            return self._crashed(exc, req)
-        return self.to_result(value, req)
-
-    def _crashed(self, exc, req):
         self.server.tool_crashed(self, req, exc)
         return self.error_result(f"Tool {self.name!r} failed: {type(exc).__name__}: {exc}", req)
 
     def error_result(self, message, req):
+        """An isError result carrying ``message``, shaped for the request's protocol era."""
+        return self._error(message, _is_modern(req))
+
+    @staticmethod
+    def _error(message, modern):
         result = {"content": [{"type": "text", "text": message}], "isError": True}
-        if _is_modern(req):
+        if modern:
             result["resultType"] = "complete"
         return result
 
-    def to_result(self, value, req):
+    def to_result(self, value, modern):
         """Map a tool's return value onto a CallToolResult."""
         if type(value) is str:
             result = {"content": [{"type": "text", "text": value}]}
@@ -275,7 +278,7 @@ class Tool:
                 plain = {"result": plain}
             result = {"content": [{"type": "text", "text": dumps(plain).decode()}],
                       "structuredContent": plain}
-        if _is_modern(req):
+        if modern:
             result["resultType"] = "complete"
         return result
 

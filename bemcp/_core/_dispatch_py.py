@@ -8,6 +8,7 @@ request never holds up the next one.
 
 import asyncio
 from collections import deque
+from time import monotonic
 from types import CoroutineType
 
 from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
@@ -28,15 +29,19 @@ _CancelledError = asyncio.CancelledError
 class ToolSlot:
     """A registered tool as the dispatcher sees it.
 
-    ``call(arguments, request)`` returns a result or an awaitable. ``eager``: the
-    coroutine is stepped inline and only becomes a task if it suspends.
+    ``call(arguments, request)`` returns the tool's value or an awaitable of it;
+    ``finish(value, request)`` turns the value into the result sent;
+    ``fail(exc, request)`` turns an exception from the tool into a result.
+    ``eager``: the coroutine is stepped inline and only becomes a task if it suspends.
     """
 
-    __slots__ = ("name", "call", "eager", "timeout", "limit", "active")
+    __slots__ = ("name", "call", "finish", "fail", "eager", "timeout", "limit", "active")
 
-    def __init__(self, name, call, eager=False, timeout=None, limit=0):
+    def __init__(self, name, call, finish, fail, eager=False, timeout=None, limit=0):
         self.name = name
         self.call = call
+        self.finish = finish
+        self.fail = fail
         self.eager = eager
         self.timeout = timeout
         self.limit = limit
@@ -57,22 +62,27 @@ class _Resume:
         self.pending = pending
 
     def __await__(self):
-        coro = self.coro
-        pending = self.pending
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        if self.pending is not None:
+            pending = self.pending
+            self.pending = None
+            return pending
+        return self.coro.send(value)
+
+    def throw(self, typ, val=None, tb=None):
         self.pending = None
-        while True:
-            try:
-                value = yield pending
-            except BaseException as exc:
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    pending = coro.send(value)
-                except StopIteration as stop:
-                    return stop.value
+        return self.coro.throw(val if val is not None else typ)
+
+    def close(self):
+        self.coro.close()
 
 
 class Dispatcher:
@@ -93,6 +103,7 @@ class Dispatcher:
         self.max_queued = 0                # tool calls waiting for a slot
         self.active = 0
         self.queue = deque()
+        self.recent = deque(maxlen=64)     # (time, method, id, size) of the last messages in
         # Hooks for the layers above, all optional.
         self.timeout_result = None         # (request) -> result sent at a deadline
         self.on_cancelled = None           # (request) after its task was cancelled
@@ -103,6 +114,7 @@ class Dispatcher:
         self._reading = False
         self._flush_handle = None
         self._tasks = set()
+        self._discard = self._tasks.discard
         self._idle = None
 
     # -- input -------------------------------------------------------------
@@ -124,10 +136,13 @@ class Dispatcher:
         try:
             msg = loads(line)
         except JSONDecodeError as exc:
+            self.recent.append((monotonic(), None, None, len(line)))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
             self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
             return
+        if type(msg) is dict:
+            self.recent.append((monotonic(), msg.get("method"), msg.get("id"), len(line)))
         self.handle_message(msg)
 
     def handle_message(self, msg):
@@ -186,7 +201,7 @@ class Dispatcher:
         except Exception as exc:
             self._fail(req, exc)
             return
-        self._settle(req, result, False, None)
+        self._settle(req, result, None, None)
 
     def _call_tool(self, id, params):
         if type(params) is not dict:
@@ -229,36 +244,41 @@ class Dispatcher:
             self._answer_error(req, exc)
             return
         except Exception as exc:
-            self._fail(req, exc)
+            self._tool_failed(req, slot, exc)
             return
-        self._settle(req, result, slot.eager, timeout)
+        self._settle(req, result, slot, timeout)
 
-    def _settle(self, req, result, eager, timeout):
+    def _settle(self, req, result, slot, timeout):
+        """Answer now if ``result`` is ready; otherwise a task finishes it."""
         if type(result) is CoroutineType:
-            if eager:
+            if slot is not None and slot.eager:
+                # Fast path: step the coroutine here; most finish without waiting.
                 try:
                     pending = result.send(None)
                 except StopIteration as stop:
-                    self._answer(req, stop.value)
+                    self._tool_done(req, slot, stop.value)
                     return
                 except RpcError as exc:
                     self._answer_error(req, exc)
                     return
                 except Exception as exc:
-                    self._fail(req, exc)
+                    self._tool_failed(req, slot, exc)
                     return
                 result = _Resume(result, pending)
         elif not hasattr(result, "__await__"):
-            self._answer(req, result)
+            if slot is None:
+                self._answer(req, result)
+            else:
+                self._tool_done(req, slot, result)
             return
         if timeout is not None and not req.armed:
             self.table.arm(req, timeout)
-        task = self.loop.create_task(self._drive(req, result))
+        task = self.loop.create_task(self._drive(req, result, slot))
         req.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._discard)
 
-    async def _drive(self, req, awaitable):
+    async def _drive(self, req, awaitable, slot):
         try:
             result = await awaitable
         except _CancelledError:
@@ -269,9 +289,31 @@ class Dispatcher:
         except RpcError as exc:
             self._answer_error(req, exc)
         except Exception as exc:
-            self._fail(req, exc)
+            if slot is None:
+                self._fail(req, exc)
+            else:
+                self._tool_failed(req, slot, exc)
         else:
-            self._answer(req, result)
+            if slot is None:
+                self._answer(req, result)
+            else:
+                self._tool_done(req, slot, result)
+
+    def _tool_done(self, req, slot, value):
+        try:
+            result = slot.finish(value, req)
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        self._answer(req, result)
+
+    def _tool_failed(self, req, slot, exc):
+        try:
+            result = slot.fail(exc, req)
+        except Exception as exc2:
+            self._fail(req, exc2)
+            return
+        self._answer(req, result)
 
     def _notification(self, method, params):
         handler = self.notifications.get(method)
@@ -282,12 +324,13 @@ class Dispatcher:
             if result is not None and hasattr(result, "__await__"):
                 task = self.loop.create_task(result)
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._discard)
         except Exception as exc:
             if self.on_exception is not None:
                 self.on_exception(None, exc)
 
     def _oversized(self, item):
+        self.recent.append((monotonic(), None, None, item.size))
         if self.on_protocol_error is not None:
             self.on_protocol_error("oversized", item.size)
         self._send_error(recover_id(item.head), INVALID_REQUEST,

@@ -1,0 +1,68 @@
+from ._framing cimport Framer, Oversized
+from ._watchdog cimport InFlightTable, Request
+
+
+cdef class ToolSlot:
+    cdef public object name
+    cdef public object call
+    cdef public object finish
+    cdef public object fail
+    cdef public bint eager
+    cdef public object timeout
+    cdef public Py_ssize_t limit
+    cdef public Py_ssize_t active
+
+
+cdef class _Resume:
+    cdef object coro
+    cdef object pending
+
+
+cdef class Dispatcher:
+    cdef public object loop
+    cdef public object write
+    cdef public dict methods
+    cdef public dict notifications
+    cdef public dict tools
+    cdef public str tool_method
+    cdef public InFlightTable table
+    cdef public Framer framer
+    cdef public object default_timeout
+    cdef public Py_ssize_t max_active
+    cdef public Py_ssize_t max_queued
+    cdef public Py_ssize_t active
+    cdef public object queue
+    cdef public object recent
+    cdef public object timeout_result
+    cdef public object on_cancelled
+    cdef public object on_exception
+    cdef public object on_protocol_error
+    cdef public object on_client_response
+    cdef list _out
+    cdef bint _reading
+    cdef object _flush_handle
+    cdef set _tasks
+    cdef object _idle
+    cdef object _discard
+
+    cpdef feed(self, bytes data)
+    cpdef handle_line(self, object line)
+    cpdef handle_message(self, object msg)
+    cdef _request(self, object id, str method, object params)
+    cdef _call_tool(self, object id, object params)
+    cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
+    cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
+    cdef _tool_done(self, Request req, ToolSlot slot, object value)
+    cdef _tool_failed(self, Request req, ToolSlot slot, object exc)
+    cdef _notification(self, str method, object params)
+    cdef _oversized(self, Oversized item)
+    cdef bint _close(self, Request req, int state) except -1
+    cdef _release(self, Request req)
+    cdef _pump(self)
+    cdef _answer(self, Request req, object result)
+    cdef _answer_error(self, Request req, object exc)
+    cdef _fail(self, Request req, object exc)
+    cdef _cancel_task(self, Request req)
+    cdef _send_error(self, object id, int code, str message, object data=*)
+    cdef _emit(self, bytes data)
+    cpdef flush(self)

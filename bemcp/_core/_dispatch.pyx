@@ -1,0 +1,521 @@
+# cython: language_level=3
+"""JSON-RPC 2.0 dispatch (compiled; twin: _dispatch_py.py).
+
+Knows JSON-RPC, not MCP: method strings in, encoded responses out. The layer
+above registers method handlers ``handler(params, request)`` and tool slots;
+a handler returns a result, or an awaitable that becomes a task, so a slow
+request never holds up the next one.
+"""
+
+import asyncio
+from collections import deque
+
+from cpython.ref cimport PyObject, Py_XDECREF
+from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
+
+from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+                      METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
+                      SERVER_BUSY, RpcError)
+from ._framing cimport Framer, Oversized
+from ._ids import recover_id
+from ._watchdog cimport (C_STATE_CANCELLED, C_STATE_ERROR, C_STATE_KILLED,
+                         C_STATE_OK, C_STATE_REJECTED, C_STATE_RUNNING,
+                         C_STATE_TIMED_OUT, InFlightTable, Request, now)
+
+
+cdef extern from "Python.h":
+    bint PyCoro_CheckExact(object o)
+    # Python >= 3.10: steps a coroutine without raising StopIteration on return.
+    int PyIter_Send(object iter, object arg, PyObject** presult) except -1
+
+cdef int PYGEN_RETURN = 0
+
+# Python callables looked up once and kept in C slots.
+cdef object _loads = loads
+cdef object _dumps = dumps
+cdef object _JSONDecodeError = JSONDecodeError
+cdef object _CancelledError = asyncio.CancelledError
+cdef object _RpcError = RpcError
+cdef int _NL = OPT_APPEND_NEWLINE
+cdef str _JSONRPC = "2.0"
+
+
+cdef class ToolSlot:
+    """A registered tool as the dispatcher sees it.
+
+    ``call(arguments, request)`` returns the tool's value or an awaitable of it;
+    ``finish(value, request)`` turns the value into the result sent;
+    ``fail(exc, request)`` turns an exception from the tool into a result.
+    ``eager``: the coroutine is stepped inline and only becomes a task if it suspends.
+    """
+
+    def __init__(self, name, call, finish, fail, eager=False, timeout=None, Py_ssize_t limit=0):
+        self.name = name
+        self.call = call
+        self.finish = finish
+        self.fail = fail
+        self.eager = eager
+        self.timeout = timeout
+        self.limit = limit
+        self.active = 0
+
+
+cdef class _Resume:
+    """Hands a coroutine that was stepped inline, and suspended, to a task.
+
+    The first step already ran and yielded ``pending`` (a future); the task
+    re-yields it, then drives the coroutine on as ``await`` would.
+    """
+
+    def __init__(self, coro, pending):
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        if self.pending is not None:
+            pending = self.pending
+            self.pending = None
+            return pending
+        return self.coro.send(value)
+
+    def throw(self, typ, val=None, tb=None):
+        self.pending = None
+        return self.coro.throw(val if val is not None else typ)
+
+    def close(self):
+        self.coro.close()
+
+
+cdef class Dispatcher:
+    """Routes each incoming message and writes the answers, coalesced."""
+
+    def __init__(self, loop, write=None, Py_ssize_t max_message_size=64 * 1024 * 1024):
+        self.loop = loop
+        self.write = write
+        self.methods = {}
+        self.notifications = {}
+        self.tools = {}
+        self.tool_method = "tools/call"
+        self.table = InFlightTable(loop)
+        self.table.on_expire = self._on_expire
+        self.framer = Framer(max_message_size)
+        self.default_timeout = None
+        self.max_active = 0
+        self.max_queued = 0
+        self.active = 0
+        self.queue = deque()
+        self.recent = deque(maxlen=64)
+        self.timeout_result = None
+        self.on_cancelled = None
+        self.on_exception = None
+        self.on_protocol_error = None
+        self.on_client_response = None
+        self._out = []
+        self._reading = False
+        self._flush_handle = None
+        self._tasks = set()
+        self._discard = self._tasks.discard
+        self._idle = None
+
+    # -- input -------------------------------------------------------------
+
+    cpdef feed(self, bytes data):
+        """Bytes from the transport: frame, dispatch, then write once."""
+        self._reading = True
+        try:
+            for item in self.framer.feed(data):
+                if type(item) is Oversized:
+                    self._oversized(<Oversized>item)
+                else:
+                    self.handle_line(item)
+        finally:
+            self._reading = False
+        self.flush()
+
+    cpdef handle_line(self, object line):
+        try:
+            msg = _loads(line)
+        except _JSONDecodeError as exc:
+            self.recent.append((now(), None, None, len(line)))
+            if self.on_protocol_error is not None:
+                self.on_protocol_error("malformed", len(line))
+            self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
+            return
+        if type(msg) is dict:
+            self.recent.append((now(), (<dict>msg).get("method"), (<dict>msg).get("id"), len(line)))
+        self.handle_message(msg)
+
+    cpdef handle_message(self, object msg):
+        cdef dict m
+        if type(msg) is not dict:
+            if type(msg) is list:
+                self._send_error(None, INVALID_REQUEST,
+                                 "Invalid request: JSON-RPC batches are not supported; send one message per line")
+            else:
+                self._send_error(None, INVALID_REQUEST, "Invalid request: a message must be a JSON object")
+            return
+        m = <dict>msg
+        method = m.get("method")
+        cdef bint has_id = "id" in m
+        id = m.get("id")
+        if has_id and not (type(id) is str or type(id) is int):
+            self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+            return
+        if method is None:
+            if has_id and ("result" in m or "error" in m):
+                if self.on_client_response is not None:
+                    self.on_client_response(m)
+                return
+            self._send_error(id, INVALID_REQUEST, "Invalid request: no method")
+            return
+        if m.get("jsonrpc") != _JSONRPC:
+            self._send_error(id, INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
+            return
+        if type(method) is not str:
+            self._send_error(id, INVALID_REQUEST, "Invalid request: method must be a string")
+            return
+        params = m.get("params")
+        if params is not None and type(params) is not dict and type(params) is not list:
+            self._send_error(id, INVALID_REQUEST, "Invalid request: params must be an object or an array")
+            return
+        if not has_id:
+            self._notification(<str>method, params)
+        elif <str>method == self.tool_method:
+            self._call_tool(id, params)
+        else:
+            self._request(id, <str>method, params)
+
+    cdef _request(self, object id, str method, object params):
+        cdef Request req
+        handler = self.methods.get(method)
+        if handler is None:
+            self._send_error(id, METHOD_NOT_FOUND, f"Method not found: {method}")
+            return
+        try:
+            req = self.table.open(id, method, None, params)
+        except _RpcError as exc:
+            self._send_error(id, exc.code, exc.message)
+            return
+        try:
+            result = handler(params, req)
+        except _RpcError as exc:
+            self._answer_error(req, exc)
+            return
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        self._settle(req, result, None, None)
+
+    cdef _call_tool(self, object id, object params):
+        cdef Request req
+        cdef ToolSlot slot
+        if type(params) is not dict:
+            self._send_error(id, INVALID_PARAMS, "Invalid params: tools/call needs {name, arguments}")
+            return
+        name = (<dict>params).get("name")
+        found = self.tools.get(name) if type(name) is str else None
+        if found is None:
+            self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
+            return
+        slot = <ToolSlot>found
+        args = (<dict>params).get("arguments")
+        if args is None:
+            args = {}
+        elif type(args) is not dict:
+            self._send_error(id, INVALID_PARAMS, "Invalid params: arguments must be an object")
+            return
+        try:
+            req = self.table.open(id, self.tool_method, name, params)
+        except _RpcError as exc:
+            self._send_error(id, exc.code, exc.message)
+            return
+        timeout = slot.timeout if slot.timeout is not None else self.default_timeout
+        if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
+            if len(self.queue) >= self.max_queued:
+                self.table.close(req, C_STATE_REJECTED)
+                self._send_error(id, SERVER_BUSY, self._busy_message(slot), self._busy_data(slot))
+                return
+            self.table.arm(req, timeout)
+            self.queue.append((req, slot, args))
+            return
+        self._start_tool(req, slot, <dict>args, timeout)
+
+    cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout):
+        req.slot = slot
+        slot.active += 1
+        self.active += 1
+        try:
+            result = slot.call(args, req)
+        except _RpcError as exc:
+            self._answer_error(req, exc)
+            return
+        except Exception as exc:
+            self._tool_failed(req, slot, exc)
+            return
+        self._settle(req, result, slot, timeout)
+
+    cdef _settle(self, Request req, object result, ToolSlot slot, object timeout):
+        """Answer now if ``result`` is ready; otherwise a task finishes it."""
+        cdef PyObject* sent = NULL
+        cdef int status
+        if PyCoro_CheckExact(result):
+            if slot is not None and slot.eager:
+                # Fast path: step the coroutine here; most finish without waiting.
+                try:
+                    status = PyIter_Send(result, None, &sent)
+                except _RpcError as exc:
+                    self._answer_error(req, exc)
+                    return
+                except Exception as exc:
+                    self._tool_failed(req, slot, exc)
+                    return
+                value = <object>sent
+                Py_XDECREF(sent)
+                if status == PYGEN_RETURN:
+                    self._tool_done(req, slot, value)
+                    return
+                result = _Resume(result, value)
+        elif not hasattr(result, "__await__"):
+            if slot is None:
+                self._answer(req, result)
+            else:
+                self._tool_done(req, slot, result)
+            return
+        if timeout is not None and not req.armed:
+            self.table.arm(req, timeout)
+        task = self.loop.create_task(self._drive(req, result, slot))
+        req.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._discard)
+
+    async def _drive(self, Request req, awaitable, ToolSlot slot):
+        try:
+            result = await awaitable
+        except _CancelledError:
+            if req.state == C_STATE_RUNNING:
+                # Cancelled by neither the client nor a deadline: the server is stopping.
+                self._answer_error(req, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
+            return
+        except _RpcError as exc:
+            self._answer_error(req, exc)
+        except Exception as exc:
+            if slot is None:
+                self._fail(req, exc)
+            else:
+                self._tool_failed(req, slot, exc)
+        else:
+            if slot is None:
+                self._answer(req, result)
+            else:
+                self._tool_done(req, slot, result)
+
+    cdef _tool_done(self, Request req, ToolSlot slot, object value):
+        try:
+            result = slot.finish(value, req)
+        except Exception as exc:
+            self._fail(req, exc)
+            return
+        self._answer(req, result)
+
+    cdef _tool_failed(self, Request req, ToolSlot slot, object exc):
+        try:
+            result = slot.fail(exc, req)
+        except Exception as exc2:
+            self._fail(req, exc2)
+            return
+        self._answer(req, result)
+
+    cdef _notification(self, str method, object params):
+        handler = self.notifications.get(method)
+        if handler is None:
+            return  # JSON-RPC: unknown notifications are ignored, never answered.
+        try:
+            result = handler(params)
+            if result is not None and hasattr(result, "__await__"):
+                task = self.loop.create_task(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._discard)
+        except Exception as exc:
+            if self.on_exception is not None:
+                self.on_exception(None, exc)
+
+    cdef _oversized(self, Oversized item):
+        self.recent.append((now(), None, None, item.size))
+        if self.on_protocol_error is not None:
+            self.on_protocol_error("oversized", item.size)
+        self._send_error(recover_id(item.head), INVALID_REQUEST,
+                         f"Message of {item.size} bytes exceeds the limit of {self.framer.max_size} bytes",
+                         {"size": item.size, "limit": self.framer.max_size})
+
+    # -- ending requests ------------------------------------------------------
+
+    cdef bint _close(self, Request req, int state) except -1:
+        if not self.table.close(req, state):
+            return False
+        if req.slot is not None:
+            self._release(req)
+        if self._idle is not None and not self.table.requests:
+            self._idle.set()
+        return True
+
+    cdef _release(self, Request req):
+        cdef ToolSlot slot = <ToolSlot>req.slot
+        slot.active -= 1
+        req.slot = None
+        self.active -= 1
+        if self.queue:
+            self._pump()
+
+    cdef _pump(self):
+        cdef Request req
+        cdef ToolSlot slot
+        queue = self.queue
+        for _ in range(len(queue)):
+            if self.max_active and self.active >= self.max_active:
+                return
+            entry = queue.popleft()
+            req = <Request>entry[0]
+            slot = <ToolSlot>entry[1]
+            if req.state != C_STATE_RUNNING:
+                continue
+            if slot.limit and slot.active >= slot.limit:
+                queue.append(entry)
+                continue
+            self._start_tool(req, slot, <dict>entry[2], None)
+        self.flush_soon()
+
+    cdef _answer(self, Request req, object result):
+        cdef int state = C_STATE_OK
+        if type(result) is dict and (<dict>result).get("isError") is True:
+            state = C_STATE_ERROR
+        if not self._close(req, state):
+            return
+        try:
+            data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL)
+        except TypeError as exc:
+            data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
+        self._emit(data)
+
+    cdef _answer_error(self, Request req, object exc):
+        if self._close(req, C_STATE_ERROR):
+            self._send_error(req.id, exc.code, exc.message, exc.data)
+
+    cdef _fail(self, Request req, object exc):
+        if self.on_exception is not None:
+            self.on_exception(req, exc)
+        self._answer_error(req, RpcError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"))
+
+    def _on_expire(self, Request req):
+        if self.timeout_result is not None:
+            try:
+                result = self.timeout_result(req)
+            except _RpcError as exc:
+                result = exc
+        else:
+            result = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
+        if not self._close(req, C_STATE_TIMED_OUT):
+            return
+        if type(result) is _RpcError:
+            self._send_error(req.id, result.code, result.message, result.data)
+        else:
+            self._emit(_dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL))
+        self._cancel_task(req)
+        self.flush_soon()
+
+    def cancel(self, id, int state=C_STATE_CANCELLED):
+        """Stop request ``id``: no response is sent for it. False if unknown."""
+        found = self.table.get(id)
+        if found is None or not self._close(<Request>found, state):
+            return False
+        self._cancel_task(<Request>found)
+        return True
+
+    cdef _cancel_task(self, Request req):
+        if req.task is not None:
+            req.task.cancel()
+        if self.on_cancelled is not None:
+            self.on_cancelled(req)
+
+    def _busy_message(self, ToolSlot slot):
+        if slot.limit and slot.active >= slot.limit:
+            what = f"tool {slot.name!r} is at its limit of {slot.limit} concurrent calls"
+        else:
+            what = f"the server is at its limit of {self.max_active} concurrent tool calls"
+        return (f"Server busy: {what}, and the queue is full ({len(self.queue)} waiting, "
+                f"limit {self.max_queued}); retry later")
+
+    def _busy_data(self, ToolSlot slot):
+        return {"active": self.active, "limit": self.max_active, "queued": len(self.queue),
+                "queue_limit": self.max_queued, "tool": slot.name,
+                "tool_active": slot.active, "tool_limit": slot.limit}
+
+    # -- output ------------------------------------------------------------------
+
+    cdef _send_error(self, object id, int code, str message, object data=None):
+        self._emit(_error_bytes(id, code, message, data))
+
+    def notify(self, method, params):
+        """Send a notification to the client."""
+        self._emit(_dumps({"jsonrpc": _JSONRPC, "method": method, "params": params}, option=_NL))
+
+    def send(self, message):
+        """Send an already-built message (a dict) to the client."""
+        self._emit(_dumps(message, option=_NL))
+
+    cdef _emit(self, bytes data):
+        self._out.append(data)
+        if not self._reading and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush_soon(self):
+        if self._out and not self._reading and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    cpdef flush(self):
+        self._flush_handle = None
+        cdef list out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.write is not None:
+            self.write(data)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def drain(self, timeout):
+        """Let in-flight requests finish for up to ``timeout`` s, then cancel the rest."""
+        if self.table.requests:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        for req in list(self.table.requests.values()):
+            if self._close(req, C_STATE_KILLED):
+                self._send_error(req.id, INTERNAL_ERROR, "Request cancelled: the server is shutting down")
+                self._cancel_task(req)
+        self.flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+
+    def close(self):
+        self.table.close_timer()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+cdef bytes _error_bytes(object id, int code, str message, object data):
+    error = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return _dumps({"jsonrpc": _JSONRPC, "id": id, "error": error}, option=_NL)

@@ -1,0 +1,59 @@
+# cython: language_level=3
+"""asyncio protocols joining pipe transports to a dispatcher (compiled; twin: _protocol_py.py).
+
+Reading: data_received -> dispatcher.feed. Writing: when the peer stops reading
+and the write buffer passes its high-water mark, reading pauses too, so a client
+that never reads its answers cannot grow the server's buffers without bound.
+"""
+
+from ._dispatch cimport Dispatcher
+
+
+cdef class ReaderProtocol:
+    def __init__(self, Dispatcher dispatcher, on_close):
+        self.dispatcher = dispatcher
+        self.on_close = on_close
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, bytes data):
+        self.dispatcher.feed(data)
+
+    def eof_received(self):
+        self.on_close("eof")
+        return False
+
+    def connection_lost(self, exc):
+        self.on_close("eof")
+
+    def pause_reading(self):
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+
+cdef class WriterProtocol:
+    def __init__(self, ReaderProtocol reader, on_close):
+        self.reader = reader
+        self.on_close = on_close
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def pause_writing(self):
+        self.reader.pause_reading()
+
+    def resume_writing(self):
+        self.reader.resume_reading()
+
+    def connection_lost(self, exc):
+        self.on_close("stdout closed")
+
+    def eof_received(self):
+        return False

@@ -1,0 +1,48 @@
+cdef enum:
+    C_STATE_RUNNING = 0
+    C_STATE_OK = 1
+    C_STATE_ERROR = 2
+    C_STATE_TIMED_OUT = 3
+    C_STATE_CANCELLED = 4
+    C_STATE_KILLED = 5
+    C_STATE_REJECTED = 6
+    N_STATES = 7
+
+
+cdef class Request:
+    cdef public object id
+    cdef public object method
+    cdef public object tool
+    cdef public object params
+    cdef public double start
+    cdef public double end
+    cdef public double deadline
+    cdef public int state
+    cdef public object task
+    cdef public object thread
+    cdef public bint armed
+    cdef public object slot
+    cdef public object detail
+    cdef public Py_ssize_t size
+
+
+cdef class InFlightTable:
+    cdef public object loop
+    cdef public dict requests
+    cdef public object on_expire
+    cdef public object on_close
+    cdef Py_ssize_t _counts[N_STATES]
+    cdef list _heap
+    cdef Py_ssize_t _seq
+    cdef Py_ssize_t _stale
+    cdef object _timer
+    cdef double _timer_at
+
+    cpdef Request open(self, object id, object method, object tool, object params)
+    cpdef bint close(self, Request req, int state) except -1
+    cpdef arm(self, Request req, object timeout)
+    cdef _schedule(self, double when)
+    cdef _compact(self)
+
+
+cdef double now() noexcept nogil

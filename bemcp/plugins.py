@@ -1,0 +1,551 @@
+"""Plugins: discovery, isolated loading, control, and what people and clients see of them.
+
+A plugin is a pure-Python module (or package) with a ``setup(server)`` function that
+registers tools (and resources) with ``@server.tool`` / ``@server.resource``.
+
+Sources, in this order (the order also settles tool-name collisions):
+
+1. bundled: ``sysinfo``, ``files``, ``http``, ``git``, ``search`` from the package
+   ``bemcp_plugins`` (the repository's ``plugins/`` directory, shipped in the wheel);
+2. installed packages declaring an entry point in the group ``bemcp.plugins``
+   (``myplugin = "my_package.mcp"`` or ``"my_package.mcp:setup"``), sorted by name;
+3. each ``--plugins-dir DIR`` in the order given: every ``*.py`` file and every package
+   (a directory with ``__init__.py``) in it, sorted by name; names starting with ``_`` or
+   ``.`` are skipped. A package may use relative imports; the directory is not added to
+   ``sys.path``.
+
+The first plugin of a given name wins; a later one of the same name is reported as failed.
+
+Isolation: every plugin is imported and set up in its own daemon thread; all start together
+and the loader waits at most ``plugin_timeout`` seconds (2 s) in total, so no plugin, nor
+several, can delay ``initialize`` by more than that. A plugin that raises (at import or in
+``setup``) or misses the deadline is marked failed with its reason, logged on stderr
+(logger ``bemcp.plugins``) and recorded as a ``plugin_failed`` forensics event; the server
+and the other plugins carry on. A plugin registers through a ``PluginServer`` that holds
+its registrations until it has loaded in time: a failed or late plugin leaves nothing
+behind, even if its thread finishes afterwards. While plugins load, anything they print
+goes to stderr, never to the protocol's stdout.
+
+Collisions: a tool whose name is already taken (by a built-in tool or an earlier plugin)
+is registered as ``<plugin>_<tool>``; if that name is taken too, the tool is refused. Both
+are logged, recorded (``plugin_collision``) and listed by ``bemcp plugins``. Underscores
+rather than dots keep the names valid for clients that restrict tool names to
+``[A-Za-z0-9_-]``.
+
+Control: ``--no-plugins`` or ``BEMCP_NO_PLUGINS=1`` load none; ``--plugin NAME`` (repeatable)
+loads only those; ``--disable-plugin NAME`` skips one; the config file takes the same
+settings (``plugins``, ``plugin_only``, ``plugin_disable``, ``plugin_dirs``, ``plugin_timeout``).
+
+State is visible to people (``bemcp plugins``) and to clients (the resource ``bemcp://plugins``).
+"""
+
+import dataclasses
+import importlib
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+log = logging.getLogger("bemcp.plugins")
+
+ENTRY_POINT_GROUP = "bemcp.plugins"
+BUNDLED_PACKAGE = "bemcp_plugins"
+BUNDLED = ("sysinfo", "files", "http", "git", "search")
+RESOURCE_URI = "bemcp://plugins"
+
+LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as discovered and loaded; ``as_dict()`` is what people and clients see."""
+
+    name: str
+    source: str                 # "bundled", "entry point" or "directory"
+    origin: str                 # module name, entry point value, or path
+    status: str = "pending"     # loaded, failed or disabled
+    reason: str = ""            # why it failed or is disabled
+    description: str = ""
+    version: str = ""
+    tools: list = field(default_factory=list)       # names as registered
+    renamed: dict = field(default_factory=dict)     # the plugin's tool name -> registered name
+    refused: dict = field(default_factory=dict)     # tool name -> why it was not registered
+    resources: list = field(default_factory=list)
+    seconds: float = 0.0
+    traceback: str = ""
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+class PluginServer:
+    """What a plugin's ``setup(server)`` receives: the Server's API, with registrations held.
+
+    Registrations are collected until the plugin has loaded in time, then applied to the
+    real server in discovery order (collision rules included); a plugin that fails or
+    times out has them dropped, even if its thread registers something later. Once applied,
+    later registrations (e.g. from an ``on_start`` callback) go straight through. Anything
+    else (``config``, ``record``, ``notify``, ``describe``...) is the real server's.
+    """
+
+    def __init__(self, server, info, manager):
+        self._server = server
+        self._info = info
+        self._manager = manager
+        self._lock = threading.Lock()
+        self._state = "collecting"   # then "live" or "discarded"
+        self._pending = []           # (kind, item) in registration order
+        self.plugin = info.name
+        self.log = logging.getLogger(f"bemcp.plugin.{info.name}")
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
+
+    def tool(self, fn=None, **options):
+        """``@server.tool`` / ``@server.tool(name=..., ...)``, as on Server."""
+        from .tools import Tool
+
+        def register(fn):
+            self._add("tool", Tool(fn, self._server, **options))
+            return fn
+        return register(fn) if fn is not None else register
+
+    def add_tool(self, tool):
+        self._add("tool", tool)
+
+    def resource(self, uri, **options):
+        """``@server.resource(uri, ...)``, as on Server."""
+        def register(fn):
+            self._add("resource", (uri, options, fn))
+            return fn
+        return register
+
+    def on_start(self, callback):
+        self._add("on_start", callback)
+        return callback
+
+    def on_shutdown(self, callback):
+        self._add("on_shutdown", callback)
+        return callback
+
+    def _add(self, kind, item):
+        with self._lock:
+            if self._state == "collecting":
+                self._pending.append((kind, item))
+                return
+            if self._state == "discarded":
+                log.debug("plugin %r registered a %s after it was dropped; ignored", self.plugin, kind)
+                return
+        self._manager.apply(self._info, kind, item)
+
+    def _discard(self):
+        with self._lock:
+            self._state = "discarded"
+            self._pending.clear()
+
+    def _go_live(self):
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._state = "live"
+        for kind, item in pending:
+            self._manager.apply(self._info, kind, item)
+
+
+class _Job:
+    """Loading one plugin in its own thread."""
+
+    def __init__(self, info, load, proxy):
+        self.info = info
+        self.load = load
+        self.proxy = proxy
+        self.phase = "import"
+        self.finished = False
+        self.error = None
+        self.thread = threading.Thread(target=self.run, name=f"bemcp-plugin-{info.name}", daemon=True)
+        self.started = 0.0
+
+    def run(self):
+        error = None
+        try:
+            setup = self.load(self.info)
+            self.phase = "setup"
+            setup(self.proxy)
+        except BaseException as exc:  # a plugin's SystemExit must not stop the server either
+            error = exc
+        with self.proxy._lock:
+            if self.proxy._state == "discarded":
+                return  # too late: the loader has already given up on us
+            self.error = error
+            self.finished = True
+            self.info.seconds = round(time.monotonic() - self.started, 4)
+
+
+class _LoaderStdout:
+    """sys.stdout while plugins load: their writes go to stderr, never to the protocol.
+
+    After loading it stays installed only while an abandoned (timed-out) plugin thread
+    is alive, and then redirects just those threads.
+    """
+
+    def __init__(self, real):
+        self.real = real
+        self.everything = True
+        self.threads = set()
+
+    def _target(self):
+        if self.everything or threading.current_thread() in self.threads:
+            return sys.stderr
+        return self.real
+
+    def write(self, data):
+        return self._target().write(data)
+
+    def flush(self):
+        self._target().flush()
+
+    def __getattr__(self, name):
+        return getattr(self._target(), name)
+
+
+class PluginManager:
+    """Discovers, loads and describes the plugins of one server (``server.plugins``)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.config = server.config
+        self.enabled = bool(self.config.plugins)
+        self.plugins = []          # PluginInfo, in discovery order
+        self._owners = {}          # tool name -> plugin name
+
+    # -- discovery ---------------------------------------------------------------
+
+    def discover(self):
+        """(info, loader) pairs in load order; duplicates and bad directories as failed infos."""
+        found = []
+        found += [(PluginInfo(name, "bundled", f"{BUNDLED_PACKAGE}.{name}"), _load_bundled)
+                  for name in BUNDLED]
+        found += self._entry_points()
+        for directory in self.config.plugin_dirs:
+            found += self._directory(directory)
+        return found
+
+    def _entry_points(self):
+        try:
+            from importlib.metadata import entry_points
+            eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value))
+        except Exception as exc:
+            log.warning("could not read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+            return []
+        found = []
+        for ep in eps:
+            info = PluginInfo(ep.name, "entry point", ep.value)
+            dist = getattr(ep, "dist", None)
+            if dist is not None:
+                info.version = dist.version or ""
+            found.append((info, lambda info, ep=ep: _setup_of(ep.load(), info)))
+        return found
+
+    def _directory(self, directory):
+        path = os.path.abspath(os.path.expanduser(directory))
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as exc:
+            info = PluginInfo(directory, "directory", path, status=FAILED,
+                              reason=f"cannot read plugin directory: {exc.strerror or exc}")
+            return [(info, None)]
+        found = []
+        for entry in names:
+            if entry.startswith(("_", ".")):
+                continue
+            full = os.path.join(path, entry)
+            if entry.endswith(".py") and os.path.isfile(full):
+                found.append((PluginInfo(entry[:-3], "directory", full), _load_file))
+            elif os.path.isfile(os.path.join(full, "__init__.py")):
+                found.append((PluginInfo(entry, "directory", full), _load_file))
+        return found
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self):
+        """Load every enabled plugin (bounded by ``plugin_timeout`` in total) and report."""
+        if not self.enabled:
+            log.info("plugins disabled")
+            return self
+        only = set(self.config.plugin_only)
+        disabled = set(self.config.plugin_disable)
+        seen = {}
+        jobs = []
+        for info, loader in self.discover():
+            self.plugins.append(info)
+            if info.status == FAILED:
+                continue
+            if info.name in seen:
+                info.status = FAILED
+                info.reason = f"another plugin named {info.name!r} ({seen[info.name].origin}) came first"
+            elif info.name in disabled:
+                info.status, info.reason = DISABLED, "disabled by plugin_disable / --disable-plugin"
+            elif only and info.name not in only:
+                info.status, info.reason = DISABLED, "not named by plugin_only / --plugin"
+            else:
+                jobs.append(_Job(info, loader, PluginServer(self.server, info, self)))
+            seen.setdefault(info.name, info)
+        for name in sorted(only - set(seen)):
+            self.plugins.append(PluginInfo(name, "unknown", "", status=FAILED,
+                                           reason="no plugin of this name was found"))
+        if jobs:
+            self._run(jobs)
+        for info in self.plugins:
+            if info.status == FAILED:
+                self._report_failure(info)
+        loaded = sum(1 for i in self.plugins if i.status == LOADED)
+        log.info("plugins: %d loaded, %d failed", loaded, sum(1 for i in self.plugins if i.status == FAILED))
+        return self
+
+    def _run(self, jobs):
+        budget = float(self.config.plugin_timeout)
+        guard = _LoaderStdout(sys.stdout)
+        saved_fd = _redirect_fd1()
+        sys.stdout = guard
+        try:
+            if any(job.info.source == "bundled" for job in jobs):
+                _bundled_package()  # import the parent once, here, not in racing threads
+            for job in jobs:
+                job.started = time.monotonic()
+                job.thread.start()
+            deadline = time.monotonic() + budget
+            for job in jobs:
+                job.thread.join(max(0.0, deadline - time.monotonic()))
+                with job.proxy._lock:
+                    if not job.finished:
+                        job.proxy._state = "discarded"
+                        job.proxy._pending.clear()
+                self._settle(job, budget)
+        finally:
+            _restore_fd1(saved_fd)
+            guard.everything = False
+            guard.threads = {job.thread for job in jobs if job.thread.is_alive()}
+            if not guard.threads and sys.stdout is guard:
+                sys.stdout = guard.real
+        # Apply in discovery order so collisions resolve the same way every time.
+        for job in jobs:
+            if job.info.status == LOADED:
+                job.proxy._go_live()
+
+    def _settle(self, job, budget):
+        info = job.info
+        if not job.finished:
+            info.status = FAILED
+            info.reason = f"timed out after {budget:g} s (during {job.phase})"
+            info.seconds = round(time.monotonic() - job.started, 4)
+            frame = sys._current_frames().get(job.thread.ident)
+            if frame is not None:
+                info.traceback = "Stack of the plugin thread when it was abandoned:\n" + \
+                    "".join(traceback.format_stack(frame))
+            return
+        if job.error is not None:
+            exc = job.error
+            info.status = FAILED
+            info.reason = f"{job.phase} failed: {type(exc).__name__}: {exc}"
+            info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            return
+        info.status = LOADED
+
+    def _report_failure(self, info):
+        log.warning("plugin %r (%s %s) failed: %s", info.name, info.source, info.origin, info.reason)
+        self.server.record("plugin_failed", plugin=info.name, source=info.source, origin=info.origin,
+                           reason=info.reason, traceback=info.traceback)
+
+    # -- registrations ---------------------------------------------------------------
+
+    def apply(self, info, kind, item):
+        """Register one held item of ``info``'s plugin with the real server."""
+        server = self.server
+        try:
+            if kind == "tool":
+                self._add_tool(info, item)
+            elif kind == "resource":
+                uri, options, fn = item
+                if uri in server.resources:
+                    info.refused[uri] = "a resource with this URI is already registered"
+                    log.warning("plugin %r: resource %s already registered; refused", info.name, uri)
+                else:
+                    server.resource(uri, **options)(fn)
+                    info.resources.append(uri)
+            elif kind == "on_start":
+                server.on_start(item)
+            elif kind == "on_shutdown":
+                server.on_shutdown(item)
+        except Exception as exc:
+            log.exception("plugin %r: registering a %s failed", info.name, kind)
+            info.refused[getattr(item, "name", kind)] = f"{type(exc).__name__}: {exc}"
+
+    def _add_tool(self, info, tool):
+        server = self.server
+        name = tool.name
+        if name not in server.tools:
+            server.add_tool(tool)
+            info.tools.append(name)
+            self._owners[name] = info.name
+            return
+        owner = self._owners.get(name, "bemcp")
+        alternative = f"{re.sub(r'[^A-Za-z0-9_-]', '_', info.name)}_{name}"
+        if alternative in server.tools or len(alternative) > 128:
+            info.refused[name] = f"name taken by {owner}, and {alternative!r} is taken too"
+            log.warning("plugin %r: tool %r is taken by %s; refused", info.name, name, owner)
+            self.server.record("plugin_collision", plugin=info.name, tool=name, owner=owner, registered_as=None)
+            return
+        tool.name = alternative
+        tool.log = logging.getLogger(f"bemcp.tool.{alternative}")
+        server.add_tool(tool)
+        info.tools.append(alternative)
+        info.renamed[name] = alternative
+        self._owners[alternative] = info.name
+        log.warning("plugin %r: tool %r is taken by %s; registered as %r", info.name, name, owner, alternative)
+        self.server.record("plugin_collision", plugin=info.name, tool=name, owner=owner,
+                           registered_as=alternative)
+
+    # -- what people and clients see ----------------------------------------------------
+
+    def snapshot(self):
+        """A JSON-ready description of every plugin (the ``bemcp://plugins`` resource)."""
+        counts = {s: sum(1 for i in self.plugins if i.status == s) for s in (LOADED, FAILED, DISABLED)}
+        return {"enabled": self.enabled, "timeout": self.config.plugin_timeout, **counts,
+                "plugins": [info.as_dict() for info in self.plugins]}
+
+
+# -- loaders (run in the plugin's thread) -------------------------------------------------
+
+def _setup_of(obj, info):
+    """The setup callable of a loaded module, or the callable an entry point names."""
+    import types
+    if isinstance(obj, types.ModuleType):
+        info.description = info.description or (obj.__doc__ or "").strip().split("\n")[0]
+        info.version = info.version or str(getattr(obj, "__version__", "") or "")
+        setup = getattr(obj, "setup", None)
+    else:
+        setup = obj
+    if not callable(setup):
+        raise TypeError("the plugin has no setup(server) function")
+    return setup
+
+
+def _load_bundled(info):
+    return _setup_of(importlib.import_module(info.origin), info)
+
+
+def _load_file(info):
+    """Import a plugin file or package from a --plugins-dir, under a private module name."""
+    import importlib.util
+    path = info.origin
+    module_name = "_bemcp_plugin_" + re.sub(r"\W", "_", info.name)
+    if os.path.isdir(path):
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(path, "__init__.py"),
+                                                      submodule_search_locations=[path])
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(module_name) is module:
+            del sys.modules[module_name]
+        raise
+    return _setup_of(module, info)
+
+
+def _bundled_package():
+    """Import ``bemcp_plugins``; in a source checkout (not installed) load it from ``plugins/``."""
+    try:
+        return importlib.import_module(BUNDLED_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != BUNDLED_PACKAGE:
+            raise
+    import importlib.util
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
+    init = os.path.join(here, "__init__.py")
+    if not os.path.isfile(init):
+        raise ModuleNotFoundError(f"No module named {BUNDLED_PACKAGE!r}", name=BUNDLED_PACKAGE)
+    spec = importlib.util.spec_from_file_location(BUNDLED_PACKAGE, init, submodule_search_locations=[here])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[BUNDLED_PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _redirect_fd1():
+    """Point fd 1 at stderr while plugins load (a plugin's os.write(1) or child process)."""
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        return saved
+    except OSError:
+        return None
+
+
+def _restore_fd1(saved):
+    if saved is None:
+        return
+    try:
+        os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
+
+# -- public entry points ---------------------------------------------------------------------
+
+def load_plugins(server):
+    """Load the plugins ``server.config`` asks for; ``server.plugins`` is the PluginManager.
+
+    Also registers the resource ``bemcp://plugins`` (loaded and failed plugins, reasons, tools).
+    """
+    manager = PluginManager(server)
+    server.plugins = manager
+    if RESOURCE_URI not in server.resources:
+        server.resource(RESOURCE_URI, name="plugins",
+                        description="bemcp plugins: loaded, failed (with reasons) and disabled, with their tools"
+                        )(manager.snapshot)
+    return manager.load()
+
+
+def show_plugins(server, as_json=False, out=None):
+    """Print ``bemcp plugins``; the exit code is 1 when a plugin failed, else 0."""
+    out = out or sys.stdout
+    manager = getattr(server, "plugins", None)
+    if manager is None:
+        manager = load_plugins(server)
+    snap = manager.snapshot()
+    if as_json:
+        import orjson
+        out.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 1 if snap[FAILED] else 0
+    if not manager.enabled:
+        out.write("plugins are disabled (--no-plugins, BEMCP_NO_PLUGINS or plugins = false)\n")
+        return 0
+    for info in manager.plugins:
+        where = f"{info.source}: {info.origin}" if info.origin else info.source
+        if info.status == LOADED:
+            out.write(f"{info.name:<12} loaded    ({where}, {info.seconds * 1000:.0f} ms)\n")
+        else:
+            out.write(f"{info.name:<12} {info.status.upper():<9} ({where})\n")
+            out.write(f"    reason: {info.reason}\n")
+        if info.description:
+            out.write(f"    {info.description}\n")
+        if info.tools:
+            out.write(f"    tools: {', '.join(info.tools)}\n")
+        for original, registered in info.renamed.items():
+            out.write(f"    renamed: {original} -> {registered} (name already taken)\n")
+        for name, why in info.refused.items():
+            out.write(f"    refused: {name}: {why}\n")
+        if info.resources:
+            out.write(f"    resources: {', '.join(info.resources)}\n")
+    out.write(f"{snap[LOADED]} loaded, {snap[FAILED]} failed, {snap[DISABLED]} disabled\n")
+    return 1 if snap[FAILED] else 0
