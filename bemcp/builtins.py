@@ -10,3 +10,9 @@ def register_builtins(server):
             text: The text to send back.
         """
         return text
+
+    from .processes import register_process_tools
+    register_process_tools(server)
+    if server.watchdog is not None:
+        from .watchdog import register_status
+        register_status(server)

@@ -31,6 +31,7 @@ class Config:
     max_processes: int = 64
     kill_grace: float = 2.0                # SIGTERM -> SIGKILL
     # Watchdog.
+    watchdog: bool = True
     max_inflight: int = 0                  # concurrent tool calls (0: unlimited)
     max_queued: int = 1024                 # calls waiting for a slot
     tool_limits: dict = field(default_factory=dict)     # tool name -> concurrent calls
@@ -103,6 +104,8 @@ def add_arguments(parser):
     g.add_argument("--max-output", type=int, metavar="BYTES", help="output kept per stream (1 MiB)")
     g.add_argument("--max-processes", type=int, metavar="N", help="concurrent child processes (64)")
     g = parser.add_argument_group("watchdog")
+    g.add_argument("--no-watchdog", action="store_false", dest="watchdog", default=None,
+                   help="no escalation, lock-up or memory watch (deadlines and limits still hold)")
     g.add_argument("--max-inflight", type=int, metavar="N", help="concurrent tool calls (0: unlimited)")
     g.add_argument("--max-queued", type=int, metavar="N", help="tool calls waiting for a slot (1024)")
     g.add_argument("--memory-soft-mb", type=int, metavar="MB", help="refuse new work above this RSS")

@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from orjson import Fragment, dumps
 
 from . import __version__
-from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot
+from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot, interrupt_thread
 from ._core._errors import INVALID_PARAMS, METHOD_NOT_FOUND
 from .config import Config
 from .protocol import (HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
-                       SERVER_INFO_KEY, SUPPORTED_VERSIONS, request_version)
-from .tools import Tool
+                       SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
+from .tasks import TaskManager
+from .tools import Tool, ToolInterrupted
 
 log = logging.getLogger("bemcp")
 
@@ -59,6 +60,9 @@ class Server:
         self.loop = None
         self._loop_thread = None
         self._executor = None
+        self._thread_owner = {}        # worker thread id -> the request it runs
+        self._thread_guard = threading.Lock()
+        self.watchdog = None
         self._list_cache = {}
         self._start_callbacks = []
         self._shutdown_callbacks = []
@@ -66,6 +70,10 @@ class Server:
         # Observers the watchdog, logs and plugins attach to.
         self.request_observers = []    # f(request) as each request leaves the in-flight table
         self.recorders = []            # f(kind, fields) for every forensics event
+        self.tasks = TaskManager(self)
+        if self.config.watchdog:
+            from .watchdog import Watchdog
+            Watchdog(self)
 
     # -- registration ----------------------------------------------------------
 
@@ -104,7 +112,9 @@ class Server:
         for tool in self.tools.values():
             timeout = self.config.tool_timeouts.get(tool.name, tool.timeout)
             limit = self.config.tool_limits.get(tool.name, tool.max_concurrency)
-            table[tool.name] = ToolSlot(tool.name, tool.start, tool.finish, tool.fail, tool.eager, timeout, limit)
+            slot = ToolSlot(tool.name, tool.start, tool.finish, tool.fail, tool.eager, timeout, limit)
+            slot.route = self.tasks.route_for(tool)
+            table[tool.name] = slot
 
     def resource(self, uri, *, name=None, description=None, mime_type="application/json"):
         """Register a resource read by calling the function (str, bytes or JSON value)."""
@@ -156,6 +166,7 @@ class Server:
             "notifications/cancelled": self._handle_cancelled,
         })
         self.dispatcher = d
+        self.tasks.install(d)
         self._sync_tools()
         return d
 
@@ -222,8 +233,14 @@ class Server:
         caps = {"tools": {"listChanged": not modern}}
         if self.resources:
             caps["resources"] = {"listChanged": False} if not modern else {}
-        if not modern:
+        tasks = any(t.task_support in ("optional", "required") for t in self.tools.values())
+        if modern:
+            if tasks:
+                caps["extensions"] = {TASKS_EXTENSION: {}}
+        else:
             caps["logging"] = {}
+            if tasks:
+                caps["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
         return caps
 
     def _handle_tools_list(self, params, req):
@@ -365,18 +382,42 @@ class Server:
 
     # -- running -------------------------------------------------------------------
 
-    async def run_in_thread(self, req, fn, kwargs):
-        """Run a sync tool in a worker thread, recording the thread on its request."""
+    def run_in_thread(self, req, fn, kwargs):
+        """Run a sync tool in a worker thread; a future of its return value.
+
+        The thread is recorded on the request (and as its owner) so the watchdog can
+        interrupt exactly this call, never whatever the thread runs next.
+        """
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.worker_threads, thread_name_prefix="bemcp-tool")
+        owners = self._thread_owner
+        guard = self._thread_guard
 
         def call():
-            req.thread = threading.get_ident()
+            ident = threading.get_ident()
+            with guard:
+                owners[ident] = req
+                req.thread = ident
             try:
                 return fn(**kwargs)
+            except ToolInterrupted:
+                raise asyncio.CancelledError() from None
             finally:
-                req.thread = None
-        return await self.loop.run_in_executor(self._executor, call)
+                with guard:
+                    req.thread = None
+                    if owners.get(ident) is req:
+                        del owners[ident]
+                    interrupt_thread(ident, None)  # drop an interrupt that had not landed yet
+        return self.loop.run_in_executor(self._executor, call)
+
+    def interrupt_worker(self, req, exc_type):
+        """Raise ``exc_type`` in the worker thread running ``req``, once; True if sent."""
+        with self._thread_guard:
+            ident = req.thread
+            if ident is None or self._thread_owner.get(ident) is not req:
+                return False
+            del self._thread_owner[ident]  # never a second time for this call
+            return interrupt_thread(ident, exc_type)
 
     def run(self):
         """Serve MCP over stdio until stdin closes or a signal arrives."""
@@ -390,6 +431,7 @@ class Server:
                 await result
 
     async def shutdown(self):
+        self.tasks.close()
         for callback in reversed(self._shutdown_callbacks):
             try:
                 result = callback()

@@ -19,6 +19,13 @@ class ToolError(Exception):
     """Raise in a tool to answer with ``isError: true`` and this message."""
 
 
+class ToolInterrupted(BaseException):
+    """Raised inside a sync tool's worker thread after its request was stopped.
+
+    A BaseException, so ``except Exception`` in a tool does not swallow it.
+    """
+
+
 class ToolResult:
     """An explicit tool result: content blocks, structured content, error flag."""
 

@@ -9,6 +9,9 @@ import sys
 
 from ._errors import RpcError  # noqa: F401  (shared by both twins)
 
+# Request states, the same numbers in both twins.
+STATE_RUNNING, STATE_OK, STATE_ERROR, STATE_TIMED_OUT, STATE_CANCELLED, STATE_KILLED, STATE_REJECTED = range(7)
+
 NO_EXTENSIONS = bool(os.environ.get("BEMCP_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 USE_EXTENSIONS = False
 
@@ -17,7 +20,7 @@ if not NO_EXTENSIONS:
         from ._dispatch import Dispatcher, ToolSlot
         from ._framing import Framer, Oversized
         from ._protocol import ReaderProtocol, WriterProtocol
-        from ._watchdog import STATE_NAMES, InFlightTable, Request
+        from ._watchdog import STATE_NAMES, InFlightTable, Request, interrupt_thread
         USE_EXTENSIONS = True
     except ImportError:
         pass
@@ -26,4 +29,4 @@ if not USE_EXTENSIONS:
     from ._dispatch_py import Dispatcher, ToolSlot  # noqa: F401
     from ._framing_py import Framer, Oversized  # noqa: F401
     from ._protocol_py import ReaderProtocol, WriterProtocol  # noqa: F401
-    from ._watchdog_py import STATE_NAMES, InFlightTable, Request  # noqa: F401
+    from ._watchdog_py import STATE_NAMES, InFlightTable, Request, interrupt_thread  # noqa: F401

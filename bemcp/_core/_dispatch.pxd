@@ -11,10 +11,11 @@ cdef class ToolSlot:
     cdef public object timeout
     cdef public Py_ssize_t limit
     cdef public Py_ssize_t active
+    cdef public object route
 
 
 cdef class _Resume:
-    cdef object coro
+    cdef readonly object coro
     cdef object pending
 
 
@@ -30,6 +31,7 @@ cdef class Dispatcher:
     cdef public object default_timeout
     cdef public Py_ssize_t max_active
     cdef public Py_ssize_t max_queued
+    cdef public object refusing
     cdef public Py_ssize_t active
     cdef public object queue
     cdef public object recent
@@ -50,6 +52,8 @@ cdef class Dispatcher:
     cpdef handle_message(self, object msg)
     cdef _request(self, object id, str method, object params)
     cdef _call_tool(self, object id, object params)
+    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink)
+    cdef _reject(self, object id, object sink, object exc)
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
     cdef _tool_done(self, Request req, ToolSlot slot, object value)
@@ -63,6 +67,7 @@ cdef class Dispatcher:
     cdef _answer_error(self, Request req, object exc)
     cdef _fail(self, Request req, object exc)
     cdef _cancel_task(self, Request req)
+    cpdef bint stop(self, Request req, int state, object outcome=*) except -1
     cdef _send_error(self, object id, int code, str message, object data=*)
     cdef _emit(self, bytes data)
     cpdef flush(self)

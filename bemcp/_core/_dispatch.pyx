@@ -47,6 +47,8 @@ cdef class ToolSlot:
     ``finish(value, request)`` turns the value into the result sent;
     ``fail(exc, request)`` turns an exception from the tool into a result.
     ``eager``: the coroutine is stepped inline and only becomes a task if it suspends.
+    ``route(id, params)``: if set, sees each call first and returns True when it
+    answered the request itself (the MCP layer uses it to start tasks).
     """
 
     def __init__(self, name, call, finish, fail, eager=False, timeout=None, Py_ssize_t limit=0):
@@ -58,6 +60,7 @@ cdef class ToolSlot:
         self.timeout = timeout
         self.limit = limit
         self.active = 0
+        self.route = None
 
 
 cdef class _Resume:
@@ -111,6 +114,7 @@ cdef class Dispatcher:
         self.default_timeout = None
         self.max_active = 0
         self.max_queued = 0
+        self.refusing = None
         self.active = 0
         self.queue = deque()
         self.recent = deque(maxlen=64)
@@ -216,7 +220,6 @@ cdef class Dispatcher:
         self._settle(req, result, None, None)
 
     cdef _call_tool(self, object id, object params):
-        cdef Request req
         cdef ToolSlot slot
         if type(params) is not dict:
             self._send_error(id, INVALID_PARAMS, "Invalid params: tools/call needs {name, arguments}")
@@ -227,27 +230,66 @@ cdef class Dispatcher:
             self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
             return
         slot = <ToolSlot>found
-        args = (<dict>params).get("arguments")
+        if slot.route is not None:
+            try:
+                if slot.route(id, params):
+                    return
+            except _RpcError as exc:
+                self._send_error(id, exc.code, exc.message, exc.data)
+                return
+            except Exception as exc:
+                if self.on_exception is not None:
+                    self.on_exception(None, exc)
+                self._send_error(id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
+                return
+        self._begin_tool(id, slot, <dict>params, None)
+
+    def begin_tool(self, id, name, dict params, sink=None):
+        """Run tool ``name`` for ``params`` as request ``id``.
+
+        With ``sink``, the outcome goes to ``sink(result, error)`` instead of the
+        client (error an RpcError; both None if the call was cancelled).
+        """
+        found = self.tools.get(name)
+        if found is None:
+            self._reject(id, sink, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
+            return
+        self._begin_tool(id, <ToolSlot>found, params, sink)
+
+    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink):
+        cdef Request req
+        args = params.get("arguments")
         if args is None:
             args = {}
         elif type(args) is not dict:
-            self._send_error(id, INVALID_PARAMS, "Invalid params: arguments must be an object")
+            self._reject(id, sink, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
             return
         try:
-            req = self.table.open(id, self.tool_method, name, params)
+            req = self.table.open(id, self.tool_method, slot.name, params)
         except _RpcError as exc:
-            self._send_error(id, exc.code, exc.message)
+            self._reject(id, sink, exc)
             return
+        req.sink = sink
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
+        if self.refusing is not None:
+            self.table.close(req, C_STATE_REJECTED)
+            self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self.table.close(req, C_STATE_REJECTED)
-                self._send_error(id, SERVER_BUSY, self._busy_message(slot), self._busy_data(slot))
+                self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
             return
         self._start_tool(req, slot, <dict>args, timeout)
+
+    cdef _reject(self, object id, object sink, object exc):
+        if sink is not None:
+            sink(None, exc)
+        else:
+            self._send_error(id, exc.code, exc.message, exc.data)
 
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout):
         req.slot = slot
@@ -399,6 +441,9 @@ cdef class Dispatcher:
             state = C_STATE_ERROR
         if not self._close(req, state):
             return
+        if req.sink is not None:
+            req.sink(result, None)
+            return
         try:
             data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL)
         except TypeError as exc:
@@ -407,7 +452,10 @@ cdef class Dispatcher:
 
     cdef _answer_error(self, Request req, object exc):
         if self._close(req, C_STATE_ERROR):
-            self._send_error(req.id, exc.code, exc.message, exc.data)
+            if req.sink is not None:
+                req.sink(None, exc)
+            else:
+                self._send_error(req.id, exc.code, exc.message, exc.data)
 
     cdef _fail(self, Request req, object exc):
         if self.on_exception is not None:
@@ -417,27 +465,36 @@ cdef class Dispatcher:
     def _on_expire(self, Request req):
         if self.timeout_result is not None:
             try:
-                result = self.timeout_result(req)
+                outcome = self.timeout_result(req)
             except _RpcError as exc:
-                result = exc
+                outcome = exc
         else:
-            result = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
-        if not self._close(req, C_STATE_TIMED_OUT):
-            return
-        if type(result) is _RpcError:
-            self._send_error(req.id, result.code, result.message, result.data)
-        else:
-            self._emit(_dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL))
+            outcome = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
+        self.stop(req, C_STATE_TIMED_OUT, outcome)
+
+    cpdef bint stop(self, Request req, int state, object outcome=None) except -1:
+        """End ``req`` now as ``state`` and cancel its work.
+
+        ``outcome`` is what the client gets: a result, an RpcError, or None for
+        no response at all (a cancelled request). False if ``req`` had already ended.
+        """
+        if not self._close(req, state):
+            return False
+        error = outcome if type(outcome) is _RpcError else None
+        if req.sink is not None:
+            req.sink(None if error is not None else outcome, error)
+        elif error is not None:
+            self._send_error(req.id, error.code, error.message, error.data)
+        elif outcome is not None:
+            self._emit(_dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": outcome}, option=_NL))
         self._cancel_task(req)
         self.flush_soon()
+        return True
 
     def cancel(self, id, int state=C_STATE_CANCELLED):
         """Stop request ``id``: no response is sent for it. False if unknown."""
         found = self.table.get(id)
-        if found is None or not self._close(<Request>found, state):
-            return False
-        self._cancel_task(<Request>found)
-        return True
+        return found is not None and self.stop(<Request>found, state, None)
 
     cdef _cancel_task(self, Request req):
         if req.task is not None:
@@ -501,9 +558,7 @@ cdef class Dispatcher:
             except asyncio.TimeoutError:
                 pass
         for req in list(self.table.requests.values()):
-            if self._close(req, C_STATE_KILLED):
-                self._send_error(req.id, INTERNAL_ERROR, "Request cancelled: the server is shutting down")
-                self._cancel_task(req)
+            self.stop(req, C_STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
         self.flush()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)

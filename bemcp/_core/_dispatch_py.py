@@ -33,9 +33,11 @@ class ToolSlot:
     ``finish(value, request)`` turns the value into the result sent;
     ``fail(exc, request)`` turns an exception from the tool into a result.
     ``eager``: the coroutine is stepped inline and only becomes a task if it suspends.
+    ``route(id, params)``: if set, sees each call first and returns True when it
+    answered the request itself (the MCP layer uses it to start tasks).
     """
 
-    __slots__ = ("name", "call", "finish", "fail", "eager", "timeout", "limit", "active")
+    __slots__ = ("name", "call", "finish", "fail", "eager", "timeout", "limit", "active", "route")
 
     def __init__(self, name, call, finish, fail, eager=False, timeout=None, limit=0):
         self.name = name
@@ -46,6 +48,7 @@ class ToolSlot:
         self.timeout = timeout
         self.limit = limit
         self.active = 0
+        self.route = None
 
 
 class _Resume:
@@ -101,6 +104,7 @@ class Dispatcher:
         self.default_timeout = None        # seconds; None: no deadline
         self.max_active = 0                # concurrent tool calls; 0: unlimited
         self.max_queued = 0                # tool calls waiting for a slot
+        self.refusing = None               # a reason to refuse new tool calls (memory pressure)
         self.active = 0
         self.queue = deque()
         self.recent = deque(maxlen=64)     # (time, method, id, size) of the last messages in
@@ -212,27 +216,65 @@ class Dispatcher:
         if slot is None:
             self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
             return
+        if slot.route is not None:
+            try:
+                if slot.route(id, params):
+                    return
+            except RpcError as exc:
+                self._send_error(id, exc.code, exc.message, exc.data)
+                return
+            except Exception as exc:
+                if self.on_exception is not None:
+                    self.on_exception(None, exc)
+                self._send_error(id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
+                return
+        self._begin_tool(id, slot, params, None)
+
+    def begin_tool(self, id, name, params, sink=None):
+        """Run tool ``name`` for ``params`` as request ``id``.
+
+        With ``sink``, the outcome goes to ``sink(result, error)`` instead of the
+        client (error an RpcError; both None if the call was cancelled).
+        """
+        slot = self.tools.get(name)
+        if slot is None:
+            self._reject(id, sink, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
+            return
+        self._begin_tool(id, slot, params, sink)
+
+    def _begin_tool(self, id, slot, params, sink):
         args = params.get("arguments")
         if args is None:
             args = {}
         elif type(args) is not dict:
-            self._send_error(id, INVALID_PARAMS, "Invalid params: arguments must be an object")
+            self._reject(id, sink, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
             return
         try:
-            req = self.table.open(id, self.tool_method, name, params)
+            req = self.table.open(id, self.tool_method, slot.name, params)
         except RpcError as exc:
-            self._send_error(id, exc.code, exc.message)
+            self._reject(id, sink, exc)
             return
+        req.sink = sink
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
+        if self.refusing is not None:
+            self.table.close(req, STATE_REJECTED)
+            self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self.table.close(req, STATE_REJECTED)
-                self._send_error(id, SERVER_BUSY, self._busy_message(slot), self._busy_data(slot))
+                self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
             return
         self._start_tool(req, slot, args, timeout)
+
+    def _reject(self, id, sink, exc):
+        if sink is not None:
+            sink(None, exc)
+        else:
+            self._send_error(id, exc.code, exc.message, exc.data)
 
     def _start_tool(self, req, slot, args, timeout):
         req.slot = slot
@@ -375,6 +417,9 @@ class Dispatcher:
             state = STATE_ERROR
         if not self._close(req, state):
             return
+        if req.sink is not None:
+            req.sink(result, None)
+            return
         try:
             data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
         except TypeError as exc:
@@ -383,7 +428,10 @@ class Dispatcher:
 
     def _answer_error(self, req, exc):
         if self._close(req, STATE_ERROR):
-            self._send_error(req.id, exc.code, exc.message, exc.data)
+            if req.sink is not None:
+                req.sink(None, exc)
+            else:
+                self._send_error(req.id, exc.code, exc.message, exc.data)
 
     def _fail(self, req, exc):
         if self.on_exception is not None:
@@ -393,27 +441,36 @@ class Dispatcher:
     def _on_expire(self, req):
         if self.timeout_result is not None:
             try:
-                result = self.timeout_result(req)
+                outcome = self.timeout_result(req)
             except RpcError as exc:
-                result = exc
+                outcome = exc
         else:
-            result = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
-        if not self._close(req, STATE_TIMED_OUT):
-            return
-        if type(result) is RpcError:
-            self._send_error(req.id, result.code, result.message, result.data)
-        else:
-            self._emit(dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE))
+            outcome = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
+        self.stop(req, STATE_TIMED_OUT, outcome)
+
+    def stop(self, req, state, outcome=None):
+        """End ``req`` now as ``state`` and cancel its work.
+
+        ``outcome`` is what the client gets: a result, an RpcError, or None for
+        no response at all (a cancelled request). False if ``req`` had already ended.
+        """
+        if not self._close(req, state):
+            return False
+        error = outcome if type(outcome) is RpcError else None
+        if req.sink is not None:
+            req.sink(None if error is not None else outcome, error)
+        elif error is not None:
+            self._send_error(req.id, error.code, error.message, error.data)
+        elif outcome is not None:
+            self._emit(dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE))
         self._cancel_task(req)
         self.flush_soon()
+        return True
 
     def cancel(self, id, state=STATE_CANCELLED):
         """Stop request ``id``: no response is sent for it. False if unknown."""
         req = self.table.get(id)
-        if req is None or not self._close(req, state):
-            return False
-        self._cancel_task(req)
-        return True
+        return req is not None and self.stop(req, state, None)
 
     def _cancel_task(self, req):
         if req.task is not None:
@@ -477,9 +534,7 @@ class Dispatcher:
             except asyncio.TimeoutError:
                 pass
         for req in list(self.table.requests.values()):
-            if self._close(req, STATE_KILLED):
-                self._send_error(req.id, INTERNAL_ERROR, "Request cancelled: the server is shutting down")
-                self._cancel_task(req)
+            self.stop(req, STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
         self.flush()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)

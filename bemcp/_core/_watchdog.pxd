@@ -22,6 +22,7 @@ cdef class Request:
     cdef public object thread
     cdef public bint armed
     cdef public object slot
+    cdef public object sink
     cdef public object detail
     cdef public Py_ssize_t size
 

@@ -8,6 +8,7 @@ one timer handle, so a request costs a heap push, never a timer of its own.
 
 from heapq import heapify, heappop, heappush
 
+from cpython.ref cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from ._errors import INVALID_REQUEST, RpcError
@@ -21,6 +22,9 @@ STATE_KILLED = C_STATE_KILLED
 STATE_REJECTED = C_STATE_REJECTED
 
 STATE_NAMES = ("running", "ok", "error", "timeout", "cancelled", "killed", "rejected")
+
+cdef extern from "Python.h":
+    int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)
 
 # Rebuild the heap once this many finished requests still sit in it.
 cdef Py_ssize_t _COMPACT_MIN = 1024
@@ -49,6 +53,7 @@ cdef class Request:
         self.thread = None
         self.armed = False
         self.slot = None
+        self.sink = None
         self.detail = None
         self.size = 0
 
@@ -180,3 +185,13 @@ cdef class InFlightTable:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def interrupt_thread(unsigned long ident, exc_type):
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode; None clears a pending one.
+
+    True if a thread with that id exists.
+    """
+    if exc_type is None:
+        return PyThreadState_SetAsyncExc(ident, NULL) == 1
+    return PyThreadState_SetAsyncExc(ident, <PyObject*>exc_type) == 1

@@ -5,6 +5,7 @@ deadline, state and the task doing the work. Deadlines sit in one heap served by
 one timer handle, so a request costs a heap push, never a timer of its own.
 """
 
+import ctypes
 import heapq
 from time import monotonic
 
@@ -28,7 +29,7 @@ class Request:
     """One in-flight request. ``state`` leaves RUNNING exactly once."""
 
     __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
-                 "state", "task", "thread", "armed", "slot", "detail", "size")
+                 "state", "task", "thread", "armed", "slot", "sink", "detail", "size")
 
     def __init__(self, id, method, tool, params, start):
         self.id = id
@@ -43,6 +44,7 @@ class Request:
         self.thread = None
         self.armed = False
         self.slot = None
+        self.sink = None
         self.detail = None
         self.size = 0
 
@@ -162,3 +164,13 @@ class InFlightTable:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def interrupt_thread(ident, exc_type):
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode; None clears a pending one.
+
+    True if a thread with that id exists. (The compiled twin calls the C API directly.)
+    """
+    found = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type is not None else None)
+    return found == 1

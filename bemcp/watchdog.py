@@ -1,0 +1,308 @@
+"""The watchdog: what happens to work that overruns, blocks the loop, or eats memory.
+
+The bookkeeping (in-flight table, deadline heap, slot limits) is in the compiled
+core; this module is the policy on top of it:
+
+- escalation: a request stopped by its deadline or the client gets ``escalate_after``
+  seconds to end; an async task still running is recorded with its stack and
+  cancelled again, a sync tool still running in a worker thread gets ToolInterrupted
+  raised inside it (PyThreadState_SetAsyncExc, from the compiled core);
+- lock-ups: a thread watches the event loop's heartbeat; a loop blocked past
+  ``lag_threshold`` is recorded with the loop thread's stack, and past
+  ``lag_interrupt`` the blocking Python code is interrupted with LoopBlocked;
+- memory: RSS of the server and its children is sampled off the loop; above the
+  soft limit new tool calls are refused, above the hard limit the largest child
+  process tree is killed, then the newest tool calls are stopped, until usage is
+  back under the soft limit. Every action is recorded with the figures behind it.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from time import monotonic
+
+from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread
+from ._core._errors import SERVER_BUSY
+from .tools import ToolError, ToolInterrupted
+
+log = logging.getLogger("bemcp.watchdog")
+
+HEARTBEAT = 0.1          # seconds between loop heartbeats
+MEMORY_INTERVAL = 1.0    # seconds between memory samples
+ESCALATE_AFTER = 1.0     # grace for stopped work before escalation
+MAX_ESCALATIONS = 5
+
+
+class LoopBlocked(ToolError):
+    """Raised in code that blocked the event loop past the interrupt threshold.
+
+    A ToolError: the call it interrupts ends as an isError result saying why.
+    """
+
+
+def _format_stack(frame, limit=40):
+    return "".join(traceback.format_stack(frame, limit=limit)) if frame is not None else ""
+
+
+def _task_stack(task):
+    """Where a task is suspended: the chain of coroutines it awaits, outermost first."""
+    lines = []
+    obj = task.get_coro()
+    for _ in range(64):
+        if obj is None:
+            break
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is not None:
+            lines.extend(traceback.format_stack(frame, limit=1))
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "coro", None)
+    return "".join(lines)
+
+
+class Watchdog:
+    """Attach with ``Watchdog(server)``; it starts and stops with the server."""
+
+    def __init__(self, server):
+        self.server = server
+        cfg = server.config
+        self.lag_threshold = cfg.lag_threshold
+        self.lag_interrupt = cfg.lag_interrupt
+        self.soft_bytes, self.hard_bytes = memory_limits(cfg.memory_soft_mb, cfg.memory_hard_mb)
+        self.counts = {"runaways": 0, "thread_interrupts": 0, "lockups": 0, "loop_interrupts": 0,
+                       "memory_refusals": 0, "memory_kills": 0, "memory_cancels": 0}
+        self.memory = {"rss": 0, "children_rss": 0, "children": 0}
+        self.lag = 0.0
+        self._heartbeat = monotonic()
+        self._beat_handle = None
+        self._thread = None
+        self._stop = threading.Event()
+        self._blocked_since = None
+        self._interrupting = False
+        self._loop_ident = None
+        self._use_signal = False
+        self._refusal = None
+        server.watchdog = self
+        server.on_start(self.start)
+        server.on_shutdown(self.stop)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self):
+        self.loop = self.server.loop
+        self.dispatcher = self.server.dispatcher
+        self.dispatcher.on_cancelled = self._on_cancelled
+        self._loop_ident = threading.get_ident()
+        if threading.current_thread() is threading.main_thread():
+            # A signal handler can break a blocking sleep or syscall, not only bytecode.
+            signal.signal(signal.SIGUSR2, self._on_interrupt_signal)
+            self._use_signal = True
+        self._beat()
+        self._thread = threading.Thread(target=self._watch, name="bemcp-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._beat_handle is not None:
+            self._beat_handle.cancel()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+    # -- escalation ----------------------------------------------------------------
+
+    def _on_cancelled(self, req):
+        self.loop.call_later(ESCALATE_AFTER, self._escalate, req, 1)
+
+    def _escalate(self, req, attempt):
+        task = req.task
+        if req.thread is not None:
+            frame = sys._current_frames().get(req.thread)
+            if self.server.interrupt_worker(req, ToolInterrupted):
+                self.counts["thread_interrupts"] += 1
+                self._runaway(req, "sync tool still running in its worker thread: interrupted", frame)
+        elif task is not None and not task.done():
+            self._runaway(req, "async tool ignored cancellation", None, _task_stack(task))
+            task.cancel()
+            if attempt < MAX_ESCALATIONS:
+                self.loop.call_later(ESCALATE_AFTER * 2 ** attempt, self._escalate, req, attempt + 1)
+
+    def _runaway(self, req, what, frame, stack=None):
+        self.counts["runaways"] += 1
+        log.warning("runaway request %r (tool %s): %s", req.id, req.tool, what)
+        self.server.record("runaway", request_id=req.id, tool=req.tool, state=req.state_name,
+                           action=what, age_s=round(monotonic() - req.start, 3),
+                           stack=stack if stack is not None else _format_stack(frame))
+
+    # -- the loop heartbeat and the watcher thread ---------------------------------------
+
+    def _beat(self):
+        self._heartbeat = monotonic()
+        self._beat_handle = self.loop.call_later(HEARTBEAT, self._beat)
+
+    def _watch(self):
+        next_memory = 0.0
+        while not self._stop.wait(HEARTBEAT):
+            now = monotonic()
+            self._check_lag(now - self._heartbeat - HEARTBEAT)
+            if now >= next_memory:
+                next_memory = now + MEMORY_INTERVAL
+                try:
+                    self._check_memory()
+                except Exception:
+                    log.exception("memory sampling failed")
+
+    def _check_lag(self, lag):
+        self.lag = max(0.0, lag)
+        if lag < self.lag_threshold:
+            if self._blocked_since is not None:
+                self._blocked_since = None
+                self._interrupting = False
+            return
+        if self._blocked_since is None:
+            self._blocked_since = lag
+            self.counts["lockups"] += 1
+            frame = sys._current_frames().get(self._loop_ident)
+            task = asyncio.tasks._current_tasks.get(self.loop)
+            requests = [r for r in self.dispatcher.table.snapshot()][:20]
+            log.warning("event loop blocked for %.1f s", lag)
+            self.server.record("loop_blocked", blocked_s=round(lag, 3), stack=_format_stack(frame),
+                               task=repr(task) if task is not None else None, in_flight=requests)
+        if self.lag_interrupt and lag >= self.lag_interrupt and not self._interrupting:
+            self._interrupting = True
+            self.counts["loop_interrupts"] += 1
+            frame = sys._current_frames().get(self._loop_ident)
+            self.server.record("loop_interrupted", blocked_s=round(lag, 3), stack=_format_stack(frame))
+            if self._use_signal:
+                signal.pthread_kill(self._loop_ident, signal.SIGUSR2)
+            else:
+                interrupt_thread(self._loop_ident, LoopBlocked)
+
+    def _on_interrupt_signal(self, signum, frame):
+        if self._interrupting:
+            raise LoopBlocked(f"blocked the event loop for over {self.lag_interrupt:g} s and was interrupted")
+
+    # -- memory ---------------------------------------------------------------------
+
+    def _check_memory(self):
+        import psutil
+        me = psutil.Process()
+        rss = me.memory_info().rss
+        children = me.children(recursive=True)
+        child_rss = 0
+        for child in children:
+            try:
+                child_rss += child.memory_info().rss
+            except psutil.Error:
+                pass
+        self.memory = {"rss": rss, "children_rss": child_rss, "children": len(children)}
+        total = rss + child_rss
+        figures = {"rss_mb": round(rss / 2**20, 1), "children_rss_mb": round(child_rss / 2**20, 1),
+                   "soft_limit_mb": round(self.soft_bytes / 2**20), "hard_limit_mb": round(self.hard_bytes / 2**20)}
+        if total > self.soft_bytes and self._refusal is None:
+            self._refusal = (f"Server under memory pressure: {total / 2**20:.0f} MB in use "
+                             f"(soft limit {self.soft_bytes / 2**20:.0f} MB); new tool calls are refused until it drops")
+            self.dispatcher.refusing = self._refusal
+            self.counts["memory_refusals"] += 1
+            log.warning("%s", self._refusal)
+            self.server.record("memory_soft_limit", action="refusing new tool calls", **figures)
+        elif total < self.soft_bytes * 0.9 and self._refusal is not None:
+            self._refusal = None
+            self.dispatcher.refusing = None
+            self.server.record("memory_recovered", action="accepting tool calls again", **figures)
+        if total > self.hard_bytes:
+            self.loop.call_soon_threadsafe(self._relieve, figures)
+
+    def _relieve(self, figures):
+        """Over the hard limit: kill the largest child tree, else stop the newest tool call."""
+        victim = largest_child_tree()
+        if victim is not None:
+            pgid, tree_rss, cmdline = victim
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.counts["memory_kills"] += 1
+            log.warning("memory hard limit: killed process group %d (%s, %.0f MB)", pgid, cmdline, tree_rss / 2**20)
+            self.server.record("memory_hard_limit", action="killed the largest child process tree",
+                               pgid=pgid, command=cmdline, tree_rss_mb=round(tree_rss / 2**20, 1), **figures)
+            return
+        tool_calls = [r for r in self.dispatcher.table.requests.values() if r.tool is not None]
+        if not tool_calls:
+            return
+        newest = max(tool_calls, key=lambda r: r.start)
+        message = (f"Stopped by the watchdog: the server passed its memory hard limit "
+                   f"({self.hard_bytes / 2**20:.0f} MB)")
+        outcome = self.server.tools[newest.tool].error_result(message, newest) \
+            if newest.tool in self.server.tools else RpcError(SERVER_BUSY, message)
+        self.dispatcher.stop(newest, STATE_KILLED, outcome)
+        self.counts["memory_cancels"] += 1
+        self.server.record("memory_hard_limit", action="stopped the newest tool call",
+                           request_id=newest.id, tool=newest.tool, **figures)
+
+    # -- visibility -----------------------------------------------------------------
+
+    def status(self):
+        """What runs now and how requests ended: for `server_status` and bemcp://tasks."""
+        table = self.dispatcher.table
+        counts = dict(zip(STATE_NAMES, table.counts))
+        counts.pop("running", None)
+        return {
+            "in_flight": table.snapshot(),
+            "queued": len(self.dispatcher.queue),
+            "requests": counts,
+            "watchdog": dict(self.counts),
+            "memory": {"rss_mb": round(self.memory["rss"] / 2**20, 1),
+                       "children_rss_mb": round(self.memory["children_rss"] / 2**20, 1),
+                       "children": self.memory["children"],
+                       "soft_limit_mb": round(self.soft_bytes / 2**20),
+                       "hard_limit_mb": round(self.hard_bytes / 2**20),
+                       "refusing_new_calls": self.dispatcher.refusing is not None},
+            "loop_lag_s": round(self.lag, 3),
+        }
+
+
+def memory_limits(soft_mb, hard_mb):
+    """(soft, hard) in bytes: configured values, else half and three quarters of RAM."""
+    import psutil
+    total = psutil.virtual_memory().total
+    soft = soft_mb * 2**20 if soft_mb else total // 2
+    hard = hard_mb * 2**20 if hard_mb else max(soft, total * 3 // 4)
+    return soft, max(hard, soft)
+
+
+def largest_child_tree():
+    """(pgid, rss, command) of the direct child whose process tree uses most memory."""
+    import psutil
+    best = None
+    for child in psutil.Process().children():
+        try:
+            tree = [child] + child.children(recursive=True)
+            rss = 0
+            for p in tree:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            pgid = os.getpgid(child.pid)
+            if pgid == os.getpgid(0):
+                continue  # shares our group: not a tree we started in its own session
+            if best is None or rss > best[1]:
+                best = (pgid, rss, " ".join(child.cmdline())[:200])
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return best
+
+
+def register_status(server):
+    """The `server_status` tool and the bemcp://tasks resource."""
+    @server.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
+    async def server_status() -> dict:
+        """What the server is doing: in-flight tool calls (age, deadline), how requests ended,
+        watchdog actions, and memory of the server and its child processes."""
+        return server.watchdog.status()
+
+    @server.resource("bemcp://tasks", name="tasks", description="In-flight requests, counters and watchdog state")
+    def tasks_resource():
+        return server.watchdog.status()
