@@ -277,6 +277,8 @@ class Tool:
             result = {"content": [value]}
         elif value is None:
             result = {"content": []}
+        elif type(value) in (int, float, bool) and self.output_schema is None:
+            result = {"content": [{"type": "text", "text": dumps(value).decode()}]}
         elif isinstance(value, list) and value and all(isinstance(v, Content) for v in value):
             result = {"content": value}
         else:

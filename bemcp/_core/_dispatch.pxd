@@ -43,9 +43,11 @@ cdef class Dispatcher:
     cdef list _out
     cdef bint _reading
     cdef object _flush_handle
+    cdef dict _pending
     cdef set _tasks
     cdef object _idle
     cdef object _discard
+    cdef object _done
 
     cpdef feed(self, bytes data)
     cpdef handle_line(self, object line)

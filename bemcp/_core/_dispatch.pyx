@@ -35,6 +35,8 @@ cdef object _loads = loads
 cdef object _dumps = dumps
 cdef object _JSONDecodeError = JSONDecodeError
 cdef object _CancelledError = asyncio.CancelledError
+cdef object _Future = asyncio.Future
+cdef object _ensure_future = asyncio.ensure_future
 cdef object _RpcError = RpcError
 cdef int _NL = OPT_APPEND_NEWLINE
 cdef str _JSONRPC = "2.0"
@@ -126,8 +128,10 @@ cdef class Dispatcher:
         self._out = []
         self._reading = False
         self._flush_handle = None
+        self._pending = {}
         self._tasks = set()
         self._discard = self._tasks.discard
+        self._done = self._on_done
         self._idle = None
 
     # -- input -------------------------------------------------------------
@@ -334,31 +338,42 @@ cdef class Dispatcher:
             return
         if timeout is not None and not req.armed:
             self.table.arm(req, timeout)
-        task = self.loop.create_task(self._drive(req, result, slot))
-        req.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._discard)
+        if PyCoro_CheckExact(result) or type(result) is _Resume:
+            future = self.loop.create_task(result)
+        elif isinstance(result, _Future):
+            future = result  # e.g. a sync tool's executor future: no task needed
+        else:
+            future = _ensure_future(result, loop=self.loop)
+        req.task = future
+        self._pending[future] = req
+        future.add_done_callback(self._done)
 
-    async def _drive(self, Request req, awaitable, ToolSlot slot):
-        try:
-            result = await awaitable
-        except _CancelledError:
+    def _on_done(self, future):
+        cdef Request req = <Request>self._pending.pop(future)
+        slot = req.slot  # None for method handlers
+        if future.cancelled():
             if req.state == C_STATE_RUNNING:
                 # Cancelled by neither the client nor a deadline: the server is stopping.
                 self._answer_error(req, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
             return
-        except _RpcError as exc:
+        exc = future.exception()  # retrieved in every case, so asyncio never warns about it
+        if req.state != C_STATE_RUNNING:
+            return  # already answered (timed out, cancelled, stopped): nothing is owed
+        if exc is None:
+            if slot is None:
+                self._answer(req, future.result())
+            else:
+                self._tool_done(req, <ToolSlot>slot, future.result())
+        elif isinstance(exc, _RpcError):
             self._answer_error(req, exc)
-        except Exception as exc:
+        elif isinstance(exc, Exception):
             if slot is None:
                 self._fail(req, exc)
             else:
-                self._tool_failed(req, slot, exc)
+                self._tool_failed(req, <ToolSlot>slot, exc)
         else:
-            if slot is None:
-                self._answer(req, result)
-            else:
-                self._tool_done(req, slot, result)
+            # CancelledError raised inside the work (a stopped thread), SystemExit, ...
+            self._fail(req, exc)
 
     cdef _tool_done(self, Request req, ToolSlot slot, object value):
         try:
@@ -560,13 +575,14 @@ cdef class Dispatcher:
         for req in list(self.table.requests.values()):
             self.stop(req, C_STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
         self.flush()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=1.0)
+        work = list(self._pending) + list(self._tasks)
+        if work:
+            await asyncio.wait(work, timeout=1.0)
 
     def close(self):
         self.table.close_timer()
-        for task in list(self._tasks):
-            task.cancel()
+        for future in list(self._pending) + list(self._tasks):
+            future.cancel()
 
 
 cdef bytes _error_bytes(object id, int code, str message, object data):

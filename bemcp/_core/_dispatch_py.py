@@ -117,8 +117,10 @@ class Dispatcher:
         self._out = []
         self._reading = False
         self._flush_handle = None
-        self._tasks = set()
+        self._pending = {}                 # future -> its request
+        self._tasks = set()                # notification handlers' tasks
         self._discard = self._tasks.discard
+        self._done = self._on_done         # one bound method for every future
         self._idle = None
 
     # -- input -------------------------------------------------------------
@@ -315,31 +317,42 @@ class Dispatcher:
             return
         if timeout is not None and not req.armed:
             self.table.arm(req, timeout)
-        task = self.loop.create_task(self._drive(req, result, slot))
-        req.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._discard)
+        if type(result) is CoroutineType or type(result) is _Resume:
+            future = self.loop.create_task(result)
+        elif isinstance(result, asyncio.Future):
+            future = result  # e.g. a sync tool's executor future: no task needed
+        else:
+            future = asyncio.ensure_future(result, loop=self.loop)
+        req.task = future
+        self._pending[future] = req
+        future.add_done_callback(self._done)
 
-    async def _drive(self, req, awaitable, slot):
-        try:
-            result = await awaitable
-        except _CancelledError:
+    def _on_done(self, future):
+        req = self._pending.pop(future)
+        slot = req.slot  # None for method handlers
+        if future.cancelled():
             if req.state == STATE_RUNNING:
                 # Cancelled by neither the client nor a deadline: the server is stopping.
                 self._answer_error(req, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
             return
-        except RpcError as exc:
+        exc = future.exception()  # retrieved in every case, so asyncio never warns about it
+        if req.state != STATE_RUNNING:
+            return  # already answered (timed out, cancelled, stopped): nothing is owed
+        if exc is None:
+            if slot is None:
+                self._answer(req, future.result())
+            else:
+                self._tool_done(req, slot, future.result())
+        elif isinstance(exc, RpcError):
             self._answer_error(req, exc)
-        except Exception as exc:
+        elif isinstance(exc, Exception):
             if slot is None:
                 self._fail(req, exc)
             else:
                 self._tool_failed(req, slot, exc)
         else:
-            if slot is None:
-                self._answer(req, result)
-            else:
-                self._tool_done(req, slot, result)
+            # CancelledError raised inside the work (a stopped thread), SystemExit, ...
+            self._fail(req, exc)
 
     def _tool_done(self, req, slot, value):
         try:
@@ -536,13 +549,14 @@ class Dispatcher:
         for req in list(self.table.requests.values()):
             self.stop(req, STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
         self.flush()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=1.0)
+        work = list(self._pending) + list(self._tasks)
+        if work:
+            await asyncio.wait(work, timeout=1.0)
 
     def close(self):
         self.table.close_timer()
-        for task in list(self._tasks):
-            task.cancel()
+        for future in list(self._pending) + list(self._tasks):
+            future.cancel()
 
 
 def _valid_id(id):

@@ -34,7 +34,6 @@ cdef class InFlightTable:
     cdef public object on_close
     cdef Py_ssize_t _counts[N_STATES]
     cdef list _heap
-    cdef Py_ssize_t _seq
     cdef Py_ssize_t _stale
     cdef object _timer
     cdef double _timer_at

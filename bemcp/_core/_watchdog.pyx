@@ -65,6 +65,10 @@ cdef class Request:
     def state_name(self):
         return STATE_NAMES[self.state]
 
+    def __lt__(self, Request other):
+        # The deadline heap holds requests themselves, ordered by deadline.
+        return self.deadline < other.deadline
+
     def __repr__(self):
         return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
 
@@ -80,7 +84,6 @@ cdef class InFlightTable:
         for i in range(N_STATES):
             self._counts[i] = 0
         self._heap = []
-        self._seq = 0
         self._stale = 0
         self._timer = None
         self._timer_at = 0.0
@@ -131,8 +134,7 @@ cdef class InFlightTable:
         cdef double deadline = req.start + <double>timeout
         req.deadline = deadline
         req.armed = True
-        self._seq += 1
-        heappush(self._heap, (deadline, self._seq, req))
+        heappush(self._heap, req)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
@@ -147,18 +149,18 @@ cdef class InFlightTable:
         cdef double t = now()
         cdef list heap = self._heap
         cdef Request req
-        while heap and <double>heap[0][0] <= t:
-            req = heappop(heap)[2]
+        while heap and (<Request>heap[0]).deadline <= t:
+            req = <Request>heappop(heap)
             if req.state == C_STATE_RUNNING:
                 req.armed = False
                 self.on_expire(req)
             else:
                 self._stale -= 1
         if heap:
-            self._schedule(heap[0][0])
+            self._schedule((<Request>heap[0]).deadline)
 
     cdef _compact(self):
-        self._heap = [e for e in self._heap if (<Request>e[2]).state == C_STATE_RUNNING]
+        self._heap = [r for r in self._heap if (<Request>r).state == C_STATE_RUNNING]
         heapify(self._heap)
         self._stale = 0
 

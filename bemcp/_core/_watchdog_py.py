@@ -56,6 +56,10 @@ class Request:
     def state_name(self):
         return STATE_NAMES[self.state]
 
+    def __lt__(self, other):
+        # The deadline heap holds requests themselves, ordered by deadline.
+        return self.deadline < other.deadline
+
     def __repr__(self):
         return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
 
@@ -70,7 +74,6 @@ class InFlightTable:
         self.on_close = None    # called with each Request as it leaves the table
         self.counts = [0] * len(STATE_NAMES)
         self._heap = []
-        self._seq = 0
         self._stale = 0
         self._timer = None
         self._timer_at = 0.0
@@ -111,8 +114,7 @@ class InFlightTable:
         deadline = req.start + timeout
         req.deadline = deadline
         req.armed = True
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, req))
+        heapq.heappush(self._heap, req)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
@@ -126,18 +128,18 @@ class InFlightTable:
         self._timer = None
         now = monotonic()
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            req = heapq.heappop(heap)[2]
+        while heap and heap[0].deadline <= now:
+            req = heapq.heappop(heap)
             if req.state == STATE_RUNNING:
                 req.armed = False
                 self.on_expire(req)
             else:
                 self._stale -= 1
         if heap:
-            self._schedule(heap[0][0])
+            self._schedule(heap[0].deadline)
 
     def _compact(self):
-        self._heap = [e for e in self._heap if e[2].state == STATE_RUNNING]
+        self._heap = [r for r in self._heap if r.state == STATE_RUNNING]
         heapq.heapify(self._heap)
         self._stale = 0
 
