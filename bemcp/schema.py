@@ -212,7 +212,7 @@ def compile_arguments_validator(schema):
              for key, sub in props.items() if key in simple}
     known = ", ".join(props) or "none"
 
-    def check(args):
+    def check_general(args):
         for key in required:
             if key not in args:
                 return f"{key}: required argument missing"
@@ -233,15 +233,48 @@ def compile_arguments_validator(schema):
             if error is not None:
                 return error
         return None
-    return check
+
+    if nested or len(props) > 32:
+        return check_general
+    return _straight_line(simple, set(required), check_general)
+
+
+def _straight_line(simple, required, general):
+    """A validator with one lookup and one type test per argument, as generated source.
+
+    It only decides valid or not; for an invalid call it defers to ``general``,
+    which finds the first problem and words it.
+    """
+    names = {}
+    lines = ["def check(args):", "    seen = 0"]
+    for i, (key, types) in enumerate(simple.items()):
+        names[f"t{i}"] = tuple(types)
+        lines.append(f"    v = args.get({key!r}, MISSING)")
+        lines.append("    if v is not MISSING:")
+        if len(types) == 1:
+            names[f"t{i}"] = next(iter(types))
+            lines.append(f"        if type(v) is not t{i}:")
+        else:
+            lines.append(f"        if type(v) not in t{i}:")
+        lines.append("            return general(args)")
+        lines.append("        seen += 1")
+        if key in required:
+            lines.append("    else:")
+            lines.append("        return general(args)")
+    lines.append("    if seen != len(args):")
+    lines.append("        return general(args)  # names outside the schema: allowed or not, general decides")
+    lines.append("    return None")
+    scope = dict(names, MISSING=object(), general=general)
+    exec("\n".join(lines), scope)
+    return scope["check"]
 
 
 def compile_validator(schema):
     """A function ``check(value, path) -> error message or None`` for ``schema``."""
+    if schema is False:  # before the emptiness test: `not False` is true too
+        return lambda value, path: f"{path}: no value is allowed here"
     if schema is True or not schema:
         return _ok
-    if schema is False:
-        return lambda value, path: f"{path}: no value is allowed here"
     checks = []
     kind = schema.get("type")
     if kind is not None:

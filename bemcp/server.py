@@ -5,7 +5,6 @@ import logging
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from orjson import Fragment, dumps
 
@@ -378,7 +377,13 @@ class Server:
         if self._log_handler is None:
             self._log_handler = _ClientLogHandler(self)
             logging.getLogger().addHandler(self._log_handler)
-        self._log_handler.setLevel(LOG_LEVELS[self.log_level])
+        level = LOG_LEVELS[self.log_level]
+        self._log_handler.setLevel(level)
+        # The root logger's own level (WARNING by default) would drop records the
+        # client asked for before any handler saw them; lower it, never raise it.
+        root = logging.getLogger()
+        if root.getEffectiveLevel() > level:
+            root.setLevel(level)
 
     # -- running -------------------------------------------------------------------
 
@@ -389,6 +394,7 @@ class Server:
         interrupt exactly this call, never whatever the thread runs next.
         """
         if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor  # only once a sync tool runs
             self._executor = ThreadPoolExecutor(self.worker_threads, thread_name_prefix="bemcp-tool")
         owners = self._thread_owner
         guard = self._thread_guard

@@ -15,8 +15,7 @@ module keeps the task records, their retention (ttl) and the per-client bound.
 """
 
 import asyncio
-import secrets
-from datetime import datetime, timezone
+import os
 from time import monotonic
 
 from ._core import STATE_CANCELLED, RpcError
@@ -30,6 +29,7 @@ TERMINAL = frozenset(("completed", "failed", "cancelled"))
 
 
 def _now_iso():
+    from datetime import datetime, timezone  # not on the start path: only tasks need it
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -129,7 +129,7 @@ class TaskManager:
             raise RpcError(SERVER_BUSY, f"Too many tasks: {self.max_tasks} are running; wait for some to finish",
                            {"limit": self.max_tasks})
         ttl_ms = min(max(ttl or self.default_ttl_ms, 1000), self.max_ttl_ms)
-        record = TaskRecord(secrets.token_hex(16), tool, ttl_ms, modern, self.loop)
+        record = TaskRecord(os.urandom(16).hex(), tool, ttl_ms, modern, self.loop)
         self.tasks[record.task_id] = record
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(1.0, self._sweep)

@@ -158,6 +158,8 @@ class Tool:
             self.output_schema = output_schema
             self._wrap_output = False
         self._validate = compile_arguments_validator(self.input_schema)
+        # Fast path: an async tool whose arguments pass straight through.
+        self._direct = self.is_async and not self._converters and self.context_param is None
 
     def _derive(self, fn, arg_docs):
         sig = inspect.signature(fn)
@@ -219,11 +221,14 @@ class Tool:
 
     def start(self, args, req):
         """Validate and start a call: the tool's value, or an awaitable of it."""
-        if "_meta" in req.params:
-            request_version(req.params)  # -32022 for a version we do not speak
+        params = req.params
+        if "_meta" in params:
+            request_version(params)  # -32022 for a version we do not speak
         error = self._validate(args)
         if error is not None:
             raise ToolError(f"Invalid arguments for tool {self.name!r}: {error}")
+        if self._direct:
+            return self.fn(**args)
         if self._converters or self.context_param is not None:
             args = self._prepare(args, req)
         if self.is_async:

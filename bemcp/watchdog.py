@@ -186,17 +186,8 @@ class Watchdog:
     # -- memory ---------------------------------------------------------------------
 
     def _check_memory(self):
-        import psutil
-        me = psutil.Process()
-        rss = me.memory_info().rss
-        children = me.children(recursive=True)
-        child_rss = 0
-        for child in children:
-            try:
-                child_rss += child.memory_info().rss
-            except psutil.Error:
-                pass
-        self.memory = {"rss": rss, "children_rss": child_rss, "children": len(children)}
+        rss, children, child_rss = sample_memory()
+        self.memory = {"rss": rss, "children_rss": child_rss, "children": children}
         total = rss + child_rss
         figures = {"rss_mb": round(rss / 2**20, 1), "children_rss_mb": round(child_rss / 2**20, 1),
                    "soft_limit_mb": round(self.soft_bytes / 2**20), "hard_limit_mb": round(self.hard_bytes / 2**20)}
@@ -263,10 +254,48 @@ class Watchdog:
         }
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _has_children():
+    """False only when /proc says this process has no children (Linux); else True."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                if f.read().strip():
+                    return True
+        return False
+    except OSError:
+        return True
+
+
+def sample_memory():
+    """(own RSS, number of descendants, their RSS) in bytes.
+
+    psutil is loaded only once there are child processes to account for: reading
+    /proc/self/statm is enough for the server alone and keeps psutil's memory out of it.
+    """
+    if not _has_children():
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE, 0, 0
+        except OSError:
+            pass
+    import psutil
+    me = psutil.Process()
+    children = me.children(recursive=True)
+    child_rss = 0
+    for child in children:
+        try:
+            child_rss += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return me.memory_info().rss, len(children), child_rss
+
+
 def memory_limits(soft_mb, hard_mb):
     """(soft, hard) in bytes: configured values, else half and three quarters of RAM."""
-    import psutil
-    total = psutil.virtual_memory().total
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     soft = soft_mb * 2**20 if soft_mb else total // 2
     hard = hard_mb * 2**20 if hard_mb else max(soft, total * 3 // 4)
     return soft, max(hard, soft)

@@ -87,7 +87,8 @@ cdef class Framer:
     cdef _emit(self, list out, object line, Py_ssize_t size):
         if size > self.max_size:
             out.append(Oversized(size, bytes(line[:_HEAD_SIZE])))
-        elif size > 2 or line[:size].strip():
+        elif size and (<bytes>line)[0] == 0x7B or line[:size].strip():
+            # A message starts with "{"; any other line counts unless it is blank.
             out.append(line)
 
     cdef _buffer(self, bytes data, Py_ssize_t start):

@@ -73,7 +73,8 @@ class Framer:
     def _emit(self, out, line, size):
         if size > self.max_size:
             out.append(Oversized(size, bytes(line[:HEAD_SIZE])))
-        elif size > 2 or line[:size].strip():
+        elif size and line[0] == 0x7B or line[:size].strip():
+            # A message starts with "{"; any other line counts unless it is blank.
             out.append(line)
 
     def _buffer(self, data, start):
