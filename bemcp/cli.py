@@ -14,7 +14,9 @@ def build_parser():
     serve = sub.add_parser("serve", help="serve MCP over stdio (what MCP clients spawn)")
     tools = sub.add_parser("tools", help="list the tools `bemcp serve` would offer")
     tools.add_argument("--json", action="store_true", help="print the tools/list entries as JSON")
-    for p in (serve, tools):
+    plugins = sub.add_parser("plugins", help="list plugins: loaded, failed (with reasons), their tools")
+    plugins.add_argument("--json", action="store_true", help="print the plugin states as JSON")
+    for p in (serve, tools, plugins):
         config.add_arguments(p)
     return parser
 
@@ -23,23 +25,29 @@ def make_server(cfg):
     """The server `bemcp serve` runs, configured by ``cfg`` (a Config)."""
     from . import Server, __version__
     from .builtins import register_builtins
+    from .plugins import load_plugins
     server = Server("bemcp", version=__version__, config=cfg)
     register_builtins(server)
+    load_plugins(server)
     return server
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("serve", "tools"):
+    if args.command in ("serve", "tools", "plugins"):
         try:
             cfg = config.Config.load(args.config, args)
+            server = make_server(cfg)   # settings that conflict (--shell --allow) fail here
         except (OSError, ValueError) as exc:
-            parser.error(str(exc))
+            parser.error(str(exc))      # the message on stderr, exit status 2
     if args.command == "serve":
-        make_server(cfg).run()
+        server.run()
     elif args.command == "tools":
-        show_tools(make_server(cfg), args.json)
+        show_tools(server, args.json)
+    elif args.command == "plugins":
+        from .plugins import show_plugins
+        return show_plugins(server, args.json)
     else:
         parser.print_help()
         return 2

@@ -1,7 +1,17 @@
 """Plugins: discovery, isolated loading, control, and what people and clients see of them.
 
 A plugin is a pure-Python module (or package) with a ``setup(server)`` function that
-registers tools (and resources) with ``@server.tool`` / ``@server.resource``.
+registers tools (and resources) with ``@server.tool`` / ``@server.resource``::
+
+    # weather.py, in a --plugins-dir directory
+    def setup(server):
+        @server.tool
+        def weather_now(city: str) -> dict:
+            "Current weather for a city."
+            ...
+
+Keep the module's top level light (import heavy libraries inside the tools): every
+plugin is imported before the server answers its first request.
 
 Sources, in this order (the order also settles tool-name collisions):
 
@@ -41,6 +51,7 @@ State is visible to people (``bemcp plugins``) and to clients (the resource ``be
 
 import dataclasses
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -58,6 +69,10 @@ BUNDLED = ("sysinfo", "files", "http", "git", "search")
 RESOURCE_URI = "bemcp://plugins"
 
 LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
+
+
+class PluginError(Exception):
+    """A plugin is not usable as such (no setup function...); the message is the reason."""
 
 
 @dataclass
@@ -167,8 +182,16 @@ class _Job:
         self.error = None
         self.thread = threading.Thread(target=self.run, name=f"bemcp-plugin-{info.name}", daemon=True)
         self.started = 0.0
+        self.guard = None
 
     def run(self):
+        try:
+            self._run()
+        finally:
+            if self.guard is not None:
+                self.guard.thread_done(self.thread)
+
+    def _run(self):
         error = None
         try:
             setup = self.load(self.info)
@@ -188,13 +211,14 @@ class _LoaderStdout:
     """sys.stdout while plugins load: their writes go to stderr, never to the protocol.
 
     After loading it stays installed only while an abandoned (timed-out) plugin thread
-    is alive, and then redirects just those threads.
+    is alive, redirecting just those threads, and steps aside when the last one ends.
     """
 
     def __init__(self, real):
         self.real = real
         self.everything = True
         self.threads = set()
+        self._lock = threading.Lock()
 
     def _target(self):
         if self.everything or threading.current_thread() in self.threads:
@@ -210,6 +234,22 @@ class _LoaderStdout:
     def __getattr__(self, name):
         return getattr(self._target(), name)
 
+    def loading_done(self):
+        with self._lock:
+            self.everything = False
+            self.threads = {t for t in self.threads if t.is_alive()}
+            self._step_aside()
+
+    def thread_done(self, thread):
+        with self._lock:
+            self.threads.discard(thread)
+            if not self.everything:
+                self._step_aside()
+
+    def _step_aside(self):
+        if not self.threads and sys.stdout is self:
+            sys.stdout = self.real
+
 
 class PluginManager:
     """Discovers, loads and describes the plugins of one server (``server.plugins``)."""
@@ -219,6 +259,7 @@ class PluginManager:
         self.config = server.config
         self.enabled = bool(self.config.plugins)
         self.plugins = []          # PluginInfo, in discovery order
+        self.abandoned = []        # threads of plugins that timed out and may still run
         self._owners = {}          # tool name -> plugin name
 
     # -- discovery ---------------------------------------------------------------
@@ -312,8 +353,13 @@ class PluginManager:
         sys.stdout = guard
         try:
             if any(job.info.source == "bundled" for job in jobs):
-                _bundled_package()  # import the parent once, here, not in racing threads
+                try:
+                    _bundled_package()  # import the parent once, here, not in racing threads
+                except Exception:
+                    pass  # each bundled plugin then fails with the import error as its reason
             for job in jobs:
+                job.guard = guard
+                guard.threads.add(job.thread)
                 job.started = time.monotonic()
                 job.thread.start()
             deadline = time.monotonic() + budget
@@ -326,10 +372,8 @@ class PluginManager:
                 self._settle(job, budget)
         finally:
             _restore_fd1(saved_fd)
-            guard.everything = False
-            guard.threads = {job.thread for job in jobs if job.thread.is_alive()}
-            if not guard.threads and sys.stdout is guard:
-                sys.stdout = guard.real
+            guard.loading_done()
+            self.abandoned = [job.thread for job in jobs if job.thread.is_alive()]
         # Apply in discovery order so collisions resolve the same way every time.
         for job in jobs:
             if job.info.status == LOADED:
@@ -349,7 +393,8 @@ class PluginManager:
         if job.error is not None:
             exc = job.error
             info.status = FAILED
-            info.reason = f"{job.phase} failed: {type(exc).__name__}: {exc}"
+            info.reason = str(exc) if isinstance(exc, PluginError) else \
+                f"{job.phase} failed: {type(exc).__name__}: {exc}"
             info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             return
         info.status = LOADED
@@ -429,7 +474,7 @@ def _setup_of(obj, info):
     else:
         setup = obj
     if not callable(setup):
-        raise TypeError("the plugin has no setup(server) function")
+        raise PluginError("the plugin has no setup(server) function")
     return setup
 
 
@@ -439,7 +484,6 @@ def _load_bundled(info):
 
 def _load_file(info):
     """Import a plugin file or package from a --plugins-dir, under a private module name."""
-    import importlib.util
     path = info.origin
     module_name = "_bemcp_plugin_" + re.sub(r"\W", "_", info.name)
     if os.path.isdir(path):
@@ -465,7 +509,6 @@ def _bundled_package():
     except ModuleNotFoundError as exc:
         if exc.name != BUNDLED_PACKAGE:
             raise
-    import importlib.util
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
     init = os.path.join(here, "__init__.py")
     if not os.path.isfile(init):
@@ -479,25 +522,35 @@ def _bundled_package():
 
 def _redirect_fd1():
     """Point fd 1 at stderr while plugins load (a plugin's os.write(1) or child process)."""
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
+    _flush_stdout()
     try:
         saved = os.dup(1)
-        os.dup2(2, 1)
-        return saved
     except OSError:
         return None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        return None
+    return saved
 
 
 def _restore_fd1(saved):
     if saved is None:
         return
+    _flush_stdout()  # what a plugin left in a stdout buffer goes to stderr, where fd 1 still points
     try:
         os.dup2(saved, 1)
     finally:
         os.close(saved)
+
+
+def _flush_stdout():
+    for stream in {id(s): s for s in (sys.stdout, sys.__stdout__) if s is not None}.values():
+        try:
+            stream.flush()
+        except Exception:
+            pass
 
 
 # -- public entry points ---------------------------------------------------------------------
@@ -513,7 +566,13 @@ def load_plugins(server):
         server.resource(RESOURCE_URI, name="plugins",
                         description="bemcp plugins: loaded, failed (with reasons) and disabled, with their tools"
                         )(manager.snapshot)
-    return manager.load()
+    try:
+        manager.load()
+    except Exception as exc:  # a bug here must not keep the server from starting
+        log.exception("loading plugins failed")
+        server.record("plugin_failed", plugin="*", reason=f"the plugin loader failed: {exc!r}",
+                      traceback=traceback.format_exc())
+    return manager
 
 
 def show_plugins(server, as_json=False, out=None):

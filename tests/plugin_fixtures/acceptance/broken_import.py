@@ -1,0 +1,7 @@
+"""Raises while being imported."""
+
+raise RuntimeError("broken at import on purpose")
+
+
+def setup(server):  # never reached
+    pass

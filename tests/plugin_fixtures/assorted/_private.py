@@ -1,0 +1,1 @@
+raise AssertionError("names starting with _ are not plugins")

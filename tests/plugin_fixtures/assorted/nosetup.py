@@ -1,0 +1,3 @@
+"""Imports fine but has no setup(server)."""
+
+VALUE = 1

@@ -1,0 +1,90 @@
+"""The issue's acceptance through a real `bemcp serve`: broken, hanging, raising and noisy plugins.
+
+A plugin raising at import, one sleeping 10 s at import, one whose tool raises and one that
+prints: initialize answers within 3 s, every other tool works, each failure shows in
+`bemcp plugins`, on stderr and in the bemcp://plugins resource, and stdout stays pure.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+
+ACCEPTANCE = os.path.join(os.path.dirname(__file__), "plugin_fixtures", "acceptance")
+ENV = {"BEMCP_NO_PLUGINS": ""}  # an empty value does not disable plugins
+
+
+def clean_env():
+    env = dict(os.environ)
+    env.pop("BEMCP_NO_PLUGINS", None)
+    return env
+
+
+def test_broken_plugins_do_not_delay_or_break_the_server(spawn):
+    started = time.monotonic()
+    server = spawn("--plugins-dir", ACCEPTANCE, env=ENV)
+    try:
+        init = server.initialize()
+        assert time.monotonic() - started < 3.0, "initialize waited for a hanging plugin"
+        assert init["result"]["serverInfo"]["name"] == "bemcp"
+
+        tools = {t["name"] for t in server.request("tools/list")["result"]["tools"]}
+        assert {"echo", "raising_tool_ok", "raising_tool_boom", "noisy_shout",
+                "files_read", "git_status", "http_request", "search_text", "sysinfo_overview"} <= tools
+        assert "slow_tool" not in tools
+
+        boom = server.call_tool("raising_tool_boom", {"x": 7})["result"]
+        assert boom["isError"] is True and "boom 7" in boom["content"][0]["text"]
+        ok = server.call_tool("raising_tool_ok", {"x": 2})["result"]
+        assert not ok.get("isError") and ok["content"][0]["text"] == "3"
+        shout = server.call_tool("noisy_shout", {"word": "hey"})["result"]
+        assert shout["content"] == [{"type": "text", "text": "shouted hey"}]
+        assert server.call_tool("echo", {"text": "still here"})["result"]["content"][0]["text"] == "still here"
+
+        read = server.request("resources/read", {"uri": "bemcp://plugins"})["result"]
+        snap = orjson.loads(read["contents"][0]["text"])
+        states = {p["name"]: p for p in snap["plugins"]}
+        assert states["broken_import"]["status"] == "failed"
+        assert states["broken_import"]["reason"] == "import failed: RuntimeError: broken at import on purpose"
+        assert states["slow_import"]["status"] == "failed"
+        assert states["slow_import"]["reason"].startswith("timed out after 2 s")
+        assert states["raising_tool"]["status"] == states["noisy"]["status"] == "loaded"
+
+        # Everything left on stdout is protocol: read to the end after closing stdin.
+        server.proc.stdin.close()
+        rest = server._buf + server.proc.stdout.read()
+        for line in rest.splitlines():
+            orjson.loads(line)
+        assert server.proc.wait(10) == 0
+        err = server.proc.stderr.read().decode()
+    finally:
+        server.close()
+    for text in ("noisy: print at import", "noisy: os.write(1) at import", "noisy: child process at import",
+                 "noisy: buffered on sys.__stdout__ at import",
+                 "noisy: print in tool hey", "noisy: os.write(1) in tool"):
+        assert text in err
+    assert "plugin 'broken_import'" in err and "broken at import on purpose" in err
+    assert "plugin 'slow_import'" in err and "timed out after 2 s" in err
+
+
+def test_bemcp_plugins_lists_failures_with_reasons_and_tools():
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bemcp", "plugins", "--plugins-dir", ACCEPTANCE],
+                          capture_output=True, text=True, timeout=30, env=clean_env())
+    assert time.monotonic() - started < 8.0  # the hanging plugin is abandoned, not awaited
+    assert proc.returncode == 1  # a plugin failed
+    out = proc.stdout
+    assert "broken_import FAILED" in out and "reason: import failed: RuntimeError: broken at import" in out
+    assert "slow_import  FAILED" in out and "reason: timed out after 2 s" in out
+    assert "tools: raising_tool_boom, raising_tool_ok" in out and "tools: noisy_shout" in out
+    assert "noisy:" not in out  # plugin output went to stderr
+    assert "7 loaded, 2 failed, 0 disabled" in out
+
+    proc = subprocess.run([sys.executable, "-m", "bemcp", "plugins", "--json", "--plugin", "files",
+                           "--plugins-dir", ACCEPTANCE], capture_output=True, text=True, timeout=30,
+                          env=clean_env())
+    snap = orjson.loads(proc.stdout)
+    assert proc.returncode == 0 and snap["loaded"] == 1
+    assert {p["name"] for p in snap["plugins"] if p["status"] == "disabled"} >= {"slow_import", "git"}
