@@ -181,7 +181,9 @@ class Watchdog:
 
     def _on_interrupt_signal(self, signum, frame):
         if self._interrupting:
-            raise LoopBlocked(f"blocked the event loop for over {self.lag_interrupt:g} s and was interrupted")
+            raise LoopBlocked(f"Interrupted: this call blocked the server's event loop for over "
+                              f"{self.lag_interrupt:g} s (an async tool must await, not block; "
+                              f"make blocking work a sync tool)")
 
     # -- memory ---------------------------------------------------------------------
 
