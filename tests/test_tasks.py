@@ -11,6 +11,13 @@ TASKS_META = dict(MODERN_META, **{"io.modelcontextprotocol/clientCapabilities":
                                   {"extensions": {"io.modelcontextprotocol/tasks": {}}}})
 
 
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def poll(server, task_id, meta=None, timeout=10.0):
     params = {"taskId": task_id}
     if meta:
@@ -80,7 +87,7 @@ def test_cancelling_a_task_kills_its_work(spawn):
     cancelled = server.request("tasks/cancel", {"taskId": created["taskId"]})["result"]
     assert cancelled["status"] == "cancelled"
     deadline = time.monotonic() + 5
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while not gone(pid):
         assert time.monotonic() < deadline, "the task's process survived its cancellation"
         time.sleep(0.05)
     assert server.call_tool("probe")["result"]["structuredContent"]["work"] == "killed"
