@@ -32,10 +32,12 @@ With ``--allow`` the program a command names must be one of the allowed programs
 - When a launcher is allowed, the program it would start is found by reading its
   options (``env``, ``nice``, ``nohup``, ``timeout``, ``stdbuf``, ``setsid``,
   ``ionice``, ``taskset``, ``time``, ``xargs``, ``find -exec/-execdir/-ok/-okdir``,
-  ``sudo``, ``doas``, ``chroot``, ``flock``, ``strace``, ``ltrace``, ``busybox``,
-  ``watch``) and must pass the same checks, recursively. If the options cannot be
-  read with certainty (an unknown option, ``env -S``, ``flock -c``, ``watch`` without
-  ``-x``), the command is refused.
+  ``sudo``, ``doas``, ``pkexec``, ``flock``, ``strace``, ``ltrace``, ``unbuffer``,
+  ``busybox``, ``watch -x``) and must pass the same checks, recursively, looked up on
+  the child's PATH. If the options cannot be read with certainty (an unknown option,
+  ``env -S``, ``env PATH=...``, ``flock -c``, ``watch`` without ``-x``) or the launcher
+  is one whose program cannot be checked from here (``chroot``, ``su``, ``runuser``,
+  ``unshare``, ``nsenter``, ``chrt``, ``script``), the command is refused.
 - Allowing a shell or an interpreter allows whatever it runs: ``--allow python3``
   allows ``python3 -c 'import os; os.system(...)'``. Many ordinary programs can
   start others too (``git`` aliases and hooks, ``make``, ``awk``'s ``system()``, GNU
@@ -94,7 +96,7 @@ INJECTION_VARIABLES = ("PATH", "LD_*", "DYLD_*", "BASH_ENV", "ENV", "BASH_FUNC_*
 # Programs that run code given to them: allowing one allows what it runs (documentation
 # and error messages; the allowlist treats them like any other program).
 INTERPRETERS = re.compile(
-    r"(?:[a-z]*sh|fish|python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|node(?:js)?|deno|bun"
+    r"(?:(?:ba|da|z|k|mk|c|tc|a|ya|fi)?sh|fish|python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|node(?:js)?|deno|bun"
     r"|php[0-9.]*|lua[0-9.]*|luajit|tclsh[0-9.]*|wish[0-9.]*|Rscript|R|[gmn]?awk|expect|pwsh"
     r"|make|gdb|osascript|busybox|toybox)")
 
@@ -119,14 +121,21 @@ class PolicyConfigError(ValueError):
 class Launch:
     """A command ready to spawn: argv, the resolved executable, cwd and environment."""
 
-    __slots__ = ("argv", "executable", "cwd", "env", "display")
+    __slots__ = ("argv", "executable", "cwd", "env", "_display")
 
-    def __init__(self, argv, executable, cwd, env, display):
+    def __init__(self, argv, executable, cwd, env, display=None):
         self.argv = argv
         self.executable = executable
         self.cwd = cwd
         self.env = env
-        self.display = display
+        self._display = display
+
+    @property
+    def display(self):
+        """The command as a user would type it (the string given, or argv quoted)."""
+        if self._display is None:
+            self._display = _display(self.argv)
+        return self._display
 
     def __repr__(self):
         return f"<Launch {self.display!r} cwd={self.cwd!r}>"
@@ -350,6 +359,7 @@ class Policy:
             self.roots.append(real)
         self.env_allow = tuple(env_allow or ())
         self.env_deny = tuple(env_deny or ())
+        self._base_env = None
         self.default_cwd = self._default_cwd(cwd or os.getcwd())
 
     @classmethod
@@ -387,7 +397,7 @@ class Policy:
             if not all(isinstance(word, str) for word in command):
                 raise PolicyError("every word of an argv list must be a string")
             argv = list(command)
-            display = _display(argv)
+            display = None     # quoted from argv when someone asks
         else:
             raise PolicyError("command must be a list of strings or a string")
         if any("\0" in word for word in argv):
@@ -443,9 +453,11 @@ class Policy:
             raise PolicyError("the program name is empty")
         if "/" in word:
             path = os.path.normpath(os.path.join(cwd, word))
-            if not os.path.exists(path):
-                raise PolicyError(f"Not run: {word}: no such file")
-            if not _is_executable_file(path):
+            try:
+                st = os.stat(path)
+            except (OSError, ValueError):
+                raise PolicyError(f"Not run: {word}: no such file") from None
+            if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
                 raise PolicyError(f"Not run: {word}: not an executable file")
             return path
         for path in _path_matches(word, self.path_dirs if path_dirs is None else path_dirs):
@@ -478,19 +490,27 @@ class Policy:
 
     # -- environment -----------------------------------------------------------------
 
+    def base_env(self):
+        """The filtered server environment (computed once: the server's does not change)."""
+        if self._base_env is None:
+            env = {}
+            for name, value in self.environ.items():
+                if self.env_allow:
+                    if not _matches(name, self.env_allow):
+                        continue
+                elif _matches(name, DEFAULT_ENV_DENY):
+                    continue
+                if self.env_deny and _matches(name, self.env_deny):
+                    continue
+                env[name] = value
+            self._base_env = env
+        return self._base_env
+
     def child_env(self, extra=None):
         """The environment a child gets: the filtered server environment, then ``extra``."""
-        env = {}
-        for name, value in self.environ.items():
-            if self.env_allow:
-                if not _matches(name, self.env_allow):
-                    continue
-            elif _matches(name, DEFAULT_ENV_DENY):
-                continue
-            if self.env_deny and _matches(name, self.env_deny):
-                continue
-            env[name] = value
+        env = self.base_env()
         if extra:
+            env = dict(env)
             if not isinstance(extra, dict):
                 raise PolicyError("env must be an object of NAME: value strings")
             for name, value in extra.items():

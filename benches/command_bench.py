@@ -35,7 +35,7 @@ def command_arguments(tool):
         if key in props:
             schema = props[key]
             kinds = {schema.get("type")} if isinstance(schema.get("type"), str) else set(schema.get("type") or ())
-            kinds |= {s.get("type") for s in schema.get("anyOf", ()) + schema.get("oneOf", ()) if isinstance(s, dict)}
+            kinds |= {s.get("type") for s in [*schema.get("anyOf", ()), *schema.get("oneOf", ())] if isinstance(s, dict)}
             if "array" in kinds or not kinds - {None}:
                 return {key: ARGV}
             return {key: " ".join(ARGV)}

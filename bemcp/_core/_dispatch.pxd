@@ -19,6 +19,10 @@ cdef class _Resume:
     cdef object pending
 
 
+cdef enum:
+    RECENT = 64
+
+
 cdef class Dispatcher:
     cdef public object loop
     cdef public object write
@@ -34,7 +38,11 @@ cdef class Dispatcher:
     cdef public object refusing
     cdef public Py_ssize_t active
     cdef public object queue
-    cdef public object recent
+    cdef double _recent_time[RECENT]
+    cdef Py_ssize_t _recent_size[RECENT]
+    cdef list _recent_methods
+    cdef list _recent_ids
+    cdef Py_ssize_t _recent_pos
     cdef public object timeout_result
     cdef public object on_cancelled
     cdef public object on_exception
@@ -51,6 +59,7 @@ cdef class Dispatcher:
 
     cpdef feed(self, bytes data)
     cpdef handle_line(self, object line)
+    cdef inline void _remember(self, object method, object id, Py_ssize_t size)
     cpdef handle_message(self, object msg)
     cdef _request(self, object id, str method, object params)
     cdef _call_tool(self, object id, object params)

@@ -119,7 +119,9 @@ cdef class Dispatcher:
         self.refusing = None
         self.active = 0
         self.queue = deque()
-        self.recent = deque(maxlen=64)
+        self._recent_methods = [None] * RECENT
+        self._recent_ids = [None] * RECENT
+        self._recent_pos = 0
         self.timeout_result = None
         self.on_cancelled = None
         self.on_exception = None
@@ -153,14 +155,31 @@ cdef class Dispatcher:
         try:
             msg = _loads(line)
         except _JSONDecodeError as exc:
-            self.recent.append((now(), None, None, len(line)))
+            self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
             self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
-            self.recent.append((now(), (<dict>msg).get("method"), (<dict>msg).get("id"), len(line)))
+            self._remember((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))
         self.handle_message(msg)
+
+    cdef inline void _remember(self, object method, object id, Py_ssize_t size):
+        # A ring of the last RECENT messages in, for crash reports: no allocation per message.
+        cdef Py_ssize_t i = self._recent_pos % RECENT
+        self._recent_time[i] = now()
+        self._recent_size[i] = size
+        self._recent_methods[i] = method
+        self._recent_ids[i] = id
+        self._recent_pos += 1
+
+    @property
+    def recent(self):
+        """(time, method, id, size) of the last messages in, oldest first."""
+        cdef Py_ssize_t start = max(0, self._recent_pos - RECENT)
+        return [(self._recent_time[j % RECENT], self._recent_methods[j % RECENT],
+                 self._recent_ids[j % RECENT], self._recent_size[j % RECENT])
+                for j in range(start, self._recent_pos)]
 
     cpdef handle_message(self, object msg):
         cdef dict m
@@ -406,7 +425,7 @@ cdef class Dispatcher:
                 self.on_exception(None, exc)
 
     cdef _oversized(self, Oversized item):
-        self.recent.append((now(), None, None, item.size))
+        self._remember(None, None, item.size)
         if self.on_protocol_error is not None:
             self.on_protocol_error("oversized", item.size)
         self._send_error(recover_id(item.head), INVALID_REQUEST,

@@ -107,7 +107,7 @@ class Dispatcher:
         self.refusing = None               # a reason to refuse new tool calls (memory pressure)
         self.active = 0
         self.queue = deque()
-        self.recent = deque(maxlen=64)     # (time, method, id, size) of the last messages in
+        self._recent = deque(maxlen=64)    # (time, method, id, size) of the last messages in
         # Hooks for the layers above, all optional.
         self.timeout_result = None         # (request) -> result sent at a deadline
         self.on_cancelled = None           # (request) after its task was cancelled
@@ -142,13 +142,13 @@ class Dispatcher:
         try:
             msg = loads(line)
         except JSONDecodeError as exc:
-            self.recent.append((monotonic(), None, None, len(line)))
+            self._recent.append((monotonic(), None, None, len(line)))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
             self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
-            self.recent.append((monotonic(), msg.get("method"), msg.get("id"), len(line)))
+            self._recent.append((monotonic(), msg.get("method"), msg.get("id"), len(line)))
         self.handle_message(msg)
 
     def handle_message(self, msg):
@@ -385,12 +385,17 @@ class Dispatcher:
                 self.on_exception(None, exc)
 
     def _oversized(self, item):
-        self.recent.append((monotonic(), None, None, item.size))
+        self._recent.append((monotonic(), None, None, item.size))
         if self.on_protocol_error is not None:
             self.on_protocol_error("oversized", item.size)
         self._send_error(recover_id(item.head), INVALID_REQUEST,
                          f"Message of {item.size} bytes exceeds the limit of {self.framer.max_size} bytes",
                          {"size": item.size, "limit": self.framer.max_size})
+
+    @property
+    def recent(self):
+        """(time, method, id, size) of the last messages in, oldest first."""
+        return list(self._recent)
 
     # -- ending requests ------------------------------------------------------
 
