@@ -276,18 +276,15 @@ class PluginManager:
 
     def _entry_points(self):
         try:
-            from importlib.metadata import entry_points
-            eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value))
+            eps = sorted(scan_entry_points(ENTRY_POINT_GROUP))
         except Exception as exc:
             log.warning("could not read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
             return []
         found = []
-        for ep in eps:
-            info = PluginInfo(ep.name, "entry point", ep.value)
-            dist = getattr(ep, "dist", None)
-            if dist is not None:
-                info.version = dist.version or ""
-            found.append((info, lambda info, ep=ep: _setup_of(ep.load(), info)))
+        for name, value, version in eps:
+            info = PluginInfo(name, "entry point", value)
+            info.version = version
+            found.append((info, lambda info, value=value: _setup_of(_load_reference(value), info)))
         return found
 
     def _directory(self, directory):
@@ -608,3 +605,79 @@ def show_plugins(server, as_json=False, out=None):
             out.write(f"    resources: {', '.join(info.resources)}\n")
     out.write(f"{snap[LOADED]} loaded, {snap[FAILED]} failed, {snap[DISABLED]} disabled\n")
     return 1 if snap[FAILED] else 0
+
+
+def scan_entry_points(group):
+    """(name, "module:attr", version) for each entry point in ``group`` of the installed distributions.
+
+    Reads each ``*.dist-info/entry_points.txt`` on sys.path directly: importlib.metadata
+    would cost every server start about 25 ms and 3 MB for the same answer. As with
+    importlib.metadata, the first distribution of a name on sys.path wins.
+    """
+    seen = set()
+    found = []
+    for base in sys.path:
+        try:
+            entries = sorted(os.listdir(base or "."))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.endswith(".dist-info"):
+                dist = entry[:-len(".dist-info")].rsplit("-", 1)[0]
+            elif entry.endswith(".egg-info"):
+                dist = entry[:-len(".egg-info")].split("-", 1)[0]
+            else:
+                continue
+            key = re.sub(r"[-_.]+", "-", dist).lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            folder = os.path.join(base or ".", entry)
+            try:
+                with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            points = _entry_point_section(text, group)
+            if points:
+                version = _dist_version(folder)
+                found += [(name, value, version) for name, value in points]
+    return found
+
+
+def _entry_point_section(text, group):
+    section = None
+    points = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line:
+            name, value = line.split("=", 1)
+            points.append((name.strip(), value.split("[", 1)[0].strip()))
+    return points
+
+
+def _dist_version(folder):
+    for meta in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(folder, meta), encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Version:"):
+                        return line.split(":", 1)[1].strip()
+                    if not line.strip():
+                        break
+        except OSError:
+            continue
+    return ""
+
+
+def _load_reference(value):
+    """The object an entry point names: "module" or "module:attr.attr"."""
+    module, _, attr = value.partition(":")
+    obj = importlib.import_module(module.strip())
+    for part in filter(None, attr.strip().split(".")):
+        obj = getattr(obj, part)
+    return obj
