@@ -21,14 +21,17 @@ def build_parser():
     return parser
 
 
-def make_server(cfg):
-    """The server `bemcp serve` runs, configured by ``cfg`` (a Config)."""
+def make_server(cfg, serving=False):
+    """The server `bemcp serve` runs, configured by ``cfg`` (a Config).
+
+    ``serving``: plugins load once the server is up (for `bemcp serve`), rather than now.
+    """
     from . import Server, __version__
     from .builtins import register_builtins
     from .plugins import load_plugins
     server = Server("bemcp", version=__version__, config=cfg)
     register_builtins(server)
-    load_plugins(server)
+    load_plugins(server, background=serving)
     return server
 
 
@@ -38,7 +41,7 @@ def main(argv=None):
     if args.command in ("serve", "tools", "plugins"):
         try:
             cfg = config.Config.load(args.config, args)
-            server = make_server(cfg)   # settings that conflict (--shell --allow) fail here
+            server = make_server(cfg, serving=args.command == "serve")  # conflicting settings fail here
         except (OSError, ValueError) as exc:
             parser.error(str(exc))      # the message on stderr, exit status 2
     if args.command == "serve":

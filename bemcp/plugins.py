@@ -49,6 +49,7 @@ settings (``plugins``, ``plugin_only``, ``plugin_disable``, ``plugin_dirs``, ``p
 State is visible to people (``bemcp plugins``) and to clients (the resource ``bemcp://plugins``).
 """
 
+import asyncio
 import dataclasses
 import importlib
 import importlib.util
@@ -310,9 +311,31 @@ class PluginManager:
 
     def load(self):
         """Load every enabled plugin (bounded by ``plugin_timeout`` in total) and report."""
+        self.apply_loaded(self.load_detached())
+        return self
+
+    async def load_in_background(self):
+        """Load while the server already serves: imports in a worker thread, registrations here.
+
+        ``server.tools_ready`` completes once the plugins' tools are registered, so
+        tools/list never answers without them (it waits at most the budget).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            jobs = await loop.run_in_executor(None, self.load_detached)
+            self.apply_loaded(jobs)
+        except Exception as exc:  # a bug here must not take the server down
+            log.exception("loading plugins failed")
+            self.server.record("plugin_failed", plugin="*", reason=f"the plugin loader failed: {exc!r}",
+                               traceback=traceback.format_exc())
+        finally:
+            self.server.tools_ready.set()
+
+    def load_detached(self):
+        """Discover and run the loaders; the jobs whose registrations are still to apply."""
         if not self.enabled:
             log.info("plugins disabled")
-            return self
+            return []
         only = set(self.config.plugin_only)
         disabled = set(self.config.plugin_disable)
         seen = {}
@@ -336,12 +359,18 @@ class PluginManager:
                                            reason="no plugin of this name was found"))
         if jobs:
             self._run(jobs)
+        return jobs
+
+    def apply_loaded(self, jobs):
+        """Register what loaded in time, in discovery order (collisions resolve the same way every time)."""
+        for job in jobs:
+            if job.info.status == LOADED:
+                job.proxy._go_live()
         for info in self.plugins:
             if info.status == FAILED:
                 self._report_failure(info)
         loaded = sum(1 for i in self.plugins if i.status == LOADED)
         log.info("plugins: %d loaded, %d failed", loaded, sum(1 for i in self.plugins if i.status == FAILED))
-        return self
 
     def _run(self, jobs):
         budget = float(self.config.plugin_timeout)
@@ -371,10 +400,6 @@ class PluginManager:
             _restore_fd1(saved_fd)
             guard.loading_done()
             self.abandoned = [job.thread for job in jobs if job.thread.is_alive()]
-        # Apply in discovery order so collisions resolve the same way every time.
-        for job in jobs:
-            if job.info.status == LOADED:
-                job.proxy._go_live()
 
     def _settle(self, job, budget):
         info = job.info
@@ -552,10 +577,12 @@ def _flush_stdout():
 
 # -- public entry points ---------------------------------------------------------------------
 
-def load_plugins(server):
+def load_plugins(server, background=False):
     """Load the plugins ``server.config`` asks for; ``server.plugins`` is the PluginManager.
 
-    Also registers the resource ``bemcp://plugins`` (loaded and failed plugins, reasons, tools).
+    With ``background``, loading starts once the server serves (initialize is never
+    held up by a slow plugin). Also registers the resource ``bemcp://plugins``
+    (loaded and failed plugins, reasons, tools).
     """
     manager = PluginManager(server)
     server.plugins = manager
@@ -563,6 +590,10 @@ def load_plugins(server):
         server.resource(RESOURCE_URI, name="plugins",
                         description="bemcp plugins: loaded, failed (with reasons) and disabled, with their tools"
                         )(manager.snapshot)
+    if background and manager.enabled:
+        server.tools_ready.clear()
+        server.on_start(lambda: server.loop.create_task(manager.load_in_background()))
+        return manager
     try:
         manager.load()
     except Exception as exc:  # a bug here must not keep the server from starting

@@ -64,6 +64,11 @@ class Server:
         self.watchdog = None
         self._list_cache = {}
         self._start_callbacks = []
+        # Set while every tool is registered; cleared while plugins load in the background.
+        self.tools_ready = asyncio.Event()
+        self.tools_ready.set()
+        self._waiting_calls = set()
+        self._list_changed_pending = False
         self._shutdown_callbacks = []
         self._log_handler = None
         # Observers the watchdog, logs and plugins attach to.
@@ -102,8 +107,14 @@ class Server:
         self._list_cache.clear()
         if self.dispatcher is not None:
             self._sync_tools()
-            if self.initialized:
-                self.notify("notifications/tools/list_changed", None)
+            if self.initialized and not self._list_changed_pending:
+                # One notification for a batch of changes (a plugin registers many tools at once).
+                self._list_changed_pending = True
+                self.loop.call_soon_threadsafe(self._send_list_changed)
+
+    def _send_list_changed(self):
+        self._list_changed_pending = False
+        self.notify("notifications/tools/list_changed", None)
 
     def _sync_tools(self):
         table = self.dispatcher.tools
@@ -148,6 +159,7 @@ class Server:
         d.timeout_result = self._timeout_result
         d.on_exception = self._on_exception
         d.on_protocol_error = self._on_protocol_error
+        d.on_unknown_tool = self._unknown_tool
         if self.request_observers:
             d.table.on_close = self._request_done
         d.methods.update({
@@ -243,6 +255,8 @@ class Server:
         return caps
 
     def _handle_tools_list(self, params, req):
+        if not self.tools_ready.is_set():
+            return self._tools_list_when_ready(params, req)
         modern = request_version(params) is not None
         cursor = params.get("cursor") if type(params) is dict else None
         key = (modern, cursor)
@@ -252,6 +266,24 @@ class Server:
             if len(self._list_cache) < 1024:
                 self._list_cache[key] = cached
         return cached
+
+    def _unknown_tool(self, id, params):
+        if self.tools_ready.is_set():
+            return False
+        # The tool may belong to a plugin still loading: look again once loading ends.
+        task = self.loop.create_task(self._call_when_ready(id, params))
+        self._waiting_calls.add(task)
+        task.add_done_callback(self._waiting_calls.discard)
+        return True
+
+    async def _call_when_ready(self, id, params):
+        await self.tools_ready.wait()
+        self.dispatcher.call_tool(id, params)
+
+    async def _tools_list_when_ready(self, params, req):
+        # Plugins are still loading (bounded by their time budget): never list without them.
+        await self.tools_ready.wait()
+        return self._handle_tools_list(params, req)
 
     def _tools_page(self, modern, cursor):
         tools = sorted(self.tools.values(), key=lambda t: t.name)
@@ -428,7 +460,9 @@ class Server:
     def run(self):
         """Serve MCP over stdio until stdin closes or a signal arrives."""
         from .transports.stdio import run_stdio
-        sys.exit(run_stdio(self))
+        code = run_stdio(self)
+        _exit_if_threads_are_stuck(code)
+        sys.exit(code)
 
     async def started(self):
         for callback in self._start_callbacks:
@@ -452,6 +486,27 @@ class Server:
         """Facts for humans and crash reports: name, versions, core in use."""
         return {"name": self.name, "version": self.version, "bemcp": __version__,
                 "compiled_core": USE_EXTENSIONS, "python": sys.version.split()[0], "pid": os.getpid()}
+
+
+def _exit_if_threads_are_stuck(code, grace=0.5):
+    """Exit at once if a worker thread is still busy after shutdown.
+
+    A sync tool blocked in C never sees an interrupt, and interpreter exit joins
+    every worker thread: the server would outlive its client for as long as the
+    tool blocks. Threads get ``grace`` seconds to finish first.
+    """
+    import time
+    deadline = time.monotonic() + grace
+    me = threading.current_thread()
+    busy = [t for t in threading.enumerate() if t is not me and not t.daemon]
+    for thread in busy:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in busy if t.is_alive()]
+    if stuck:
+        log.warning("exiting with %d thread(s) still busy: %s", len(stuck), ", ".join(stuck))
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 class _ClientLogHandler(logging.Handler):

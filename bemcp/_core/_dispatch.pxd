@@ -48,6 +48,7 @@ cdef class Dispatcher:
     cdef public object on_exception
     cdef public object on_protocol_error
     cdef public object on_client_response
+    cdef public object on_unknown_tool
     cdef list _out
     cdef bint _reading
     cdef object _flush_handle

@@ -127,6 +127,7 @@ cdef class Dispatcher:
         self.on_exception = None
         self.on_protocol_error = None
         self.on_client_response = None
+        self.on_unknown_tool = None
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -250,7 +251,8 @@ cdef class Dispatcher:
         name = (<dict>params).get("name")
         found = self.tools.get(name) if type(name) is str else None
         if found is None:
-            self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
+            if self.on_unknown_tool is None or not self.on_unknown_tool(id, params):
+                self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
             return
         slot = <ToolSlot>found
         if slot.route is not None:
@@ -266,6 +268,10 @@ cdef class Dispatcher:
                 self._send_error(id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
                 return
         self._begin_tool(id, slot, <dict>params, None)
+
+    def call_tool(self, id, params):
+        """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it)."""
+        self._call_tool(id, params)
 
     def begin_tool(self, id, name, dict params, sink=None):
         """Run tool ``name`` for ``params`` as request ``id``.

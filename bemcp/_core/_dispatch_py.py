@@ -114,6 +114,7 @@ class Dispatcher:
         self.on_exception = None           # (request or None, exc) for crash reports
         self.on_protocol_error = None      # (kind, size) for malformed/oversized input
         self.on_client_response = None    # (message) for answers to our own requests
+        self.on_unknown_tool = None        # (id, params) -> True if it will answer the call itself
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -216,7 +217,8 @@ class Dispatcher:
         name = params.get("name")
         slot = self.tools.get(name) if type(name) is str else None
         if slot is None:
-            self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
+            if self.on_unknown_tool is None or not self.on_unknown_tool(id, params):
+                self._send_error(id, INVALID_PARAMS, f"Unknown tool: {name!r}")
             return
         if slot.route is not None:
             try:
@@ -231,6 +233,10 @@ class Dispatcher:
                 self._send_error(id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
                 return
         self._begin_tool(id, slot, params, None)
+
+    def call_tool(self, id, params):
+        """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it)."""
+        self._call_tool(id, params)
 
     def begin_tool(self, id, name, params, sink=None):
         """Run tool ``name`` for ``params`` as request ``id``.
