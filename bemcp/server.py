@@ -69,6 +69,7 @@ class Server:
         self.tools_ready.set()
         self._waiting_calls = set()
         self._list_changed_pending = False
+        self._tools_listed = False     # a handshake-era client holds a tools/list answer
         self._shutdown_callbacks = []
         self._log_handler = None
         # Observers the watchdog, logs and plugins attach to.
@@ -107,13 +108,15 @@ class Server:
         self._list_cache.clear()
         if self.dispatcher is not None:
             self._sync_tools()
-            if self.initialized and not self._list_changed_pending:
-                # One notification for a batch of changes (a plugin registers many tools at once).
+            if self._tools_listed and not self._list_changed_pending:
+                # Only a client holding an older list needs telling, and once for a batch
+                # of changes (a plugin registers many tools at once).
                 self._list_changed_pending = True
                 self.loop.call_soon_threadsafe(self._send_list_changed)
 
     def _send_list_changed(self):
         self._list_changed_pending = False
+        self._tools_listed = False
         self.notify("notifications/tools/list_changed", None)
 
     def _sync_tools(self):
@@ -259,6 +262,7 @@ class Server:
             return self._tools_list_when_ready(params, req)
         modern = request_version(params) is not None
         cursor = params.get("cursor") if type(params) is dict else None
+        self._tools_listed = self._tools_listed or not modern
         key = (modern, cursor)
         cached = self._list_cache.get(key)
         if cached is None:
