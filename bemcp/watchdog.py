@@ -286,13 +286,18 @@ def sample_memory():
     import psutil
     me = psutil.Process()
     children = me.children(recursive=True)
-    child_rss = 0
-    for child in children:
+    return me.memory_info().rss, len(children), _total_rss(children)
+
+
+def _total_rss(processes):
+    import psutil
+    total = 0
+    for p in processes:
         try:
-            child_rss += child.memory_info().rss
+            total += p.memory_info().rss
         except psutil.Error:
-            pass
-    return me.memory_info().rss, len(children), child_rss
+            pass  # gone since it was listed
+    return total
 
 
 def memory_limits(soft_mb, hard_mb):
@@ -309,13 +314,7 @@ def largest_child_tree():
     best = None
     for child in psutil.Process().children():
         try:
-            tree = [child] + child.children(recursive=True)
-            rss = 0
-            for p in tree:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
+            rss = _total_rss([child] + child.children(recursive=True))
             pgid = os.getpgid(child.pid)
             if pgid == os.getpgid(0):
                 continue  # shares our group: not a tree we started in its own session

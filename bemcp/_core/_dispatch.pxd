@@ -68,8 +68,7 @@ cdef class Dispatcher:
     cdef _reject(self, object id, object sink, object exc)
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
-    cdef _tool_done(self, Request req, ToolSlot slot, object value)
-    cdef _tool_failed(self, Request req, ToolSlot slot, object exc)
+    cdef _tool_outcome(self, Request req, object make, object arg)
     cdef _notification(self, str method, object params)
     cdef _oversized(self, Oversized item)
     cdef bint _close(self, Request req, int state) except -1

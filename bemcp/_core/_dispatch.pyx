@@ -330,7 +330,7 @@ cdef class Dispatcher:
             self._answer_error(req, exc)
             return
         except Exception as exc:
-            self._tool_failed(req, slot, exc)
+            self._tool_outcome(req, slot.fail, exc)
             return
         self._settle(req, result, slot, timeout)
 
@@ -347,19 +347,19 @@ cdef class Dispatcher:
                     self._answer_error(req, exc)
                     return
                 except Exception as exc:
-                    self._tool_failed(req, slot, exc)
+                    self._tool_outcome(req, slot.fail, exc)
                     return
                 value = <object>sent
                 Py_XDECREF(sent)
                 if status == PYGEN_RETURN:
-                    self._tool_done(req, slot, value)
+                    self._tool_outcome(req, slot.finish, value)
                     return
                 result = _Resume(result, value)
         elif not hasattr(result, "__await__"):
             if slot is None:
                 self._answer(req, result)
             else:
-                self._tool_done(req, slot, result)
+                self._tool_outcome(req, slot.finish, result)
             return
         if timeout is not None and not req.armed:
             self.table.arm(req, timeout)
@@ -388,31 +388,24 @@ cdef class Dispatcher:
             if slot is None:
                 self._answer(req, future.result())
             else:
-                self._tool_done(req, <ToolSlot>slot, future.result())
+                self._tool_outcome(req, (<ToolSlot>slot).finish, future.result())
         elif isinstance(exc, _RpcError):
             self._answer_error(req, exc)
         elif isinstance(exc, Exception):
             if slot is None:
                 self._fail(req, exc)
             else:
-                self._tool_failed(req, <ToolSlot>slot, exc)
+                self._tool_outcome(req, (<ToolSlot>slot).fail, exc)
         else:
             # CancelledError raised inside the work (a stopped thread), SystemExit, ...
             self._fail(req, exc)
 
-    cdef _tool_done(self, Request req, ToolSlot slot, object value):
+    cdef _tool_outcome(self, Request req, object make, object arg):
+        """Answer with ``make(arg, req)``: a slot's finish(value) or fail(exc)."""
         try:
-            result = slot.finish(value, req)
+            result = make(arg, req)
         except Exception as exc:
             self._fail(req, exc)
-            return
-        self._answer(req, result)
-
-    cdef _tool_failed(self, Request req, ToolSlot slot, object exc):
-        try:
-            result = slot.fail(exc, req)
-        except Exception as exc2:
-            self._fail(req, exc2)
             return
         self._answer(req, result)
 

@@ -294,7 +294,7 @@ class Dispatcher:
             self._answer_error(req, exc)
             return
         except Exception as exc:
-            self._tool_failed(req, slot, exc)
+            self._tool_outcome(req, slot.fail, exc)
             return
         self._settle(req, result, slot, timeout)
 
@@ -306,20 +306,20 @@ class Dispatcher:
                 try:
                     pending = result.send(None)
                 except StopIteration as stop:
-                    self._tool_done(req, slot, stop.value)
+                    self._tool_outcome(req, slot.finish, stop.value)
                     return
                 except RpcError as exc:
                     self._answer_error(req, exc)
                     return
                 except Exception as exc:
-                    self._tool_failed(req, slot, exc)
+                    self._tool_outcome(req, slot.fail, exc)
                     return
                 result = _Resume(result, pending)
         elif not hasattr(result, "__await__"):
             if slot is None:
                 self._answer(req, result)
             else:
-                self._tool_done(req, slot, result)
+                self._tool_outcome(req, slot.finish, result)
             return
         if timeout is not None and not req.armed:
             self.table.arm(req, timeout)
@@ -348,31 +348,24 @@ class Dispatcher:
             if slot is None:
                 self._answer(req, future.result())
             else:
-                self._tool_done(req, slot, future.result())
+                self._tool_outcome(req, slot.finish, future.result())
         elif isinstance(exc, RpcError):
             self._answer_error(req, exc)
         elif isinstance(exc, Exception):
             if slot is None:
                 self._fail(req, exc)
             else:
-                self._tool_failed(req, slot, exc)
+                self._tool_outcome(req, slot.fail, exc)
         else:
             # CancelledError raised inside the work (a stopped thread), SystemExit, ...
             self._fail(req, exc)
 
-    def _tool_done(self, req, slot, value):
+    def _tool_outcome(self, req, make, arg):
+        """Answer with ``make(arg, req)``: a slot's finish(value) or fail(exc)."""
         try:
-            result = slot.finish(value, req)
+            result = make(arg, req)
         except Exception as exc:
             self._fail(req, exc)
-            return
-        self._answer(req, result)
-
-    def _tool_failed(self, req, slot, exc):
-        try:
-            result = slot.fail(exc, req)
-        except Exception as exc2:
-            self._fail(req, exc2)
             return
         self._answer(req, result)
 
