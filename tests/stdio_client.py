@@ -67,6 +67,11 @@ class ServerProcess:
         return self.wait_for(rid, timeout)
 
     def wait_for(self, rid, timeout=10.0):
+        # The answer may already have arrived while another request was awaited.
+        for msg in self.stray:
+            if msg.get("id") == rid and ("result" in msg or "error" in msg):
+                self.stray.remove(msg)
+                return msg
         deadline = time.monotonic() + timeout
         while True:
             msg = self.read_message(max(0.01, deadline - time.monotonic()))

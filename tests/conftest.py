@@ -1,0 +1,190 @@
+"""Shared fixtures: the two twins of the core, spawned servers, and leak checks.
+
+- ``core``: the compiled core and its pure-Python twin, for contract tests that
+  import the twins explicitly (tests are the one place allowed to).
+- ``twin_env``: the environment that makes a spawned server run one twin; every
+  end-to-end test that takes it runs against both.
+- ``spawn``: start a server on real pipes (``bemcp serve`` or a script under
+  tests/servers/) with that environment; every server is closed at teardown.
+- an autouse check that each test leaves no child process and no open fd behind.
+"""
+
+import gc
+import importlib
+import os
+import subprocess
+import sys
+import time
+import types
+
+import psutil
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from stdio_client import ServerProcess  # noqa: E402
+
+SERVERS = os.path.join(TESTS, "servers")
+
+# -- the twins of the core, in-process ----------------------------------------------
+
+_CORE_MODULES = ("_dispatch", "_framing", "_watchdog", "_protocol")
+
+
+def load_core(kind):
+    """The core's modules for ``kind`` ("c": compiled, "py": the pure twins) as one namespace.
+
+    An ImportError of the compiled modules is an error, never a skip: a failed
+    build must not pass for a green suite.
+    """
+    suffix = "" if kind == "c" else "_py"
+    mods = {name: importlib.import_module(f"bemcp._core.{name}{suffix}") for name in _CORE_MODULES}
+    ns = types.SimpleNamespace(kind=kind, modules=mods)
+    for name in ("Dispatcher", "ToolSlot"):
+        setattr(ns, name, getattr(mods["_dispatch"], name))
+    for name in ("Framer", "Oversized", "HEAD_SIZE"):
+        setattr(ns, name, getattr(mods["_framing"], name))
+    for name in ("InFlightTable", "Request", "STATE_NAMES", "STATE_RUNNING", "STATE_OK", "STATE_ERROR",
+                 "STATE_TIMED_OUT", "STATE_CANCELLED", "STATE_KILLED", "STATE_REJECTED"):
+        setattr(ns, name, getattr(mods["_watchdog"], name))
+    for name in ("ReaderProtocol", "WriterProtocol"):
+        setattr(ns, name, getattr(mods["_protocol"], name))
+    return ns
+
+
+@pytest.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])
+def core(request):
+    """Both twins of the core: the compiled modules ("c") and the pure-Python ones ("py")."""
+    return load_core(request.param)
+
+
+# -- spawned servers, both twins --------------------------------------------------------
+
+
+@pytest.fixture(params=[pytest.param("compiled", marks=pytest.mark.compiled), "pure"])
+def twin_env(request, tmp_path_factory):
+    """Environment for a spawned server: the compiled core or the pure twins.
+
+    An empty BEMCP_NO_EXTENSIONS selects the compiled core even when the suite
+    itself runs with BEMCP_NO_EXTENSIONS=1. Log files land in a temporary directory.
+    """
+    state = tmp_path_factory.mktemp("state")
+    env = {"BEMCP_NO_EXTENSIONS": "" if request.param == "compiled" else "1",
+           "XDG_STATE_HOME": str(state)}
+    _check_twin(request.param, env["BEMCP_NO_EXTENSIONS"])
+    return env
+
+
+_TWINS_CHECKED = {}
+
+
+def _check_twin(name, no_extensions):
+    """Once per run: a server spawned with this environment really runs that twin."""
+    if name not in _TWINS_CHECKED:
+        env = dict(os.environ, BEMCP_NO_EXTENSIONS=no_extensions)
+        out = subprocess.run([sys.executable, "-c", "import bemcp; print(bemcp.USE_EXTENSIONS)"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        _TWINS_CHECKED[name] = out.stdout.strip()
+    expected = "True" if name == "compiled" else "False"
+    if _TWINS_CHECKED[name] != expected:
+        pytest.fail(f"a spawned server would not run the {name} core (USE_EXTENSIONS={_TWINS_CHECKED[name]!r})")
+
+
+@pytest.fixture
+def spawn(twin_env):
+    """``spawn(*serve_args, script=None, env=None)``: a ServerProcess on real pipes.
+
+    Without ``script`` it runs ``python -m bemcp serve *serve_args``; with one, the
+    named script under tests/servers/ gets the arguments. Closed at teardown.
+    """
+    started = []
+
+    def start(*args, script=None, env=None, **kwargs):
+        full_env = dict(twin_env)
+        if env:
+            full_env.update(env)
+        command = None
+        if script is not None:
+            command = [sys.executable, os.path.join(SERVERS, script), *args]
+        server = ServerProcess(*args, command=command, env=full_env, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.returncode is None or not server.proc.stdout.closed:
+            server.close()
+
+
+# -- leak checks ------------------------------------------------------------------------
+
+
+def _fd_table():
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the listing's own fd, closed already
+    return fds
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_globals():
+    """Allocate what lives as long as the process before the first leak check.
+
+    libuv opens its signal pipe once per process, on the first uvloop loop.
+    """
+    import uvloop
+    uvloop.new_event_loop().close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(_process_globals):
+    """After each test: no child process left, and the open fd count back where it was."""
+    me = psutil.Process()
+    before = _fd_table()
+    yield
+    deadline = time.monotonic() + 3.0
+    children = me.children(recursive=True)
+    while children and time.monotonic() < deadline:
+        time.sleep(0.02)
+        children = [c for c in me.children(recursive=True) if _alive(c)]
+    if children:
+        described = [_describe(c) for c in children]
+        for child in children:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(children, timeout=2)
+        pytest.fail(f"test left child processes behind: {described}")
+    after = _fd_table()
+    deadline = time.monotonic() + 1.0
+    while len(after) != len(before) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.02)
+        after = _fd_table()
+    if len(after) != len(before):
+        opened = {fd: path for fd, path in after.items() if before.get(fd) != path}
+        closed = {fd: path for fd, path in before.items() if after.get(fd) != path}
+        pytest.fail(f"open fds went from {len(before)} to {len(after)}: new {opened}, gone {closed}")
+
+
+def _alive(proc):
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            # A zombie is a child nobody waited for: a leak unless its Popen is reaped soon.
+            return True
+        return proc.is_running()
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(proc):
+    try:
+        return f"pid {proc.pid} {proc.status()} {' '.join(proc.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {proc.pid}"

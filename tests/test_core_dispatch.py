@@ -1,0 +1,843 @@
+"""Dispatcher contract: both twins answer the same messages the same way, on both loops.
+
+The dispatcher knows JSON-RPC, not MCP: these tests register plain handlers and
+tool slots and read the bytes it writes.
+"""
+
+import asyncio
+
+import orjson
+import pytest
+import uvloop
+
+from bemcp._core._errors import RpcError
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
+    -32700, -32600, -32601, -32602, -32603)
+SERVER_BUSY, REQUEST_TIMEOUT = -32000, -32001
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """``run(async_fn)``: run it to completion on a fresh loop of each kind."""
+    factory = asyncio.new_event_loop if request.param == "asyncio" else uvloop.new_event_loop
+
+    async def checked(fn):
+        await fn()
+        # Every test ends with no task left behind (a request's work always ends).
+        for _ in range(10):
+            await asyncio.sleep(0)
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not left, left
+
+    def run(fn):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(checked(fn))
+    return run
+
+
+class Wire:
+    """A dispatcher with a recording transport."""
+
+    def __init__(self, core, max_message_size=1 << 20):
+        self.core = core
+        self.writes = []
+        self.loop = asyncio.get_running_loop()
+        self.d = core.Dispatcher(self.loop, self.writes.append, max_message_size)
+        self.d.methods["ping"] = lambda params, req: {}
+        self.exceptions = []
+        self.d.on_exception = lambda req, exc: self.exceptions.append((req, exc))
+        self._seen = 0
+
+    def send(self, *messages):
+        self.d.feed(b"".join(m if type(m) is bytes else orjson.dumps(m) + b"\n" for m in messages))
+
+    @property
+    def out(self):
+        return [orjson.loads(line) for chunk in self.writes for line in chunk.splitlines()]
+
+    def new(self):
+        """Messages written since the last call."""
+        out = self.out
+        fresh = out[self._seen:]
+        self._seen = len(out)
+        return fresh
+
+    async def settle(self, n=None, timeout=2.0):
+        """Let the loop run until ``n`` messages in all were written (or just a few turns)."""
+        if n is None:
+            for _ in range(5):
+                await asyncio.sleep(0)
+            return self.out
+        deadline = self.loop.time() + timeout
+        while len(self.out) < n:
+            if self.loop.time() > deadline:
+                raise AssertionError(f"expected {n} messages, got {self.out}")
+            await asyncio.sleep(0.001)
+        return self.out
+
+    def slot(self, name, call, finish=None, fail=None, **kw):
+        finish = finish or (lambda value, req: {"content": [{"type": "text", "text": str(value)}]})
+        fail = fail or (lambda exc, req: {"content": [{"type": "text", "text": f"failed: {exc}"}], "isError": True})
+        slot = self.core.ToolSlot(name, call, finish, fail, **kw)
+        self.d.tools[name] = slot
+        return slot
+
+
+def request(id, method, params=None):
+    msg = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def call(id, name, arguments=None, **extra):
+    params = {"name": name, **extra}
+    if arguments is not None:
+        params["arguments"] = arguments
+    return request(id, "tools/call", params)
+
+
+def text_of(msg):
+    return msg["result"]["content"][0]["text"]
+
+
+# -- envelopes ----------------------------------------------------------------------------
+
+
+def test_parse_error_answers_with_null_id_and_the_next_line_is_served(core, run):
+    async def body():
+        w = Wire(core)
+        w.send(b'{"jsonrpc": "2.0", "id": 1, "method": \n', request(2, "ping"))
+        first, second = w.out
+        assert first["id"] is None and first["error"]["code"] == PARSE_ERROR
+        assert first["jsonrpc"] == "2.0"
+        assert second == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    run(body)
+
+
+def test_batch_is_answered_invalid_request_never_silence(core, run):
+    async def body():
+        w = Wire(core)
+        called = []
+        w.d.methods["ping"] = lambda params, req: called.append(req.id) or {}
+        w.send([request(1, "ping"), request(2, "ping")])
+        (answer,) = w.out
+        assert answer["id"] is None and answer["error"]["code"] == INVALID_REQUEST
+        assert "batch" in answer["error"]["message"]
+        assert called == []
+    run(body)
+
+
+@pytest.mark.parametrize("message, answer_id", [
+    (42, None),
+    ("ping", None),
+    (None, None),
+    ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, None),
+    ({"jsonrpc": "2.0", "id": True, "method": "ping"}, None),
+    ({"jsonrpc": "2.0", "id": None, "method": "ping"}, None),
+    ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, None),
+    ({"jsonrpc": "2.0", "id": [1], "method": "ping"}, None),
+    ({"jsonrpc": "1.0", "id": 3, "method": "ping"}, 3),
+    ({"id": 3, "method": "ping"}, 3),
+    ({"jsonrpc": "2.0", "id": 3, "method": 5}, 3),
+    ({"jsonrpc": "2.0", "id": "s", "method": "ping", "params": "x"}, "s"),
+    ({"jsonrpc": "2.0", "id": 3, "method": "ping", "params": 7}, 3),
+    ({"jsonrpc": "2.0", "id": 3}, 3),
+])
+def test_invalid_envelopes(core, run, message, answer_id):
+    async def body():
+        w = Wire(core)
+        called = []
+        w.d.methods["ping"] = lambda params, req: called.append(req.id) or {}
+        w.send(message, request(99, "ping"))
+        bad, good = w.out
+        assert bad["error"]["code"] == INVALID_REQUEST
+        assert bad["id"] == answer_id and "id" in bad
+        assert bad["error"]["message"].startswith("Invalid request")
+        assert good["id"] == 99 and called == [99]
+    run(body)
+
+
+def test_params_may_be_an_array(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.methods["sum"] = lambda params, req: sum(params)
+        w.send(request(1, "sum", [1, 2, 3]))
+        assert w.out == [{"jsonrpc": "2.0", "id": 1, "result": 6}]
+    run(body)
+
+
+def test_unknown_method(core, run):
+    async def body():
+        w = Wire(core)
+        w.send(request(5, "no/such"))
+        (answer,) = w.out
+        assert answer["id"] == 5 and answer["error"]["code"] == METHOD_NOT_FOUND
+        assert "no/such" in answer["error"]["message"]
+    run(body)
+
+
+def test_notifications_get_no_answer(core, run):
+    async def body():
+        w = Wire(core)
+        got = []
+        w.d.notifications["note"] = lambda params: got.append(params)
+
+        async def later(params):
+            await asyncio.sleep(0)
+            got.append(("async", params))
+        w.d.notifications["later"] = later
+
+        def broken(params):
+            raise KeyError("boom")
+        w.d.notifications["broken"] = broken
+        w.send({"jsonrpc": "2.0", "method": "note", "params": {"a": 1}},
+               {"jsonrpc": "2.0", "method": "unknown/notification"},
+               {"jsonrpc": "2.0", "method": "broken"},
+               {"jsonrpc": "2.0", "method": "later", "params": {"b": 2}})
+        await w.settle()
+        assert w.out == []
+        assert got == [{"a": 1}, ("async", {"b": 2})]
+        ((req, exc),) = w.exceptions
+        assert req is None and isinstance(exc, KeyError)
+    run(body)
+
+
+def test_responses_from_the_client_go_to_their_hook(core, run):
+    async def body():
+        w = Wire(core)
+        seen = []
+        w.d.on_client_response = seen.append
+        w.send({"jsonrpc": "2.0", "id": "s1", "result": {"ok": True}},
+               {"jsonrpc": "2.0", "id": "s2", "error": {"code": 1, "message": "no"}})
+        await w.settle()
+        assert w.out == []
+        assert [m["id"] for m in seen] == ["s1", "s2"]
+    run(body)
+
+
+# -- method handlers ----------------------------------------------------------------------
+
+
+def test_handler_results_errors_and_crashes(core, run):
+    async def body():
+        w = Wire(core)
+
+        def refuse(params, req):
+            raise RpcError(INVALID_PARAMS, "bad thing", {"field": "x"})
+
+        def crash(params, req):
+            raise KeyError("missing")
+        w.d.methods.update(echo=lambda params, req: params, refuse=refuse, crash=crash,
+                           opaque=lambda params, req: {"x": object()})
+        w.send(request(1, "echo", {"v": [1, "2"]}), request(2, "refuse"), request(3, "crash"),
+               request(4, "opaque"))
+        a, b, c, d = w.out
+        assert a == {"jsonrpc": "2.0", "id": 1, "result": {"v": [1, "2"]}}
+        assert b == {"jsonrpc": "2.0", "id": 2,
+                     "error": {"code": INVALID_PARAMS, "message": "bad thing", "data": {"field": "x"}}}
+        assert c["id"] == 3 and c["error"]["code"] == INTERNAL_ERROR and "KeyError" in c["error"]["message"]
+        assert d["id"] == 4 and d["error"]["code"] == INTERNAL_ERROR
+        ((req, exc),) = w.exceptions
+        assert req.id == 3 and isinstance(exc, KeyError)
+        assert len(w.d.table) == 0
+    run(body)
+
+
+def test_async_handler_is_answered_from_a_task(core, run):
+    async def body():
+        w = Wire(core)
+        gate = asyncio.get_running_loop().create_future()
+
+        async def slow(params, req):
+            return await gate
+        w.d.methods["slow"] = slow
+        w.send(request(1, "slow"), request(2, "ping"))
+        # The slow request does not hold up the next one.
+        assert [m["id"] for m in w.out] == [2]
+        assert w.d.table.get(1).task is not None
+        gate.set_result({"done": True})
+        out = await w.settle(2)
+        assert out[1] == {"jsonrpc": "2.0", "id": 1, "result": {"done": True}}
+        assert len(w.d.table) == 0
+    run(body)
+
+
+def test_duplicate_id_in_flight_is_refused_and_the_first_still_answers(core, run):
+    async def body():
+        w = Wire(core)
+        gate = asyncio.get_running_loop().create_future()
+
+        async def slow(params, req):
+            return await gate
+        w.d.methods["slow"] = slow
+        w.send(request("dup", "slow"), request("dup", "ping"))
+        (refused,) = w.new()
+        assert refused["id"] == "dup" and refused["error"]["code"] == INVALID_REQUEST
+        assert "already in flight" in refused["error"]["message"]
+        gate.set_result(1)
+        await w.settle(2)
+        assert w.new() == [{"jsonrpc": "2.0", "id": "dup", "result": 1}]
+        # Once answered, the id may be used again.
+        w.send(request("dup", "ping"))
+        assert w.new() == [{"jsonrpc": "2.0", "id": "dup", "result": {}}]
+    run(body)
+
+
+def test_answers_of_one_read_are_coalesced_into_one_write(core, run):
+    async def body():
+        w = Wire(core)
+
+        async def quick(params, req):
+            return "q"
+        w.d.methods["quick"] = quick
+        w.send(request(1, "ping"), request(2, "ping"), request(3, "ping"))
+        assert len(w.writes) == 1 and [m["id"] for m in w.out] == [1, 2, 3]
+        w.writes.clear()
+        w.send(request(4, "quick"), request(5, "quick"), request(6, "quick"))
+        await w.settle(3)
+        assert len(w.writes) == 1 and sorted(m["id"] for m in w.out) == [4, 5, 6]
+    run(body)
+
+
+def test_notify_and_send(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.notify("notifications/message", {"level": "info", "data": "x"})
+        w.d.send({"jsonrpc": "2.0", "id": "srv-1", "method": "roots/list"})
+        await w.settle()
+        assert w.out == [{"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}},
+                         {"jsonrpc": "2.0", "id": "srv-1", "method": "roots/list"}]
+    run(body)
+
+
+# -- tool slots ------------------------------------------------------------------------------
+
+
+def test_tool_slot_call_finish_fail(core, run):
+    async def body():
+        w = Wire(core)
+        calls = []
+
+        def add(args, req):
+            calls.append((dict(args), req.id, req.tool, req.method))
+            if args.get("boom"):
+                raise ValueError("boom")
+            if args.get("refuse"):
+                raise RpcError(INVALID_PARAMS, "refused", {"why": "test"})
+            return args.get("a", 0) + args.get("b", 0)
+        finished = []
+        failed = []
+
+        def finish(value, req):
+            finished.append((value, req.id))
+            return {"content": [{"type": "text", "text": str(value)}]}
+
+        def fail(exc, req):
+            failed.append((type(exc), req.id))
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        w.slot("add", add, finish, fail)
+        w.send(call(1, "add", {"a": 2, "b": 3}), call(2, "add"), call(3, "add", {"boom": True}),
+               call(4, "add", {"refuse": True}))
+        a, b, c, d = w.out
+        assert text_of(a) == "5" and a["id"] == 1
+        assert text_of(b) == "0"  # no arguments: an empty object
+        assert c["result"] == {"content": [{"type": "text", "text": "boom"}], "isError": True}
+        assert d["error"] == {"code": INVALID_PARAMS, "message": "refused", "data": {"why": "test"}}
+        assert calls[0] == ({"a": 2, "b": 3}, 1, "add", "tools/call")
+        assert calls[1][0] == {}
+        assert finished == [(5, 1), (0, 2)] and failed == [(ValueError, 3)]
+        counts = list(w.d.table.counts)
+        assert counts[core.STATE_OK] == 2 and counts[core.STATE_ERROR] == 2
+        assert w.d.active == 0
+    run(body)
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"name": "nope", "arguments": {}}, "nope"),
+    ({"name": 5, "arguments": {}}, "5"),
+    ({"arguments": {}}, "None"),
+    ({"name": "t", "arguments": [1, 2]}, "arguments"),
+    ({"name": "t", "arguments": "x"}, "arguments"),
+])
+def test_tool_call_invalid_params(core, run, params, fragment):
+    async def body():
+        w = Wire(core)
+        w.slot("t", lambda args, req: "ok")
+        w.send(request(1, "tools/call", params), request(2, "tools/call", [1]))
+        a, b = w.out
+        assert a["id"] == 1 and a["error"]["code"] == INVALID_PARAMS and fragment in a["error"]["message"]
+        assert b["id"] == 2 and b["error"]["code"] == INVALID_PARAMS
+        assert len(w.d.table) == 0 and w.d.active == 0
+    run(body)
+
+
+def test_finish_or_fail_raising_is_an_internal_error(core, run):
+    async def body():
+        w = Wire(core)
+
+        def bad_finish(value, req):
+            raise TypeError("cannot map")
+
+        def bad_fail(exc, req):
+            raise TypeError("cannot map the failure")
+
+        def boom(args, req):
+            raise ValueError("x")
+        w.slot("a", lambda args, req: 1, finish=bad_finish)
+        w.slot("b", boom, fail=bad_fail)
+        w.send(call(1, "a"), call(2, "b"))
+        a, b = w.out
+        assert a["error"]["code"] == INTERNAL_ERROR and "cannot map" in a["error"]["message"]
+        assert b["error"]["code"] == INTERNAL_ERROR and "cannot map the failure" in b["error"]["message"]
+        assert [type(exc) for _, exc in w.exceptions] == [TypeError, TypeError]
+        assert w.d.active == 0 and len(w.d.table) == 0
+    run(body)
+
+
+def test_eager_coroutine_that_does_not_wait_is_answered_inline(core, run):
+    async def body():
+        w = Wire(core)
+        tasks = []
+
+        async def quick(args, req):
+            tasks.append(asyncio.current_task())
+            return args["x"]
+        w.slot("quick", quick, eager=True)
+        w.send(call(1, "quick", {"x": "now"}))
+        # Answered within feed(): no task of its own, no loop turn.
+        (answer,) = w.out
+        assert text_of(answer) == "now"
+        assert tasks == [asyncio.current_task()]
+    run(body)
+
+
+def test_non_eager_coroutine_runs_in_a_task(core, run):
+    async def body():
+        w = Wire(core)
+        tasks = []
+
+        async def lazy(args, req):
+            tasks.append(asyncio.current_task())
+            return "later"
+        w.slot("lazy", lazy)
+        w.send(call(1, "lazy"))
+        assert w.out == []
+        (answer,) = await w.settle(1)
+        assert text_of(answer) == "later" and tasks[0] is not None
+    run(body)
+
+
+def test_eager_coroutine_that_suspends_continues_in_a_task(core, run):
+    async def body():
+        w = Wire(core)
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+        steps = []
+
+        async def waits(args, req):
+            steps.append("start")
+            await asyncio.sleep(0)          # a bare yield
+            steps.append("after yield")
+            value = await gate              # a future
+            steps.append("after gate")
+            await asyncio.sleep(0.001)      # a timer
+            return f"got {value}"
+        w.slot("waits", waits, eager=True)
+        w.send(call(1, "waits"), request(2, "ping"))
+        assert steps == ["start"]
+        assert [m["id"] for m in w.out] == [2]
+        req = w.d.table.get(1)
+        assert req is not None and req.task is not None
+        await w.settle()
+        assert steps == ["start", "after yield"]
+        gate.set_result("it")
+        out = await w.settle(2)
+        assert text_of(out[1]) == "got it" and steps[-1] == "after gate"
+        assert len(w.d.table) == 0 and w.d.active == 0
+    run(body)
+
+
+def test_eager_coroutine_errors_before_and_after_suspending(core, run):
+    async def body():
+        w = Wire(core)
+
+        async def early(args, req):
+            raise ValueError("early")
+
+        async def late(args, req):
+            await asyncio.sleep(0)
+            raise ValueError("late")
+
+        async def rpc(args, req):
+            raise RpcError(INVALID_PARAMS, "no", None)
+        for name, fn in (("early", early), ("late", late), ("rpc", rpc)):
+            w.slot(name, fn, eager=True)
+        w.send(call(1, "early"), call(2, "late"), call(3, "rpc"))
+        out = await w.settle(3)
+        by_id = {m["id"]: m for m in out}
+        assert by_id[1]["result"]["isError"] and "early" in text_of(by_id[1])
+        assert by_id[2]["result"]["isError"] and "late" in text_of(by_id[2])
+        assert by_id[3]["error"]["code"] == INVALID_PARAMS
+    run(body)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_cancelled_call_gets_no_response(core, run, eager):
+    async def body():
+        w = Wire(core)
+        seen = []
+        stopped = []
+        w.d.on_cancelled = stopped.append
+
+        async def forever(args, req):
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+        w.slot("forever", forever, eager=eager)
+        w.send(call(1, "forever"), call(2, "forever"))
+        await w.settle()
+        assert w.d.cancel(1) is True
+        assert w.d.cancel(1) is False          # already gone
+        assert w.d.cancel("unknown") is False
+        await w.settle()
+        assert seen == ["cancelled"]
+        assert [r.id for r in stopped] == [1]
+        assert w.out == []
+        assert list(w.d.table.requests) == [2]
+        assert list(w.d.table.counts)[core.STATE_CANCELLED] == 1
+        assert w.d.active == 1
+        w.d.cancel(2)
+        await w.settle()
+        assert w.out == [] and w.d.active == 0
+    run(body)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_call_cancelled_before_its_task_ran_still_cleans_up(core, run, eager):
+    # A tool that has started (an eager one runs up to its first await inside feed)
+    # must see CancelledError, whenever the cancellation comes, so it can clean up.
+    async def body():
+        w = Wire(core)
+        started = []
+        seen = []
+
+        async def forever(args, req):
+            started.append(req.id)
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                seen.append(req.id)
+                raise
+        w.slot("forever", forever, eager=eager)
+        w.send(call(1, "forever"))
+        assert w.d.cancel(1) is True
+        await w.settle()
+        assert seen == started
+        assert w.out == [] and w.d.active == 0
+    run(body)
+
+
+def test_finished_request_cannot_be_cancelled(core, run):
+    async def body():
+        w = Wire(core)
+        w.send(request(1, "ping"))
+        assert w.d.cancel(1) is False
+        assert len(w.out) == 1
+    run(body)
+
+
+def test_timeout_answers_with_timeout_result_and_cancels_the_work(core, run):
+    async def body():
+        w = Wire(core)
+        seen = []
+
+        async def forever(args, req):
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                seen.append(req.id)
+                raise
+
+        def timeout_result(req):
+            return {"content": [{"type": "text", "text": f"{req.tool} timed out"}], "isError": True}
+        w.d.timeout_result = timeout_result
+        w.d.default_timeout = 0.02
+        w.slot("forever", forever)
+        w.send(call(1, "forever"))
+        (answer,) = await w.settle(1)
+        assert answer["result"] == {"content": [{"type": "text", "text": "forever timed out"}], "isError": True}
+        await w.settle()
+        assert seen == [1]
+        assert list(w.d.table.counts)[core.STATE_TIMED_OUT] == 1
+        assert w.d.active == 0 and len(w.d.table) == 0
+        await asyncio.sleep(0.03)
+        assert len(w.out) == 1  # answered once
+    run(body)
+
+
+def test_timeout_without_a_hook_is_an_error_and_the_slot_timeout_wins(core, run):
+    async def body():
+        w = Wire(core)
+
+        async def forever(args, req):
+            await asyncio.get_running_loop().create_future()
+        w.d.default_timeout = 60.0
+        w.slot("forever", forever, timeout=0.02)
+        w.send(call(1, "forever"))
+        (answer,) = await w.settle(1)
+        assert answer["error"]["code"] == REQUEST_TIMEOUT
+        assert "timed out" in answer["error"]["message"]
+    run(body)
+
+
+def test_timeout_hook_may_raise_an_rpc_error(core, run):
+    async def body():
+        w = Wire(core)
+
+        async def forever(args, req):
+            await asyncio.get_running_loop().create_future()
+
+        def timeout_result(req):
+            raise RpcError(-32050, "custom timeout", {"id": req.id})
+        w.d.timeout_result = timeout_result
+        w.slot("forever", forever, timeout=0.01)
+        w.send(call("t", "forever"))
+        (answer,) = await w.settle(1)
+        assert answer["error"] == {"code": -32050, "message": "custom timeout", "data": {"id": "t"}}
+    run(body)
+
+
+# -- limits and the queue -----------------------------------------------------------------------
+
+
+def gated_tool(w, name, **kw):
+    """A tool whose calls wait on a future per request id; returns (gates, started)."""
+    loop = asyncio.get_running_loop()
+    gates = {}
+    started = []
+
+    async def gated(args, req):
+        started.append(req.id)
+        gates[req.id] = loop.create_future()
+        return await gates[req.id]
+    w.slot(name, gated, **kw)
+    return gates, started
+
+
+def test_limits_queue_then_reject_and_a_freed_slot_starts_queued_work(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.max_active = 1
+        w.d.max_queued = 1
+        gates, started = gated_tool(w, "g")
+        w.send(call(1, "g"), call(2, "g"), call(3, "g"))
+        await w.settle()
+        (busy,) = w.new()
+        assert busy["id"] == 3 and busy["error"]["code"] == SERVER_BUSY
+        data = busy["error"]["data"]
+        assert data["active"] == 1 and data["limit"] == 1 and data["queued"] == 1 and data["queue_limit"] == 1
+        assert data["tool"] == "g"
+        assert "busy" in busy["error"]["message"].lower()
+        assert started == [1] and len(w.d.queue) == 1
+        assert list(w.d.table.counts)[core.STATE_REJECTED] == 1
+        gates[1].set_result("one")
+        await w.settle(2)
+        await w.settle()
+        assert [text_of(m) for m in w.new()] == ["one"]
+        assert started == [1, 2] and len(w.d.queue) == 0
+        gates[2].set_result("two")
+        await w.settle(3)
+        assert [text_of(m) for m in w.new()] == ["two"]
+        assert w.d.active == 0 and len(w.d.table) == 0
+    run(body)
+
+
+def test_per_tool_limit_leaves_other_tools_free(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.max_queued = 10
+        gates, started = gated_tool(w, "limited", limit=1)
+        w.slot("free", lambda args, req: "free")
+        w.send(call(1, "limited"), call(2, "limited"), call(3, "free"))
+        await w.settle()
+        assert [text_of(m) for m in w.new()] == ["free"]
+        assert started == [1]
+        gates[1].set_result("a")
+        await w.settle(2)
+        await w.settle()
+        assert started == [1, 2]
+        gates[2].set_result("b")
+        await w.settle(3)
+        assert [text_of(m) for m in w.new()] == ["a", "b"]
+    run(body)
+
+
+def test_queued_call_cancelled_before_it_starts_never_runs(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.max_active = 1
+        w.d.max_queued = 5
+        gates, started = gated_tool(w, "g")
+        w.send(call(1, "g"), call(2, "g"), call(3, "g"))
+        await w.settle()
+        assert w.d.cancel(2) is True
+        gates[1].set_result("one")
+        await w.settle()
+        assert started == [1, 3]
+        gates[3].set_result("three")
+        await w.settle(2)
+        assert [(m["id"], text_of(m)) for m in w.out] == [(1, "one"), (3, "three")]
+    run(body)
+
+
+def test_queued_call_can_time_out_in_the_queue(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.max_active = 1
+        w.d.max_queued = 5
+        gates, started = gated_tool(w, "g")
+        w.d.default_timeout = 0.03
+        w.send(call(1, "g"))
+        await w.settle()
+        w.d.default_timeout = None
+        w.send(call(2, "g"))
+        w.d.default_timeout = 0.02
+        w.send(call(3, "g"))
+        (first,) = await w.settle(1)
+        assert first["id"] in (1, 3)
+        await w.settle(2)
+        assert sorted(m["id"] for m in w.out) == [1, 3]
+        assert all(m["error"]["code"] == REQUEST_TIMEOUT for m in w.out)
+        await w.settle()
+        # 3 expired while waiting; 2 got the slot 1 freed.
+        assert started == [1, 2]
+        gates[2].set_result("two")
+        await w.settle(3)
+        assert text_of(w.out[-1]) == "two"
+    run(body)
+
+
+# -- size limit ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rid", [9, "req-9"])
+def test_oversized_message_error_carries_the_recovered_id(core, run, rid):
+    async def body():
+        w = Wire(core, max_message_size=200)
+        big = orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "ping", "params": {"s": "x" * 1000}}) + b"\n"
+        # In pieces, as a pipe delivers it.
+        for i in range(0, len(big), 128):
+            w.d.feed(big[i:i + 128])
+        w.send(request(10, "ping"))
+        err, ok = w.out
+        assert err["id"] == rid and err["error"]["code"] == INVALID_REQUEST
+        assert err["error"]["data"] == {"size": len(big) - 1, "limit": 200}
+        assert "200" in err["error"]["message"]
+        assert ok == {"jsonrpc": "2.0", "id": 10, "result": {}}
+    run(body)
+
+
+def test_oversized_message_id_is_the_top_level_one(core, run):
+    async def body():
+        w = Wire(core, max_message_size=100)
+        nested_first = (b'{"jsonrpc":"2.0","method":"ping","params":{"id":5,"s":"' + b"y" * 300 +
+                        b'"},"id":6}\n')
+        far_id = b'{"jsonrpc":"2.0","params":{"s":"' + b"z" * 10_000 + b'"},"id":7}\n'
+        w.send(nested_first, far_id)
+        a, b = w.out
+        # The id inside params is not the request's; one past the kept head is unknown.
+        assert a["id"] == 6
+        assert b["id"] is None
+        assert a["error"]["code"] == b["error"]["code"] == INVALID_REQUEST
+    run(body)
+
+
+# -- drain -------------------------------------------------------------------------------------------
+
+
+def test_drain_waits_for_work_that_finishes_in_time(core, run):
+    async def body():
+        w = Wire(core)
+
+        async def quick(args, req):
+            await asyncio.sleep(0.02)
+            return "finished"
+        w.slot("quick", quick)
+        w.send(call(1, "quick"))
+        await w.d.drain(5.0)
+        (answer,) = w.out
+        assert text_of(answer) == "finished"
+        assert list(w.d.table.counts)[core.STATE_KILLED] == 0
+    run(body)
+
+
+def test_drain_answers_what_is_left_when_time_is_up(core, run):
+    async def body():
+        w = Wire(core)
+        seen = []
+
+        async def forever(args, req):
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                seen.append(req.id)
+                raise
+        w.slot("forever", forever)
+        w.send(call(1, "forever"), call(2, "forever"))
+        await w.settle()
+        start = asyncio.get_running_loop().time()
+        await w.d.drain(0.05)
+        assert asyncio.get_running_loop().time() - start < 2.0
+        out = w.out
+        assert sorted(m["id"] for m in out) == [1, 2]
+        assert all(m["error"]["code"] == INTERNAL_ERROR and "shutting down" in m["error"]["message"] for m in out)
+        assert sorted(seen) == [1, 2]
+        assert list(w.d.table.counts)[core.STATE_KILLED] == 2
+        assert len(w.d.table) == 0
+        w.d.close()
+    run(body)
+
+
+def test_drain_with_nothing_in_flight_returns_at_once(core, run):
+    async def body():
+        w = Wire(core)
+        await asyncio.wait_for(w.d.drain(30.0), 1.0)
+    run(body)
+
+
+# -- the protocol objects ----------------------------------------------------------------------------
+
+
+def test_protocols_feed_the_dispatcher_and_propagate_back_pressure(core, run):
+    async def body():
+        w = Wire(core)
+        closed = []
+
+        class Transport:
+            def __init__(self):
+                self.calls = []
+
+            def pause_reading(self):
+                self.calls.append("pause")
+
+            def resume_reading(self):
+                self.calls.append("resume")
+        reader = core.ReaderProtocol(w.d, closed.append)
+        writer = core.WriterProtocol(reader, closed.append)
+        rt = Transport()
+        reader.connection_made(rt)
+        writer.connection_made(Transport())
+        reader.data_received(orjson.dumps(request(1, "ping")) + b"\n")
+        assert [m["id"] for m in w.out] == [1]
+        writer.pause_writing()
+        writer.resume_writing()
+        assert rt.calls == ["pause", "resume"]
+        assert not reader.eof_received()
+        assert closed == ["eof"]
+        writer.connection_lost(None)
+        assert len(closed) == 2
+    run(body)
