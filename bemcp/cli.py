@@ -18,6 +18,9 @@ def build_parser():
     plugins.add_argument("--json", action="store_true", help="print the plugin states as JSON")
     for p in (serve, tools, plugins):
         config.add_arguments(p)
+    from .logs.summary import add_arguments as add_logs_arguments
+    add_logs_arguments(sub.add_parser("logs", help="summarise the logs: recent tasks, per-tool timings, "
+                                                   "errors, watchdog actions, crash reports"))
     return parser
 
 
@@ -29,7 +32,9 @@ def make_server(cfg, serving=False):
     from . import Server, __version__
     from .builtins import register_builtins
     from .plugins import load_plugins
+    from .logs import setup_logging
     server = Server("bemcp", version=__version__, config=cfg)
+    setup_logging(server)
     register_builtins(server)
     load_plugins(server, background=serving)
     return server
@@ -51,6 +56,9 @@ def main(argv=None):
     elif args.command == "plugins":
         from .plugins import show_plugins
         return show_plugins(server, args.json)
+    elif args.command == "logs":
+        from .logs.summary import run as show_logs
+        return show_logs(args)
     else:
         parser.print_help()
         return 2

@@ -62,6 +62,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from ._core import trim_allocator
+
 log = logging.getLogger("bemcp.plugins")
 
 ENTRY_POINT_GROUP = "bemcp.plugins"
@@ -330,6 +332,7 @@ class PluginManager:
                                traceback=traceback.format_exc())
         finally:
             self.server.tools_ready.set()
+            trim_allocator()  # loading freed a lot: hand it back rather than keep it for bursts
 
     def load_detached(self):
         """Discover and run the loaders; the jobs whose registrations are still to apply."""

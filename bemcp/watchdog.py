@@ -25,7 +25,7 @@ import threading
 import traceback
 from time import monotonic
 
-from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread
+from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
 from ._core._errors import SERVER_BUSY
 from .tools import ToolError, ToolInterrupted
 
@@ -143,15 +143,27 @@ class Watchdog:
 
     def _watch(self):
         next_memory = 0.0
+        last_received = -1
+        trimmed = False
         while not self._stop.wait(HEARTBEAT):
             now = monotonic()
             self._check_lag(now - self._heartbeat - HEARTBEAT)
-            if now >= next_memory:
-                next_memory = now + MEMORY_INTERVAL
-                try:
-                    self._check_memory()
-                except Exception:
-                    log.exception("memory sampling failed")
+            if now < next_memory:
+                continue
+            next_memory = now + MEMORY_INTERVAL
+            # Quiet for a second (no message in, nothing running): give freed memory back, once.
+            received = self.dispatcher.received
+            if received == last_received and not self.dispatcher.table.requests:
+                if not trimmed:
+                    trim_allocator()
+                    trimmed = True
+            else:
+                trimmed = False
+            last_received = received
+            try:
+                self._check_memory()
+            except Exception:
+                log.exception("memory sampling failed")
 
     def _check_lag(self, lag):
         self.lag = max(0.0, lag)

@@ -175,6 +175,11 @@ cdef class Dispatcher:
         self._recent_pos += 1
 
     @property
+    def received(self):
+        """How many messages have come in."""
+        return self._recent_pos
+
+    @property
     def recent(self):
         """(time, method, id, size) of the last messages in, oldest first."""
         cdef Py_ssize_t start = max(0, self._recent_pos - RECENT)

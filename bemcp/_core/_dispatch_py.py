@@ -108,6 +108,7 @@ class Dispatcher:
         self.active = 0
         self.queue = deque()
         self._recent = deque(maxlen=64)    # (time, method, id, size) of the last messages in
+        self.received = 0                  # how many messages have come in
         # Hooks for the layers above, all optional.
         self.timeout_result = None         # (request) -> result sent at a deadline
         self.on_cancelled = None           # (request) after its task was cancelled
@@ -143,14 +144,18 @@ class Dispatcher:
         try:
             msg = loads(line)
         except JSONDecodeError as exc:
-            self._recent.append((monotonic(), None, None, len(line)))
+            self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
             self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
-            self._recent.append((monotonic(), msg.get("method"), msg.get("id"), len(line)))
+            self._remember(msg.get("method"), msg.get("id"), len(line))
         self.handle_message(msg)
+
+    def _remember(self, method, id, size):
+        self._recent.append((monotonic(), method, id, size))
+        self.received += 1
 
     def handle_message(self, msg):
         if type(msg) is not dict:
@@ -384,7 +389,7 @@ class Dispatcher:
                 self.on_exception(None, exc)
 
     def _oversized(self, item):
-        self._recent.append((monotonic(), None, None, item.size))
+        self._remember(None, None, item.size)
         if self.on_protocol_error is not None:
             self.on_protocol_error("oversized", item.size)
         self._send_error(recover_id(item.head), INVALID_REQUEST,

@@ -14,7 +14,7 @@ import stat
 import sys
 import threading
 
-from .._core import ReaderProtocol, WriterProtocol
+from .._core import ReaderProtocol, WriterProtocol, tune_allocator
 
 log = logging.getLogger("bemcp.transport")
 
@@ -72,6 +72,7 @@ def _read_file_in_thread(loop, fd, reader):
 async def serve_stdio(server):
     """Serve until stdin closes, stdout breaks, a signal arrives or the parent dies."""
     loop = asyncio.get_running_loop()
+    tune_allocator()
     dispatcher = server.build_dispatcher(loop)
     read_fd, write_fd = take_stdio()
     stopped = loop.create_future()

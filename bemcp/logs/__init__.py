@@ -1,0 +1,52 @@
+"""Logs and forensics: task, performance and forensics logs, crash reports, stderr.
+
+The directory (``--log-dir``; by default the platform's per-user state directory,
+e.g. ``~/.local/state/bemcp``) holds:
+
+- ``tasks.log``: one JSON line per finished tool call: time, pid, request id, tool,
+  status (ok, error, timeout, cancelled, killed, rejected), duration, argument
+  size and a keyed digest of the arguments (never their values), exit code and
+  byte counts where the tool layer or core reports them (``request.detail``, ``request.size``);
+- ``perf.log``: a JSON line every few seconds: RSS of the server and its children,
+  CPU, event-loop lag p50/p99, tool calls in flight and per second, errors, drops;
+- ``forensics.log``: every ``server.record(kind, ...)`` event (watchdog actions,
+  plugin failures, protocol abuse with sizes, crashes), plus start and stop;
+- ``crash-<time>-<pid>.json`` reports, and ``crash-<time>-<pid>.txt`` for fatal signals.
+
+Off the hot path: the event loop appends each finished request to a list (one
+C-level call) and, every few milliseconds, turns the list into one JSON byte
+string; a background thread hands those to the writer process
+(:mod:`bemcp.logs.sink`), which formats, hashes, rotates and samples psutil.
+``bemcp logs`` (:mod:`bemcp.logs.summary`) is the person's view of a directory.
+"""
+
+import os
+import sys
+
+__all__ = ["setup_logging", "default_log_dir"]
+
+
+def default_log_dir():
+    """Where logs go without ``--log-dir``: the platform's per-user state directory."""
+    home = os.path.expanduser("~")
+    if sys.platform == "darwin":
+        return os.path.join(home, "Library", "Logs", "bemcp")
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, "bemcp", "Logs")
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):   # the XDG spec: a relative value is ignored
+        state = os.path.join(home, ".local", "state")
+    return os.path.join(state, "bemcp")
+
+
+def setup_logging(server, **options):
+    """Attach logs, crash reports and the non-blocking stderr to ``server``.
+
+    Call before the server starts serving (``make_server`` does). Settings come
+    from ``server.config`` (log_dir, log_files, log_level, log_bodies); ``options``
+    are for tests and embedders (see :class:`bemcp.logs.writer.Logs`). Returns the
+    Logs object, also available as ``server.logs``.
+    """
+    from .writer import Logs
+    return Logs(server, **options)
