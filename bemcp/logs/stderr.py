@@ -163,12 +163,16 @@ def install_pump():
     """Make ``sys.stderr`` (and ``sys.stdout``, if it is stderr) the pump; returns it.
 
     Call after the transport took fd 1 for the protocol and pointed ``sys.stdout``
-    at stderr; a ``sys.stdout`` that is something else (a test's capture) is left alone.
+    at stderr. Streams that are something else (a test's capture, an embedder's
+    own) are left alone. The pump stays for the rest of the process: output at
+    exit must not block either.
     """
     p = pump()
-    if sys.stdout is sys.stderr or sys.stdout is sys.__stderr__:
+    real = sys.__stderr__
+    if sys.stdout is real or (sys.stdout is sys.stderr and sys.stderr is real):
         sys.stdout = p
-    sys.stderr = p
+    if sys.stderr is real:
+        sys.stderr = p
     return p
 
 

@@ -102,6 +102,7 @@ class Logs:
     def _start(self):
         install_pump()
         self.loop = self.server.loop
+        self._faulthandler_before = faulthandler.is_enabled()
         if not self.enabled:
             faulthandler.enable(file=sys.__stderr__ or 2, all_threads=True)
             return
@@ -125,7 +126,10 @@ class Logs:
             self._wake.set()
             self._feeder.join(STOP_SECONDS)
         self._uninstall_hooks()
-        faulthandler.disable()
+        if getattr(self, "_faulthandler_before", False):
+            faulthandler.enable(file=sys.__stderr__ or 2, all_threads=True)   # as it was (e.g. pytest's)
+        else:
+            faulthandler.disable()
         if self._fatal[0] is not None:
             close_fatal_file(*self._fatal)
             self._fatal = (None, None)

@@ -1,0 +1,431 @@
+"""Logs and forensics (issue 6), end to end over real pipes.
+
+Every server here gets ``--log-dir`` under the test's tmp_path: nothing is ever
+written into the real home. The servers are ``bemcp serve`` or a small script
+(written to tmp_path) built with the public API plus ``setup_logging``.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from stdio_client import ServerProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r'''
+import asyncio, logging, sys, threading
+from bemcp import Server, ToolError
+from bemcp.config import parse
+from bemcp.logs import setup_logging
+
+argv = sys.argv[1:]
+options = {}
+if "--perf-interval" in argv:
+    i = argv.index("--perf-interval")
+    options["perf_interval"] = float(argv[i + 1])
+    argv = argv[:i] + argv[i + 2:]
+if "--in-process" in argv:
+    argv.remove("--in-process")
+    options["in_process"] = True
+server = Server("logs-test", version="1.0", config=parse(argv))
+setup_logging(server, **options)
+log = logging.getLogger("plugin.noisy")
+
+@server.tool
+async def echo(text: str) -> str:
+    return text
+
+@server.tool
+async def explode(what: str) -> str:
+    """Fails the way a bug does."""
+    raise RuntimeError(f"boom: {len(what)}")
+
+@server.tool
+def shout(megabytes: int) -> str:
+    """Write to stderr (print and logging) from a worker thread."""
+    chunk = "x" * 65535
+    for _ in range(megabytes * 16):
+        print(chunk)
+    for _ in range(megabytes * 8):
+        log.warning(chunk)
+    return "done"
+
+@server.tool
+async def shout_on_loop(megabytes: int) -> str:
+    """The same, on the event loop itself."""
+    chunk = "y" * 65535
+    for _ in range(megabytes * 16):
+        print(chunk, file=sys.stderr)
+    return "done"
+
+@server.tool
+async def chat(level: str, message: str) -> str:
+    log.log(logging.getLevelName(level.upper()), message)
+    return "ok"
+
+@server.tool
+async def thread_crash() -> str:
+    def run():
+        raise ValueError("thread went wrong")
+    t = threading.Thread(target=run, name="doomed")
+    t.start()
+    t.join()
+    return "started"
+
+@server.tool
+def segfault() -> str:
+    import faulthandler
+    faulthandler._sigsegv()
+    return "unreachable"
+
+@server.tool
+async def loop_crash() -> str:
+    def bad_callback():
+        raise KeyError("no such thing")
+    asyncio.get_running_loop().call_soon(bad_callback)
+    return "scheduled"
+
+server.run()
+'''
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "logs_server.py"
+    path.write_text(SCRIPT)
+    return str(path)
+
+
+_started = []
+
+
+@pytest.fixture(autouse=True)
+def _close_servers():
+    """A failing test must not leave its server running."""
+    yield
+    while _started:
+        server = _started.pop()
+        if server.proc.poll() is None or not server.proc.stdout.closed:
+            server.close()
+
+
+def start(command, env=None, **kwargs):
+    full = {"PYTHONPATH": ROOT}
+    full.update(env or {})
+    server = ServerProcess(command=command, env=full, **kwargs)
+    _started.append(server)
+    return server
+
+
+def serve_command(*args):
+    return [sys.executable, "-m", "bemcp", "serve", "--no-plugins", *args]
+
+
+def read_lines(path):
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+def finish(server):
+    """Close stdin, wait for exit, return (exit code, stderr text)."""
+    server.proc.stdin.close()
+    try:
+        err = server.proc.stderr.read().decode(errors="replace")
+        code = server.proc.wait(15)
+    finally:
+        server.close()
+    return code, err
+
+
+def wait_for_file(pattern, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = glob.glob(pattern)
+        if found:
+            return found
+        time.sleep(0.02)
+    return []
+
+
+# -- crash reports ---------------------------------------------------------------------------
+
+
+def test_tool_failure_writes_a_crash_report_naming_request_and_tool(script, tmp_path, twin_env):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs)], env=twin_env)
+    server.initialize()
+    server.call_tool("echo", {"text": "before"})
+    answer = server.call_tool("explode", {"what": "secret-value-123"})
+    request_id = server._next_id
+    assert answer["result"]["isError"] is True
+    code, err = finish(server)
+    assert code == 0
+
+    reports = glob.glob(str(logs / "crash-*.json"))
+    assert len(reports) == 1, os.listdir(logs)
+    with open(reports[0], "rb") as f:
+        report = orjson.loads(f.read())
+    assert report["request"]["id"] == request_id
+    assert report["request"]["tool"] == "explode"
+    assert report["exception"]["type"] == "RuntimeError"
+    assert "boom: 16" in report["exception"]["message"]
+    assert "raise RuntimeError" in report["exception"]["traceback"]
+    assert request_id in [row["id"] for row in report["in_flight"]]
+    assert {"method": "tools/call", "id": request_id} in \
+        [{"method": m["method"], "id": m["id"]} for m in report["recent_messages"]]
+    assert report["versions"]["name"] == "logs-test"
+    assert report["config"]["log_dir"] == str(logs)
+    # Bodies stay out unless log_bodies is on.
+    assert "secret-value-123" not in json.dumps(report)
+    assert "params" not in report["request"]
+
+    crashes = [e for e in read_lines(logs / "forensics.log") if e["kind"] == "crash"]
+    assert crashes and crashes[0]["report"] == os.path.basename(reports[0])
+    assert crashes[0]["request_id"] == request_id and crashes[0]["tool"] == "explode"
+
+    # The next start mentions the report once; the one after that does not.
+    for expect_mention in (True, False):
+        again = start([sys.executable, script, "--log-dir", str(logs)], env=twin_env)
+        again.initialize()
+        _, err = finish(again)
+        assert (os.path.basename(reports[0]) in err) is expect_mention, err
+
+
+def test_an_exception_escaping_a_thread_writes_a_crash_report(script, tmp_path):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs)])
+    server.initialize()
+    assert server.call_tool("thread_crash")["result"]["content"][0]["text"] == "started"
+    found = wait_for_file(str(logs / "crash-*.json"))
+    code, err = finish(server)
+    assert code == 0
+    assert len(found) == 1
+    with open(found[0], "rb") as f:
+        report = orjson.loads(f.read())
+    assert report["where"] == "thread doomed"
+    assert report["exception"]["type"] == "ValueError"
+    assert "thread went wrong" in err   # the usual traceback still reaches stderr
+
+
+def test_an_exception_in_an_event_loop_callback_writes_a_crash_report(script, tmp_path):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs)])
+    server.initialize()
+    assert server.call_tool("loop_crash")["result"]["content"][0]["text"] == "scheduled"
+    found = wait_for_file(str(logs / "crash-*.json"))
+    assert server.request("ping")["result"] == {}   # the loop carries on
+    finish(server)
+    assert len(found) == 1
+    with open(found[0], "rb") as f:
+        report = orjson.loads(f.read())
+    assert report["where"].startswith("event loop: ")
+    assert report["exception"]["type"] == "KeyError"
+
+
+def test_a_fatal_signal_leaves_stacks_that_the_next_start_mentions(script, tmp_path):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs)])
+    server.initialize()
+    server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {"name": "segfault", "arguments": {}}})
+    with pytest.raises(EOFError):
+        server.read_message(timeout=10)
+    assert server.proc.wait(10) < 0
+    server.close()
+    found = glob.glob(str(logs / "crash-*.txt"))
+    assert len(found) == 1
+    text = open(found[0]).read()
+    assert "Segmentation fault" in text and "segfault" in text   # the stack names the tool's function
+    again = start([sys.executable, script, "--log-dir", str(logs)])
+    again.initialize()
+    _, err = finish(again)
+    assert os.path.basename(found[0]) in err and "Segmentation fault" in err
+
+
+def test_a_clean_exit_leaves_no_fatal_signal_file(script, tmp_path):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs)])
+    server.initialize()
+    assert wait_for_file(str(logs / "crash-*.txt")), "faulthandler's file is opened at start"
+    finish(server)
+    assert not glob.glob(str(logs / "crash-*"))
+
+
+# -- an unwritable directory ---------------------------------------------------------------------
+
+
+def test_an_unwritable_log_directory_serves_normally_and_warns_once(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    logs = blocker / "logs"
+    server = start(serve_command("--log-dir", str(logs)))
+    server.initialize()
+    for i in range(20):
+        assert server.call_tool("echo", {"text": f"hi {i}"})["result"]["content"][0]["text"] == f"hi {i}"
+    server.send_raw(b"not json\n")
+    assert server.read_message()["error"]["code"] == -32700
+    status = server.request("resources/read", {"uri": "bemcp://logs"})["result"]["contents"][0]["text"]
+    assert server.request("ping")["result"] == {}
+    code, err = finish(server)
+    assert code == 0
+    assert err.count("cannot write logs") == 1, err
+    assert str(logs) in err
+    assert orjson.loads(status)["log_dir"] == str(logs)
+    assert not logs.exists()
+
+
+# -- stderr nobody reads ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", ["shout", "shout_on_loop"])
+def test_a_client_that_never_reads_stderr_does_not_block_the_server(script, tmp_path, tool):
+    logs = tmp_path / "logs"
+    # stderr is a pipe this test never reads: it fills after 64 KiB.
+    server = start([sys.executable, script, "--log-dir", str(logs)])
+    server.initialize()
+    answer = server.call_tool(tool, {"megabytes": 10}, timeout=30)
+    assert answer["result"]["content"][0]["text"] == "done"
+    assert server.request("ping", timeout=5)["result"] == {}
+    assert server.call_tool("echo", {"text": "still here"}, timeout=5)["result"]["content"][0]["text"] == "still here"
+    status = orjson.loads(server.request("resources/read", {"uri": "bemcp://logs"})["result"]["contents"][0]["text"])
+    assert status["stderr_dropped_bytes"] > 0
+    # Exit stays prompt although stderr is still full.
+    server.proc.stdin.close()
+    assert server.proc.wait(15) == 0
+    server.close()
+
+
+# -- stdlib logging ----------------------------------------------------------------------------------
+
+
+def test_logging_goes_to_stderr_at_the_level_and_to_clients_that_asked(script, tmp_path):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs), "--log-level", "warning"])
+    server.initialize()
+    assert server.request("logging/setLevel", {"level": "info"})["result"] == {}
+    server.call_tool("chat", {"level": "info", "message": "info-for-the-client"})
+    server.call_tool("chat", {"level": "warning", "message": "warning-for-everyone"})
+    server.request("ping")
+    notes = [m["params"] for m in server.stray if m.get("method") == "notifications/message"]
+    assert {"level": "info", "logger": "plugin.noisy", "data": "info-for-the-client"} in notes
+    assert any(n["data"] == "warning-for-everyone" for n in notes)
+    _, err = finish(server)
+    assert "warning-for-everyone" in err
+    assert "info-for-the-client" not in err
+
+
+# -- the logs themselves -------------------------------------------------------------------------------
+
+
+def run_a_session(command, env=None):
+    server = start(command, env=env)
+    server.initialize()
+    for i in range(5):
+        server.call_tool("echo", {"text": "same words"})
+    server.call_tool("echo", {"text": "other words"})
+    assert server.call_tool("echo", {"wrong": "shape"})["result"]["isError"] is True
+    server.send_raw(b"{broken\n")
+    server.read_message()
+    code, err = finish(server)
+    assert code == 0, err
+    return err
+
+
+def test_tasks_log_has_a_record_per_call_with_digests_never_values(tmp_path, twin_env):
+    logs = tmp_path / "logs"
+    run_a_session(serve_command("--log-dir", str(logs)), env=twin_env)
+    tasks = read_lines(logs / "tasks.log")
+    assert [t["status"] for t in tasks] == ["ok"] * 6 + ["error"]
+    assert all(t["tool"] == "echo" and t["pid"] > 0 and t["duration_ms"] >= 0 for t in tasks)
+    assert [t["id"] for t in tasks] == list(range(2, 9))
+    digests = [t["arg_digest"] for t in tasks]
+    assert len(set(digests[:5])) == 1 and digests[5] != digests[0]
+    assert tasks[0]["arg_bytes"] == len(b'{"text":"same words"}')
+    text = (logs / "tasks.log").read_text()
+    assert "same words" not in text and "other words" not in text
+    events = read_lines(logs / "forensics.log")
+    assert [e["kind"] for e in events] == ["start", "protocol_error", "stop"]
+    assert events[1]["problem"] == "malformed" and events[1]["size"] in (7, 8)   # with or without the newline
+    assert events[0]["writer"] == "process"
+    assert events[2]["requests"]["ok"] >= 6
+
+
+def test_the_writer_thread_fallback_writes_the_same_logs(script, tmp_path):
+    logs = tmp_path / "logs"
+    run_a_session([sys.executable, script, "--log-dir", str(logs), "--in-process"])
+    tasks = read_lines(logs / "tasks.log")
+    assert [t["status"] for t in tasks] == ["ok"] * 6 + ["error"]
+    assert read_lines(logs / "forensics.log")[0]["writer"] == "thread"
+
+
+def test_perf_log_samples_the_running_server(script, tmp_path):
+    logs = tmp_path / "logs"
+    server = start([sys.executable, script, "--log-dir", str(logs), "--perf-interval", "0.2"])
+    server.initialize()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        server.call_tool("echo", {"text": "tick"})
+        if (logs / "perf.log").exists() and len(read_lines(logs / "perf.log")) >= 3:
+            break
+        time.sleep(0.05)
+    finish(server)
+    samples = read_lines(logs / "perf.log")
+    assert len(samples) >= 3
+    busy = [s for s in samples if s["lag_p50_ms"] is not None]
+    assert busy, samples
+    for s in samples:
+        assert s["rss"] > 0 and s["in_flight"] >= 0 and "cpu_pct" in s and s["rss_children"] >= 0
+    assert sum(s["calls_per_s"] * s["interval_s"] for s in samples) > 0
+
+
+def test_no_log_files_writes_nothing(tmp_path):
+    logs = tmp_path / "logs"
+    run_a_session(serve_command("--log-dir", str(logs), "--no-log-files"))
+    assert not logs.exists()
+
+
+# -- `bemcp logs` ---------------------------------------------------------------------------------------
+
+
+def test_bemcp_logs_summarises_a_real_run(script, tmp_path):
+    logs = tmp_path / "logs"
+    run_a_session(serve_command("--log-dir", str(logs)))
+    server = start([sys.executable, script, "--log-dir", str(logs)])
+    server.initialize()
+    server.call_tool("explode", {"what": "x"})
+    finish(server)
+
+    command = [sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run(command + ["--json"], capture_output=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = orjson.loads(out.stdout)
+    tools = {t["tool"]: t for t in summary["tools"]}
+    assert tools["echo"]["calls"] == 7 and tools["echo"]["errors"] == 1
+    assert tools["echo"]["p50_ms"] is not None and tools["echo"]["p99_ms"] >= tools["echo"]["p50_ms"]
+    assert tools["explode"]["calls"] == 1
+    assert summary["tasks"]["count"] == 8
+    assert summary["events_by_kind"]["protocol_error"] == 1
+    assert summary["crash_count"] == 1 and "RuntimeError" in summary["crashes"][0]["summary"]
+    assert summary["errors"][0]["tool"] == "explode"
+    assert len(summary["servers"]) == 2
+    assert summary["perf"]["samples"] >= 2
+
+    text = subprocess.run(command, capture_output=True, env=env, timeout=60)
+    assert text.returncode == 0, text.stderr
+    shown = text.stdout.decode()
+    for needle in ("echo", "explode", "Protocol errors: 1", "Crash reports: 1", "RuntimeError", "p99 ms"):
+        assert needle in shown, shown
+
+
+def test_bemcp_logs_without_a_directory_says_so(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(tmp_path / "none")],
+                         capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert out.returncode == 1
+    assert b"no log directory" in out.stderr

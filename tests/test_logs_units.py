@@ -1,0 +1,188 @@
+"""Logs and forensics (issue 6): the parts that need no server."""
+
+import errno
+import os
+import threading
+import time
+
+import orjson
+import pytest
+
+from bemcp.logs import default_log_dir
+from bemcp.logs.files import LogFiles, generations
+from bemcp.logs.sink import STATE_NAMES, Sink
+from bemcp.logs.stderr import StderrPump
+from bemcp.logs.summary import percentile
+
+
+def directory_bytes(path):
+    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith("."))
+
+
+def test_state_names_are_the_cores(core):
+    assert tuple(STATE_NAMES) == tuple(core.STATE_NAMES)
+
+
+def test_default_log_dir_is_the_user_state_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert default_log_dir() == str(tmp_path / "state" / "bemcp")
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_log_dir() == str(tmp_path / "home" / ".local" / "state" / "bemcp")
+
+
+def test_rotation_keeps_the_directory_under_its_cap_through_a_long_burst(tmp_path):
+    cap = 256 * 1024
+    files = LogFiles(str(tmp_path), max_file=32 * 1024, max_total=cap)
+    line = b'{"time":1,"tool":"echo","status":"ok","padding":"' + b"p" * 180 + b'"}\n'
+    batch = line * 20
+    crash = files.write_new("crash-20250101T000000000Z-1.json", b"{}" * 1000)
+    assert crash is not None
+    written = 0
+    for i in range(2000):   # ~8.6 MB, 34 times the cap
+        assert files.append("tasks" if i % 5 else "perf", batch, 20)
+        written += len(batch)
+        assert directory_bytes(str(tmp_path)) <= cap
+    files.close()
+    assert written > 30 * cap
+    rotated = generations(str(tmp_path), "tasks")
+    assert len(rotated) > 2 and rotated[-1].endswith("tasks.log")
+    # The newest records survive: the last batch ends the live file (or, if that
+    # batch filled it, the newest rotated one).
+    newest = b""
+    for path in rotated[-2:]:
+        with open(path, "rb") as f:
+            newest += f.read()
+    assert newest.endswith(batch)
+    # Rotated generations are numbered newest first and each is whole lines.
+    for path in rotated:
+        with open(path, "rb") as f:
+            data = f.read()
+        assert data == b"" or data.endswith(b"\n") and all(orjson.loads(x) for x in data.splitlines())
+    assert files.dropped == 0
+
+
+def test_rotation_follows_a_file_another_process_rotated(tmp_path):
+    a = LogFiles(str(tmp_path), max_file=4096, max_total=1 << 20)
+    b = LogFiles(str(tmp_path), max_file=4096, max_total=1 << 20)
+    a.append("tasks", b"a" * 100 + b"\n")
+    b.append("tasks", b"b" * 5000 + b"\n")     # b rotates tasks.log away
+    a.append("tasks", b"c" * 100 + b"\n")      # a must write to the new tasks.log
+    a.close()
+    b.close()
+    with open(tmp_path / "tasks.log", "rb") as f:
+        assert f.read() == b"c" * 100 + b"\n"
+
+
+def test_an_unwritable_directory_warns_once_and_counts_drops(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    warnings = []
+    files = LogFiles(str(blocker / "logs"), warn=warnings.append)
+    for _ in range(5):
+        assert files.append("tasks", b"{}\n", 3) is False
+    assert files.write_new("crash-x.json", b"{}") is None
+    assert len(warnings) == 1 and "cannot write logs" in warnings[0]
+    assert files.dropped == 16
+
+
+def test_a_full_disk_warns_once_counts_drops_and_recovers(tmp_path, monkeypatch):
+    warnings = []
+    files = LogFiles(str(tmp_path), warn=warnings.append)
+    assert files.append("tasks", b"{}\n")
+    full = True
+
+    def write(fd, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        LogFiles._write(fd, data)
+    monkeypatch.setattr(files, "_write", write)
+    for _ in range(4):
+        assert files.append("tasks", b"{}\n", 2) is False
+    assert files.dropped == 8 and len(warnings) == 1 and "disk is full" in warnings[0]
+    full = False
+    monkeypatch.setattr("bemcp.logs.files.RETRY_SECONDS", 0.0)
+    files._retry_at = 0.0
+    assert files.append("tasks", b"[]\n")
+    files.close()
+    assert (tmp_path / "tasks.log").read_bytes() == b"{}\n[]\n"
+    assert len(warnings) == 1
+
+
+def test_sink_formats_tasks_without_argument_values(tmp_path):
+    files = LogFiles(str(tmp_path))
+    sink = Sink(files, server_pid=1234)
+    rows = [
+        [7, "run_command", 1, 10.0, 10.25, {"name": "run_command", "arguments": {"cmd": "s3cr3t"}}, 99,
+         {"exit_code": 3, "ignored": {"nested": 1}}],
+        ["abc", "echo", 3, 11.0, 16.0, {"name": "echo", "arguments": {"text": "s3cr3t"}}, 0, None],
+        [8, None, 1, 11.0, 11.1, {}, 0, None],   # not a tool call: counted, not logged
+    ]
+    sink.handle(b"T", 1000.0, orjson.dumps(rows))
+    sink.perf({"time": 1})
+    sink.close()
+    text = (tmp_path / "tasks.log").read_text()
+    assert "s3cr3t" not in text
+    first, second = [orjson.loads(x) for x in text.splitlines()]
+    assert first == {"time": 1010.25, "pid": 1234, "id": 7, "tool": "run_command", "status": "ok",
+                     "duration_ms": 250.0, "arg_bytes": len(b'{"cmd":"s3cr3t"}'),
+                     "arg_digest": first["arg_digest"], "bytes_in": 99, "exit_code": 3}
+    assert second["status"] == "timeout" and second["id"] == "abc" and "exit_code" not in second
+    perf = orjson.loads((tmp_path / "perf.log").read_bytes())
+    assert perf["errors"] == 1 and perf["calls_per_s"] > 0 and "log_dropped" in perf
+
+
+def test_the_pump_never_blocks_on_a_stderr_nobody_reads():
+    read_fd, write_fd = os.pipe()
+    pump = StderrPump(fd=write_fd, limit=256 * 1024)
+    try:
+        chunk = "z" * 65536
+        started = time.monotonic()
+        for _ in range(160):   # 10 MiB into a 64 KiB pipe
+            assert pump.write(chunk) == len(chunk)
+        assert time.monotonic() - started < 5.0   # generous: a blocked write would never return
+        assert pump.dropped_bytes > 0
+        assert pump.drain(0.2) is False           # the pipe is still full
+        received = bytearray()
+        while not pump.drain(0.05) or len(received) < 1:
+            received += os.read(read_fd, 1 << 20)
+        os.set_blocking(read_fd, False)
+        try:
+            while True:
+                received += os.read(read_fd, 1 << 20)
+        except BlockingIOError:
+            pass
+        assert b"bytes of stderr output dropped" in received
+        assert received.count(b"z") + pump.dropped_bytes == 160 * 65536
+    finally:
+        os.close(read_fd)
+        pump.fd = -1   # the thread is idle; nothing will write again
+        os.close(write_fd)
+
+
+def test_the_pump_takes_text_and_bytes_from_many_threads():
+    read_fd, write_fd = os.pipe()
+    pump = StderrPump(fd=write_fd)
+    try:
+        threads = [threading.Thread(target=lambda n=n: [pump.write(f"t{n}-{i}\n") for i in range(100)])
+                   for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pump.buffer.write(b"raw\n")
+        assert pump.drain(5.0)
+        os.set_blocking(read_fd, False)
+        data = os.read(read_fd, 1 << 20).decode()
+        assert sorted(data.split()) == sorted([f"t{n}-{i}" for n in range(4) for i in range(100)] + ["raw"])
+        assert pump.fileno() == write_fd and pump.isatty() is False
+    finally:
+        os.close(read_fd)
+        pump.fd = -1
+        os.close(write_fd)
+
+
+@pytest.mark.parametrize("values, q, expected", [([], 50, None), ([5], 99, 5), ([1, 2, 3, 4], 50, 2),
+                                                 (list(range(1, 101)), 99, 99), (list(range(1, 101)), 50, 50)])
+def test_percentile_is_nearest_rank(values, q, expected):
+    assert percentile(values, q) == expected
