@@ -957,6 +957,8 @@ def register_process_tools(server):
             if progress is not None:
                 progress.close()
         duration = (child.ended or time.monotonic()) - child.started
+        if ctx is not None:
+            ctx.request.detail = {"exit_code": child.returncode}  # for tasks.log
         structured = {"exit_code": child.returncode, "stdout": out.text(), "stderr": err.text(),
                       "duration_ms": round(duration * 1000, 3), "timed_out": child.timed_out,
                       "truncated": out.truncated or err.truncated,

@@ -221,7 +221,8 @@ class Watchdog:
 
     def _relieve(self, figures):
         """Over the hard limit: kill the largest child tree, else stop the newest tool call."""
-        victim = largest_child_tree()
+        logs = getattr(self.server, "logs", None)
+        victim = largest_child_tree(spare=(getattr(logs, "writer_pid", None),))
         if victim is not None:
             pgid, tree_rss, cmdline = victim
             try:
@@ -320,11 +321,16 @@ def memory_limits(soft_mb, hard_mb):
     return soft, max(hard, soft)
 
 
-def largest_child_tree():
-    """(pgid, rss, command) of the direct child whose process tree uses most memory."""
+def largest_child_tree(spare=()):
+    """(pgid, rss, command) of the direct child whose process tree uses most memory.
+
+    Processes in ``spare`` (the server's own helpers, such as the log writer) are never picked.
+    """
     import psutil
     best = None
     for child in psutil.Process().children():
+        if child.pid in spare:
+            continue
         try:
             rss = _total_rss([child] + child.children(recursive=True))
             pgid = os.getpgid(child.pid)
