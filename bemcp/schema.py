@@ -247,12 +247,12 @@ def _straight_line(simple, required, general):
     """
     names = {}
     lines = ["def check(args):", "    seen = 0"]
-    for i, (key, types) in enumerate(simple.items()):
-        names[f"t{i}"] = tuple(types)
+    for i, (key, allowed) in enumerate(simple.items()):
+        names[f"t{i}"] = tuple(allowed)
         lines.append(f"    v = args.get({key!r}, MISSING)")
         lines.append("    if v is not MISSING:")
-        if len(types) == 1:
-            names[f"t{i}"] = next(iter(types))
+        if len(allowed) == 1:
+            names[f"t{i}"] = next(iter(allowed))
             lines.append(f"        if type(v) is not t{i}:")
         else:
             lines.append(f"        if type(v) not in t{i}:")
