@@ -136,12 +136,7 @@ class LogFiles:
         self.dropped += records
         self.error = exc
         self._retry_at = time.monotonic() + RETRY_SECONDS
-        for fd, _ in self._fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds.clear()
+        self.close()
         self.failing = True
         if not self.warned:
             self.warned = True
