@@ -8,7 +8,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = bool(os.environ.get("BEMCP_DEBUG"))
-MODULES = ["_framing", "_watchdog", "_dispatch", "_protocol"]
+MODULES = ["_framing", "_watchdog", "_dispatch", "_protocol", "_tasklog"]
 
 extensions = [
     Extension(

@@ -73,8 +73,8 @@ class Server:
         self._shutdown_callbacks = []
         self._log_handler = None
         # Observers the watchdog, logs and plugins attach to.
-        self.request_observers = []    # f(request) as each request leaves the in-flight table
         self.recorders = []            # f(kind, fields) for every forensics event
+        self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
         self.tasks = TaskManager(self)
         if self.config.watchdog:
             from .watchdog import Watchdog
@@ -163,8 +163,7 @@ class Server:
         d.on_exception = self._on_exception
         d.on_protocol_error = self._on_protocol_error
         d.on_unknown_tool = self._unknown_tool
-        if self.request_observers:
-            d.table.on_close = self._request_done
+        d.keep_finished(self.keep_finished)   # from the first request on
         d.methods.update({
             "initialize": self._handle_initialize,
             "ping": self._modern_gone(self._handle_ping),
@@ -380,13 +379,6 @@ class Server:
         """An exception escaped (a tool, a handler, a callback): log it and record a crash."""
         log.error("unhandled exception in %s", where or req, exc_info=exc)
         self.record("crash", exc=exc, request=req, where=where)
-
-    def _request_done(self, req):
-        for observer in self.request_observers:
-            try:
-                observer(req)
-            except Exception:
-                log.exception("request observer %r failed", observer)
 
     def _on_exception(self, req, exc):
         self.report_crash(exc, req, "request handler" if req is not None else "notification handler")

@@ -30,7 +30,7 @@ SERVERS = os.path.join(TESTS, "servers")
 
 # -- the twins of the core, in-process ----------------------------------------------
 
-_CORE_MODULES = ("_dispatch", "_framing", "_watchdog", "_protocol")
+_CORE_MODULES = ("_dispatch", "_framing", "_watchdog", "_protocol", "_tasklog")
 
 
 def load_core(kind):
@@ -51,6 +51,7 @@ def load_core(kind):
         setattr(ns, name, getattr(mods["_watchdog"], name))
     for name in ("ReaderProtocol", "WriterProtocol"):
         setattr(ns, name, getattr(mods["_protocol"], name))
+    ns.format_tasks = mods["_tasklog"].format_tasks
     return ns
 
 

@@ -656,6 +656,65 @@ def test_limits_queue_then_reject_and_a_freed_slot_starts_queued_work(core, run)
     run(body)
 
 
+def test_finished_tool_calls_are_kept_for_the_logs_as_records_and_lines(core, run):
+    from bemcp.logs.sink import RECORD
+
+    def taken(w):
+        count, records, lines, details = w.d.take_finished()
+        assert len(records) == count * RECORD.size and w.d.take_finished() is None
+        requests = orjson.loads(b"[" + lines + b"]")   # comma-separated lines
+        assert len(requests) == count
+        return list(zip(RECORD.iter_unpack(records), requests)), details
+
+    async def body():
+        w = Wire(core)
+        w.send(call(100, "nope"))
+        assert w.d.take_finished() is None          # nothing is kept until asked
+        w.d.keep_finished(True)
+        w.d.max_active = 1
+        w.d.max_queued = 0
+        gates, _ = gated_tool(w, "g")
+
+        def note(args, req):
+            req.detail = {"exit_code": 3}
+            return "noted"
+        w.slot("note", note)
+        lines = [orjson.dumps(m) + b"\n" for m in (
+            call(1, "g", {"b": 2, "a": 1}), call("two", "g"), request(3, "ping"), call(4, "nope"))]
+        w.send(*lines)
+        await w.settle(4)
+        rejected, pong, unknown = w.new()[-3:]
+        assert rejected["id"] == "two" and pong["id"] == 3 and unknown["id"] == 4
+        assert w.d.cancel(1) is True
+        w.send(call(5, "note", {"x": [1]}))
+        await w.settle(5)
+        rows, details = taken(w)
+        assert len(rows) == 3   # tools only: no row for ping or an unknown tool
+        (start, end, state, bytes_in, bytes_out), sent = rows[0]
+        assert state == core.STATE_REJECTED and sent == orjson.loads(lines[1]) and bytes_in == len(lines[1])
+        assert bytes_out == len(orjson.dumps(rejected)) + 1 and 0 < start <= end
+        (_, _, state, bytes_in, bytes_out), sent = rows[1]
+        assert state == core.STATE_CANCELLED and sent == orjson.loads(lines[0]) and bytes_out == 0   # no answer
+        (_, _, state, bytes_in, bytes_out), sent = rows[2]
+        assert state == core.STATE_OK and bytes_out == len(w.writes[-1])
+        assert bytes_in == len(orjson.dumps(call(5, "note", {"x": [1]}))) + 1   # alone in its read
+        assert sent["params"] == {"name": "note", "arguments": {"x": [1]}}
+        assert details == [(2, {"exit_code": 3})]
+        # Work started from Python (an MCP task) reports to its sink: a line of the same
+        # shape stands in for the one never read, and no bytes are counted.
+        outcomes = []
+        w.d.begin_tool(6, "note", {"name": "note"}, lambda result, error: outcomes.append(result))
+        assert outcomes
+        rows, details = taken(w)
+        (_, _, state, bytes_in, bytes_out), sent = rows[0]
+        assert (state, bytes_in, bytes_out) == (core.STATE_OK, 0, -1) and details == [(0, {"exit_code": 3})]
+        assert sent == {"id": 6, "params": {"name": "note"}}
+        w.d.keep_finished(False)
+        w.send(call(7, "note"))
+        assert w.d.take_finished() is None
+    run(body)
+
+
 def test_per_tool_limit_leaves_other_tools_free(core, run):
     async def body():
         w = Wire(core)

@@ -43,15 +43,13 @@ class FakeLoop:
 
 def make(core, loop=None):
     table = core.InFlightTable(loop if loop is not None else FakeLoop())
-    closed = []
     expired = []
-    table.on_close = closed.append
     table.on_expire = expired.append
-    return table, closed, expired
+    return table, expired
 
 
 def test_open_and_close(core):
-    table, closed, _ = make(core)
+    table, _ = make(core)
     req = table.open(1, "tools/call", "echo", {"name": "echo"})
     assert (req.id, req.method, req.tool, req.params) == (1, "tools/call", "echo", {"name": "echo"})
     assert req.running and req.state == core.STATE_RUNNING and req.state_name == "running"
@@ -60,21 +58,22 @@ def test_open_and_close(core):
     assert table.close(req, core.STATE_OK) is True
     assert not req.running and req.state_name == "ok" and req.end >= req.start
     assert len(table) == 0 and table.get(1) is None
-    assert closed == [req]
+    assert table.counts[core.STATE_OK] == 1
     # A request leaves exactly once: a second close changes nothing.
     assert table.close(req, core.STATE_ERROR) is False
-    assert req.state == core.STATE_OK and closed == [req]
+    assert req.state == core.STATE_OK and table.counts[core.STATE_OK] == 1
+    assert table.counts[core.STATE_ERROR] == 0
 
 
 def test_string_and_integer_ids_are_distinct(core):
-    table, _, _ = make(core)
+    table, _ = make(core)
     a = table.open(1, "ping", None, None)
     b = table.open("1", "ping", None, None)
     assert table.get(1) is a and table.get("1") is b and len(table) == 2
 
 
 def test_duplicate_id_in_flight_is_refused(core):
-    table, _, _ = make(core)
+    table, _ = make(core)
     first = table.open("x", "ping", None, None)
     with pytest.raises(RpcError) as info:
         table.open("x", "ping", None, None)
@@ -87,7 +86,7 @@ def test_duplicate_id_in_flight_is_refused(core):
 
 
 def test_counts_by_final_state(core):
-    table, _, _ = make(core)
+    table, _ = make(core)
     states = [core.STATE_OK, core.STATE_OK, core.STATE_ERROR, core.STATE_TIMED_OUT,
               core.STATE_CANCELLED, core.STATE_KILLED, core.STATE_REJECTED, core.STATE_OK]
     for i, state in enumerate(states):
@@ -98,7 +97,7 @@ def test_counts_by_final_state(core):
 
 def test_arm_without_timeout_sets_no_deadline(core):
     loop = FakeLoop()
-    table, _, _ = make(core, loop)
+    table, _ = make(core, loop)
     req = table.open(1, "m", None, None)
     table.arm(req, None)
     table.arm(req, 0)
@@ -107,7 +106,7 @@ def test_arm_without_timeout_sets_no_deadline(core):
 
 def test_deadlines_expire_in_deadline_order(core):
     loop = FakeLoop()
-    table, _, expired = make(core, loop)
+    table, expired = make(core, loop)
     reqs = {}
     for name, timeout in (("c", 0.003), ("a", 0.001), ("d", 0.004), ("b", 0.002)):
         reqs[name] = table.open(name, "m", None, None)
@@ -125,7 +124,7 @@ def test_deadlines_expire_in_deadline_order(core):
 
 def test_one_timer_follows_the_earliest_deadline(core):
     loop = FakeLoop()
-    table, _, expired = make(core, loop)
+    table, expired = make(core, loop)
     late = table.open("late", "m", None, None)
     table.arm(late, 1000.0)
     assert len(loop.pending) == 1 and loop.pending[0].when == pytest.approx(1000.0, abs=1.0)
@@ -148,7 +147,7 @@ def test_one_timer_follows_the_earliest_deadline(core):
 
 def test_closed_requests_do_not_expire(core):
     loop = FakeLoop()
-    table, _, expired = make(core, loop)
+    table, expired = make(core, loop)
     done = table.open(1, "m", None, None)
     live = table.open(2, "m", None, None)
     table.arm(done, 1e-6)
@@ -161,7 +160,7 @@ def test_closed_requests_do_not_expire(core):
 
 
 async def test_expiry_on_a_real_loop(core):
-    table, _, expired = make(core, asyncio.get_running_loop())
+    table, expired = make(core, asyncio.get_running_loop())
     fired = asyncio.Event()
 
     def on_expire(req):
@@ -180,7 +179,7 @@ async def test_expiry_on_a_real_loop(core):
 
 def test_heap_is_compacted_when_finished_requests_pile_up(core):
     loop = FakeLoop()
-    table, _, expired = make(core, loop)
+    table, expired = make(core, loop)
     reqs = [table.open(i, "m", None, None) for i in range(6000)]
     for req in reqs:
         table.arm(req, 1000.0)
@@ -220,7 +219,7 @@ def test_twins_compact_alike():
 
 def test_snapshot(core):
     loop = FakeLoop()
-    table, _, _ = make(core, loop)
+    table, _ = make(core, loop)
     a = table.open("a", "tools/call", "echo", {})
     b = table.open("b", "ping", None, None)
     table.arm(a, 100.0)

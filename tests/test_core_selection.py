@@ -58,5 +58,7 @@ def test_twins_have_the_same_public_surface():
             assert _public(make(c)) == _public(make(py)), name
         for name in ("STATE_NAMES", "STATE_RUNNING", "STATE_REJECTED", "HEAD_SIZE"):
             assert getattr(c, name) == getattr(py, name), name
+        for name in ("STATUS", "DIGEST_CACHE"):
+            assert getattr(c.modules["_tasklog"], name) == getattr(py.modules["_tasklog"], name), name
     finally:
         loop.close()

@@ -347,6 +347,9 @@ def test_tasks_log_has_a_record_per_call_with_digests_never_values(tmp_path, twi
     digests = [t["arg_digest"] for t in tasks]
     assert len(set(digests[:5])) == 1 and digests[5] != digests[0]
     assert tasks[0]["arg_bytes"] == len(b'{"text":"same words"}')
+    # Bytes in: the request line with its newline; out: the answer (the same text comes back).
+    assert all(t["bytes_in"] > t["arg_bytes"] and t["bytes_out"] > 40 for t in tasks)
+    assert tasks[0]["bytes_out"] == tasks[1]["bytes_out"] and tasks[0]["bytes_in"] == tasks[1]["bytes_in"]
     text = (logs / "tasks.log").read_text()
     assert "same words" not in text and "other words" not in text
     events = read_lines(logs / "forensics.log")

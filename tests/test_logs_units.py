@@ -10,7 +10,7 @@ import pytest
 
 from bemcp.logs import default_log_dir
 from bemcp.logs.files import LogFiles, generations
-from bemcp.logs.sink import STATE_NAMES, Sink
+from bemcp.logs.sink import COUNT, RECORD, Sink
 from bemcp.logs.stderr import StderrPump
 from bemcp.logs.summary import percentile
 
@@ -19,8 +19,38 @@ def directory_bytes(path):
     return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith("."))
 
 
-def test_state_names_are_the_cores(core):
-    assert tuple(STATE_NAMES) == tuple(core.STATE_NAMES)
+def batch(calls):
+    """A T frame's payload as Dispatcher.take_finished gives it: ((id, name, args), start, end, state, in, out)."""
+    records = b"".join(RECORD.pack(*values) for _, *values in calls)
+    lines = b",".join(orjson.dumps({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                    "params": {"name": name, "arguments": args}})
+                      for (id, name, args), *_ in calls)
+    return COUNT.pack(len(calls)), records, lines
+
+
+def test_task_lines_name_every_state_and_escape_what_they_carry(core):
+    calls = [((i, "echo", {"n": i}), 1.0, 1.5, state, 10, 20) for i, state in enumerate(range(8))]
+    calls.append((("id \"quoted\"\n", "t\u00e9l\u00e9", None), 2.0, 2.0, 1, 0, -1))
+    calls.append(((2 ** 62, "big", {"b": 1, "a": [1.5, None]}), 3.0, 3.25, 2, 5, 0))
+    digested = []
+
+    def digest_of(raw):
+        digested.append(raw)
+        return b"%016x" % len(digested)
+    lines, count, errors = core.format_tasks(b"".join(batch(calls)), 100.0, 42, {1: {"exit_code": 0}},
+                                             {}, {}, digest_of)
+    records = [orjson.loads(line) for line in lines.splitlines()]
+    assert count == len(records) == 10 and errors == 8   # all but the two "ok" rows
+    assert [r["status"] for r in records[:7]] == list(core.STATE_NAMES) and records[7]["status"] == "7"
+    assert records[1]["exit_code"] == 0 and records[0]["time"] == 101.5 and records[0]["duration_ms"] == 500.0
+    odd, big = records[8], records[9]
+    assert odd["id"] == 'id "quoted"\n' and odd["tool"] == "t\u00e9l\u00e9" and odd["arg_bytes"] == 2
+    assert odd["bytes_in"] is None and odd["bytes_out"] is None
+    assert big["id"] == 2 ** 62 and big["bytes_out"] is None and big["duration_ms"] == 250.0
+    assert digested[-1] == b'{"a":[1.5,null],"b":1}'   # sorted keys: order does not change the digest
+    assert big["arg_digest"] == "%016x" % len(digested)
+    with pytest.raises(ValueError):
+        core.format_tasks(COUNT.pack(3) + b"x" * 10, 0.0, 1, {}, {}, {}, digest_of)
 
 
 def test_default_log_dir_is_the_user_state_directory(monkeypatch, tmp_path):
@@ -112,22 +142,26 @@ def test_a_full_disk_warns_once_counts_drops_and_recovers(tmp_path, monkeypatch)
 def test_sink_formats_tasks_without_argument_values(tmp_path):
     files = LogFiles(str(tmp_path))
     sink = Sink(files, server_pid=1234)
-    rows = [
-        [7, "run_command", 1, 10.0, 10.25, {"name": "run_command", "arguments": {"cmd": "s3cr3t"}}, 99,
-         {"exit_code": 3, "ignored": {"nested": 1}}],
-        ["abc", "echo", 3, 11.0, 16.0, {"name": "echo", "arguments": {"text": "s3cr3t"}}, 0, None],
-        [8, None, 1, 11.0, 11.1, {}, 0, None],   # not a tool call: counted, not logged
+    calls = [   # (id, name, arguments), start, end, state, bytes in, bytes out
+        ((7, "run_command", {"cmd": "s3cr3t"}), 10.0, 10.25, 1, 99, 140),
+        (("abc\"\n", "echo", {"text": "s3cr3t"}), 11.0, 16.0, 3, 0, -1),
+        ((9, "echo", {"text": "s3cr3t"}), 11.0, 11.000002, 1, 50, 60),
     ]
-    sink.handle(b"T", 1000.0, orjson.dumps(rows))
+    sink.handle(b"D", 0.0, orjson.dumps([[0, {"exit_code": 3, "ignored": {"nested": 1}, "status": "no"}]]))
+    sink.handle(b"T", 1000.0, *batch(calls))
     sink.perf({"time": 1})
     sink.close()
     text = (tmp_path / "tasks.log").read_text()
     assert "s3cr3t" not in text
-    first, second = [orjson.loads(x) for x in text.splitlines()]
+    first, second, third = [orjson.loads(x) for x in text.splitlines()]
     assert first == {"time": 1010.25, "pid": 1234, "id": 7, "tool": "run_command", "status": "ok",
                      "duration_ms": 250.0, "arg_bytes": len(b'{"cmd":"s3cr3t"}'),
-                     "arg_digest": first["arg_digest"], "bytes_in": 99, "exit_code": 3}
-    assert second["status"] == "timeout" and second["id"] == "abc" and "exit_code" not in second
+                     "arg_digest": first["arg_digest"], "bytes_in": 99, "bytes_out": 140, "exit_code": 3}
+    assert second["status"] == "timeout" and second["id"] == "abc\"\n" and "exit_code" not in second
+    assert second["bytes_in"] is None and second["bytes_out"] is None and second["duration_ms"] == 5000.0
+    # Same arguments, same digest; microsecond durations survive the formatting.
+    assert third["arg_digest"] == second["arg_digest"] != first["arg_digest"]
+    assert third["duration_ms"] == 0.002 and third["time"] == 1011.0
     perf = orjson.loads((tmp_path / "perf.log").read_bytes())
     assert perf["errors"] == 1 and perf["calls_per_s"] > 0 and "log_dropped" in perf
 

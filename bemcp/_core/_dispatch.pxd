@@ -23,6 +23,15 @@ cdef enum:
     RECENT = 64
 
 
+# A finished tool call for tasks.log; bemcp.logs.sink.RECORD reads the same 40 bytes.
+cdef struct FinishedRow:
+    double start
+    double end
+    long long state
+    long long size
+    long long sent
+
+
 cdef class Dispatcher:
     cdef public object loop
     cdef public object write
@@ -49,6 +58,15 @@ cdef class Dispatcher:
     cdef public object on_protocol_error
     cdef public object on_client_response
     cdef public object on_unknown_tool
+    cdef object _line
+    cdef bint _keeping
+    cdef FinishedRow* _rows
+    cdef Py_ssize_t _nrows
+    cdef Py_ssize_t _rows_cap
+    cdef char* _row_text
+    cdef Py_ssize_t _row_text_len
+    cdef Py_ssize_t _row_text_cap
+    cdef list _row_details
     cdef list _out
     cdef bint _reading
     cdef object _flush_handle
@@ -65,7 +83,7 @@ cdef class Dispatcher:
     cdef _request(self, object id, str method, object params)
     cdef _call_tool(self, object id, object params)
     cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink)
-    cdef _reject(self, object id, object sink, object exc)
+    cdef Py_ssize_t _reject(self, object id, object sink, object exc) except -2
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
     cdef _tool_outcome(self, Request req, object make, object arg)
@@ -79,6 +97,7 @@ cdef class Dispatcher:
     cdef _fail(self, Request req, object exc)
     cdef _cancel_task(self, Request req)
     cpdef bint stop(self, Request req, int state, object outcome=*) except -1
-    cdef _send_error(self, object id, int code, str message, object data=*)
+    cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=*) except -2
+    cdef _finished(self, Request req, Py_ssize_t sent)
     cdef _emit(self, bytes data)
     cpdef flush(self)

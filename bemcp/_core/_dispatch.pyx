@@ -10,7 +10,10 @@ request never holds up the next one.
 import asyncio
 from collections import deque
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport PyObject, Py_XDECREF
+from libc.string cimport memcpy
 from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
 
 from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
@@ -39,6 +42,7 @@ cdef object _Future = asyncio.Future
 cdef object _ensure_future = asyncio.ensure_future
 cdef object _RpcError = RpcError
 cdef int _NL = OPT_APPEND_NEWLINE
+cdef Py_ssize_t _KEEP_TEXT = 1 << 20   # the finished rows' line buffer kept between ticks
 cdef str _JSONRPC = "2.0"
 
 
@@ -128,6 +132,15 @@ cdef class Dispatcher:
         self.on_protocol_error = None
         self.on_client_response = None
         self.on_unknown_tool = None
+        self._line = None
+        self._keeping = False
+        self._rows = NULL
+        self._nrows = 0
+        self._rows_cap = 0
+        self._row_text = NULL
+        self._row_text_len = 0
+        self._row_text_cap = 0
+        self._row_details = []
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -163,7 +176,9 @@ cdef class Dispatcher:
             return
         if type(msg) is dict:
             self._remember((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))
+        self._line = line
         self.handle_message(msg)
+        self._line = None
 
     cdef inline void _remember(self, object method, object id, Py_ssize_t size):
         # A ring of the last RECENT messages in, for crash reports: no allocation per message.
@@ -292,6 +307,7 @@ cdef class Dispatcher:
 
     cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink):
         cdef Request req
+        cdef Py_ssize_t sent
         args = params.get("arguments")
         if args is None:
             args = {}
@@ -304,26 +320,37 @@ cdef class Dispatcher:
             self._reject(id, sink, exc)
             return
         req.sink = sink
+        if self._line is not None:
+            # Bytes on the wire, with the newline (which the framer may have left on the line).
+            req.size = len(self._line)
+            if req.size == 0 or (<bytes>self._line)[req.size - 1] != 10:
+                req.size += 1
+            if self._keeping:
+                req.line = self._line
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
             self.table.close(req, C_STATE_REJECTED)
-            self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            if self._keeping:
+                self._finished(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self.table.close(req, C_STATE_REJECTED)
-                self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                if self._keeping:
+                    self._finished(req, sent)
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
             return
         self._start_tool(req, slot, <dict>args, timeout)
 
-    cdef _reject(self, object id, object sink, object exc):
+    cdef Py_ssize_t _reject(self, object id, object sink, object exc) except -2:
         if sink is not None:
             sink(None, exc)
-        else:
-            self._send_error(id, exc.code, exc.message, exc.data)
+            return -1
+        return self._send_error(id, exc.code, exc.message, exc.data)
 
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout):
         req.slot = slot
@@ -480,20 +507,24 @@ cdef class Dispatcher:
         if not self._close(req, state):
             return
         if req.sink is not None:
+            if self._keeping:
+                self._finished(req, -1)
             req.sink(result, None)
             return
         try:
             data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL)
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
+        if self._keeping:
+            self._finished(req, len(data))
         self._emit(data)
 
     cdef _answer_error(self, Request req, object exc):
+        cdef Py_ssize_t sent
         if self._close(req, C_STATE_ERROR):
-            if req.sink is not None:
-                req.sink(None, exc)
-            else:
-                self._send_error(req.id, exc.code, exc.message, exc.data)
+            sent = self._reject(req.id, req.sink, exc)
+            if self._keeping:
+                self._finished(req, sent)
 
     cdef _fail(self, Request req, object exc):
         if self.on_exception is not None:
@@ -516,15 +547,21 @@ cdef class Dispatcher:
         ``outcome`` is what the client gets: a result, an RpcError, or None for
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
+        cdef Py_ssize_t sent = 0   # a cancelled request gets no answer
         if not self._close(req, state):
             return False
         error = outcome if type(outcome) is _RpcError else None
         if req.sink is not None:
+            sent = -1
             req.sink(None if error is not None else outcome, error)
         elif error is not None:
-            self._send_error(req.id, error.code, error.message, error.data)
+            sent = self._send_error(req.id, error.code, error.message, error.data)
         elif outcome is not None:
-            self._emit(_dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": outcome}, option=_NL))
+            data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": outcome}, option=_NL)
+            sent = len(data)
+            self._emit(data)
+        if self._keeping:
+            self._finished(req, sent)
         self._cancel_task(req)
         self.flush_soon()
         return True
@@ -555,8 +592,87 @@ cdef class Dispatcher:
 
     # -- output ------------------------------------------------------------------
 
-    cdef _send_error(self, object id, int code, str message, object data=None):
-        self._emit(_error_bytes(id, code, message, data))
+    cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=None) except -2:
+        cdef bytes encoded = _error_bytes(id, code, message, data)
+        self._emit(encoded)
+        return len(encoded)
+
+    # -- finished tool calls, for the logs ---------------------------------------
+
+    def keep_finished(self, bint on):
+        """Start (or stop) keeping a row per finished tool call for ``take_finished``."""
+        self._keeping = on
+        if not on:
+            self._nrows = 0
+            self._row_text_len = 0
+            self._row_details = []
+
+    def take_finished(self):
+        """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
+
+        ``records``: ``count`` FinishedRow structs (start, end, state, bytes in, bytes
+        out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
+        line, comma-separated (the body of a JSON array); ``details``: ``(row, request.detail)`` for the rows
+        whose tool reported one.
+        """
+        if self._nrows == 0:
+            return None
+        taken = (self._nrows, PyBytes_FromStringAndSize(<char*>self._rows, self._nrows * sizeof(FinishedRow)),
+                 PyBytes_FromStringAndSize(self._row_text, self._row_text_len), self._row_details)
+        self._nrows = 0
+        self._row_text_len = 0
+        self._row_details = []
+        if self._row_text_cap > _KEEP_TEXT:   # a huge request passed: do not hold its size
+            PyMem_Free(self._row_text)
+            self._row_text = NULL
+            self._row_text_cap = 0
+        return taken
+
+    cdef _finished(self, Request req, Py_ssize_t sent):
+        # A fixed-size record and a copy of the request line, both in C buffers reused
+        # from tick to tick: no Python object is made or kept per call, so keeping
+        # thousands of rows until the logs' next tick costs no allocation at all.
+        cdef FinishedRow* row
+        cdef Py_ssize_t cap, size
+        cdef char* text
+        if req.tool is None:
+            return
+        line = req.line
+        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
+            line = _dumps({"id": req.id, "params": req.params})
+        size = len(<bytes>line) + 1   # with the comma before it
+        if self._nrows == self._rows_cap:
+            cap = max(1024, 2 * self._rows_cap)
+            row = <FinishedRow*>PyMem_Realloc(self._rows, cap * sizeof(FinishedRow))
+            if row == NULL:
+                raise MemoryError()
+            self._rows = row
+            self._rows_cap = cap
+        if self._row_text_len + size > self._row_text_cap:
+            cap = max(65536, 2 * self._row_text_cap, self._row_text_len + size)
+            text = <char*>PyMem_Realloc(self._row_text, cap)
+            if text == NULL:
+                raise MemoryError()
+            self._row_text = text
+            self._row_text_cap = cap
+        if self._nrows:
+            self._row_text[self._row_text_len] = 44   # ","
+            self._row_text_len += 1
+        memcpy(self._row_text + self._row_text_len, PyBytes_AS_STRING(line), size - 1)
+        self._row_text_len += size - 1
+        row = &self._rows[self._nrows]
+        row.start = req.start
+        row.end = req.end
+        row.state = req.state
+        row.size = req.size
+        row.sent = sent
+        if req.detail is not None:
+            self._row_details.append((self._nrows, req.detail))
+        self._nrows += 1
+
+    def __dealloc__(self):
+        PyMem_Free(self._rows)
+        PyMem_Free(self._row_text)
 
     def notify(self, method, params):
         """Send a notification to the client."""

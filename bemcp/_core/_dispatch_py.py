@@ -7,6 +7,7 @@ request never holds up the next one.
 """
 
 import asyncio
+import struct
 from collections import deque
 from time import monotonic
 from types import CoroutineType
@@ -24,6 +25,9 @@ from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
                            InFlightTable)
 
 _CancelledError = asyncio.CancelledError
+# A finished tool call's record (the compiled twin's FinishedRow): start, end, state,
+# bytes in, bytes out. bemcp.logs.sink reads the same layout.
+FINISHED_ROW = struct.Struct("=ddqqq")
 
 
 class ToolSlot:
@@ -116,6 +120,11 @@ class Dispatcher:
         self.on_protocol_error = None      # (kind, size) for malformed/oversized input
         self.on_client_response = None    # (message) for answers to our own requests
         self.on_unknown_tool = None        # (id, params) -> True if it will answer the call itself
+        self._line = None                  # the line being handled
+        self._keeping = False              # keep a row per finished tool call (for the logs)
+        self._rows = bytearray()           # FINISHED_ROW records
+        self._row_text = bytearray()       # their request lines, comma-separated
+        self._row_details = []
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -151,7 +160,9 @@ class Dispatcher:
             return
         if type(msg) is dict:
             self._remember(msg.get("method"), msg.get("id"), len(line))
+        self._line = line
         self.handle_message(msg)
+        self._line = None
 
     def _remember(self, method, id, size):
         self._recent.append((monotonic(), method, id, size))
@@ -268,15 +279,24 @@ class Dispatcher:
             self._reject(id, sink, exc)
             return
         req.sink = sink
+        if self._line is not None:
+            # Bytes on the wire, with the newline (which the framer may have left on the line).
+            req.size = len(self._line) + (not self._line.endswith(b"\n"))
+            if self._keeping:
+                req.line = self._line
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
             self.table.close(req, STATE_REJECTED)
-            self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            if self._keeping:
+                self._finished(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self.table.close(req, STATE_REJECTED)
-                self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                if self._keeping:
+                    self._finished(req, sent)
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
@@ -284,10 +304,11 @@ class Dispatcher:
         self._start_tool(req, slot, args, timeout)
 
     def _reject(self, id, sink, exc):
+        """Send ``exc`` to the sink or the client; the bytes sent (-1: to a sink)."""
         if sink is not None:
             sink(None, exc)
-        else:
-            self._send_error(id, exc.code, exc.message, exc.data)
+            return -1
+        return self._send_error(id, exc.code, exc.message, exc.data)
 
     def _start_tool(self, req, slot, args, timeout):
         req.slot = slot
@@ -440,20 +461,23 @@ class Dispatcher:
         if not self._close(req, state):
             return
         if req.sink is not None:
+            if self._keeping:
+                self._finished(req, -1)
             req.sink(result, None)
             return
         try:
             data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
+        if self._keeping:
+            self._finished(req, len(data))
         self._emit(data)
 
     def _answer_error(self, req, exc):
         if self._close(req, STATE_ERROR):
-            if req.sink is not None:
-                req.sink(None, exc)
-            else:
-                self._send_error(req.id, exc.code, exc.message, exc.data)
+            sent = self._reject(req.id, req.sink, exc)
+            if self._keeping:
+                self._finished(req, sent)
 
     def _fail(self, req, exc):
         if self.on_exception is not None:
@@ -479,12 +503,18 @@ class Dispatcher:
         if not self._close(req, state):
             return False
         error = outcome if type(outcome) is RpcError else None
+        sent = 0   # a cancelled request gets no answer
         if req.sink is not None:
+            sent = -1
             req.sink(None if error is not None else outcome, error)
         elif error is not None:
-            self._send_error(req.id, error.code, error.message, error.data)
+            sent = self._send_error(req.id, error.code, error.message, error.data)
         elif outcome is not None:
-            self._emit(dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE))
+            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE)
+            sent = len(data)
+            self._emit(data)
+        if self._keeping:
+            self._finished(req, sent)
         self._cancel_task(req)
         self.flush_soon()
         return True
@@ -516,7 +546,50 @@ class Dispatcher:
     # -- output ------------------------------------------------------------------
 
     def _send_error(self, id, code, message, data=None):
-        self._emit(_error_bytes(id, code, message, data))
+        encoded = _error_bytes(id, code, message, data)
+        self._emit(encoded)
+        return len(encoded)
+
+    # -- finished tool calls, for the logs ---------------------------------------
+
+    def keep_finished(self, on):
+        """Start (or stop) keeping a row per finished tool call for ``take_finished``."""
+        self._keeping = bool(on)
+        if not on:
+            self._rows = bytearray()
+            self._row_text = bytearray()
+            self._row_details = []
+
+    def take_finished(self):
+        """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
+
+        ``records``: ``count`` FINISHED_ROW records (start, end, state, bytes in, bytes
+        out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
+        line, comma-separated (the body of a JSON array); ``details``: ``(row, request.detail)`` for the rows
+        whose tool reported one.
+        """
+        if not self._rows:
+            return None
+        taken = (len(self._rows) // FINISHED_ROW.size, bytes(self._rows), bytes(self._row_text), self._row_details)
+        self._rows = bytearray()
+        self._row_text = bytearray()
+        self._row_details = []
+        return taken
+
+    def _finished(self, req, sent):
+        # A fixed-size record and a copy of the request line (the compiled twin keeps
+        # both in C buffers reused from tick to tick: no object per call).
+        if req.tool is None:
+            return
+        if req.detail is not None:
+            self._row_details.append((len(self._rows) // FINISHED_ROW.size, req.detail))
+        self._rows += FINISHED_ROW.pack(req.start, req.end, req.state, req.size, sent)
+        line = req.line
+        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
+            line = dumps({"id": req.id, "params": req.params})
+        if self._row_text:
+            self._row_text += b","
+        self._row_text += line
 
     def notify(self, method, params):
         """Send a notification to the client."""

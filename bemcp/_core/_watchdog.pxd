@@ -25,13 +25,13 @@ cdef class Request:
     cdef public object sink
     cdef public object detail
     cdef public Py_ssize_t size
+    cdef public object line
 
 
 cdef class InFlightTable:
     cdef public object loop
     cdef public dict requests
     cdef public object on_expire
-    cdef public object on_close
     cdef Py_ssize_t _counts[N_STATES]
     cdef list _heap
     cdef Py_ssize_t _stale

@@ -56,6 +56,7 @@ cdef class Request:
         self.sink = None
         self.detail = None
         self.size = 0
+        self.line = None
 
     @property
     def running(self):
@@ -80,7 +81,6 @@ cdef class InFlightTable:
         self.loop = loop
         self.requests = {}
         self.on_expire = None
-        self.on_close = None
         for i in range(N_STATES):
             self._counts[i] = 0
         self._heap = []
@@ -123,8 +123,6 @@ cdef class InFlightTable:
             self._stale += 1
             if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
                 self._compact()
-        if self.on_close is not None:
-            self.on_close(req)
         return True
 
     cpdef arm(self, Request req, object timeout):

@@ -29,7 +29,7 @@ class Request:
     """One in-flight request. ``state`` leaves RUNNING exactly once."""
 
     __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
-                 "state", "task", "thread", "armed", "slot", "sink", "detail", "size")
+                 "state", "task", "thread", "armed", "slot", "sink", "detail", "size", "line")
 
     def __init__(self, id, method, tool, params, start):
         self.id = id
@@ -45,8 +45,9 @@ class Request:
         self.armed = False
         self.slot = None
         self.sink = None
-        self.detail = None
-        self.size = 0
+        self.detail = None      # what the tool reports for tasks.log, e.g. {"exit_code": 0}
+        self.size = 0           # bytes in: the request's line, with its newline
+        self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
 
     @property
     def running(self):
@@ -71,7 +72,6 @@ class InFlightTable:
         self.loop = loop
         self.requests = {}
         self.on_expire = None   # called with a Request whose deadline passed
-        self.on_close = None    # called with each Request as it leaves the table
         self.counts = [0] * len(STATE_NAMES)
         self._heap = []
         self._stale = 0
@@ -103,8 +103,6 @@ class InFlightTable:
             self._stale += 1
             if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
                 self._compact()
-        if self.on_close is not None:
-            self.on_close(req)
         return True
 
     def arm(self, req, timeout):

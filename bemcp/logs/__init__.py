@@ -5,17 +5,18 @@ e.g. ``~/.local/state/bemcp``) holds:
 
 - ``tasks.log``: one JSON line per finished tool call: time, pid, request id, tool,
   status (ok, error, timeout, cancelled, killed, rejected), duration, argument
-  size and a keyed digest of the arguments (never their values), exit code and
-  byte counts where the tool layer or core reports them (``request.detail``, ``request.size``);
+  size and a keyed digest of the arguments (never their values), bytes in and out
+  (the request line and the answer, from the core), and what the tool reported in
+  ``request.detail`` (e.g. ``run_command``'s exit code);
 - ``perf.log``: a JSON line every few seconds: RSS of the server and its children,
   CPU, event-loop lag p50/p99, tool calls in flight and per second, errors, drops;
 - ``forensics.log``: every ``server.record(kind, ...)`` event (watchdog actions,
   plugin failures, protocol abuse with sizes, crashes), plus start and stop;
 - ``crash-<time>-<pid>.json`` reports, and ``crash-<time>-<pid>.txt`` for fatal signals.
 
-Off the hot path: the event loop appends each finished request to a list (one
-C-level call) and, every few milliseconds, turns the list into one JSON byte
-string; a background thread hands those to the writer process
+Off the hot path: the core appends a row of plain values for each finished tool
+call to a list (C level, no Python call) and, every few milliseconds, the loop
+turns the list into one JSON byte string; a background thread hands those to the writer process
 (:mod:`bemcp.logs.sink`), which formats, hashes, rotates and samples psutil.
 ``bemcp logs`` (:mod:`bemcp.logs.summary`) is the person's view of a directory.
 """

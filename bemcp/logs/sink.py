@@ -7,30 +7,32 @@ in a thread of the server instead.
 
 The pipe carries frames: ``kind`` (1 byte), a clock offset (8-byte double:
 wall time minus monotonic time, on the server's clocks), a payload length
-(4 bytes), then the payload, which is JSON:
+(4 bytes), then the payload:
 
-- ``T``: finished requests, ``[[id, tool, state, start, end, params, size, detail], ...]``
-  (start and end on the monotonic clock; tool null for other methods);
-- ``E``: one forensics record, already plain JSON;
-- ``P``: the server's half of a perf sample (event-loop lag, in-flight, ...).
+- ``T``: finished tool calls, as the core keeps them (``Dispatcher.take_finished``):
+  their count (``COUNT``), that many ``RECORD``s (start and end on the monotonic
+  clock, state, bytes in, bytes out; 0 or less: unknown, e.g. an outcome kept
+  for ``tasks/result``), then each call's request line, comma-separated;
+- ``D``: ``[[row, detail], ...]`` for the next T frame: what tools reported, JSON;
+- ``E``: one forensics record, JSON;
+- ``P``: the server's half of a perf sample (event-loop lag, in-flight, ...), JSON.
 """
 
+import gc
 import hashlib
 import os
 import struct
 import sys
 import time
 
-from orjson import OPT_SORT_KEYS, dumps, loads
+from orjson import dumps, loads
 
+from .._core import format_tasks
 from .files import LogFiles
 
 FRAME = struct.Struct("!cdI")
-
-# The in-flight table's final states, by number (bemcp._core.STATE_NAMES; a test checks).
-STATE_NAMES = ("running", "ok", "error", "timeout", "cancelled", "killed", "rejected")
-_OK = 1
-DIGEST_CACHE = 4096
+COUNT = struct.Struct("!I")
+RECORD = struct.Struct("=ddqqq")   # bemcp._core's FinishedRow, in the server's byte order
 
 
 def digest_key(directory):
@@ -75,65 +77,47 @@ class Sink:
         self.exclude_pids = set(exclude_pids)
         self._hasher = None     # blake2b keyed with the directory's key, copied per digest
         self._digests = {}      # argument bytes -> digest: repeated calls hash once
+        self._tools = {}        # tool name -> its JSON encoding
+        self._details = {}      # row -> detail, for the next T frame
         self._calls = 0
         self._errors = 0
-        self._requests = 0
         self._process = None
         self._last_perf = time.monotonic()
 
-    def handle(self, kind, offset, payload):
+    def send(self, frames, offset):
+        """Handle ``frames`` ((kind, rows, parts), ...) as the writer process would; none is left."""
+        for kind, _, parts in frames:
+            self.handle(kind, offset, *parts)
+        return []
+
+    def handle(self, kind, offset, *parts):
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
         if kind == b"T":
             self.tasks(offset, payload)
         elif kind == b"E":
             self.files.append("forensics", payload + b"\n")
         elif kind == b"P":
             self.perf(loads(payload))
+        elif kind == b"D":
+            self._details = {row: detail for row, detail in loads(payload)}
 
     # -- tasks.log -----------------------------------------------------------------------
 
     def tasks(self, offset, payload):
-        rows = loads(payload)
         if self._hasher is None:
             self._hasher = hashlib.blake2b(key=digest_key(self.files.directory), digest_size=8)
-        lines = []
-        add = lines.append
-        pid = self.server_pid
-        digests = self._digests
-        calls = errors = 0
-        for id, tool, state, start, end, params, size, detail in rows:
-            if tool is None:
-                continue
-            calls += 1
-            if state != _OK:
-                errors += 1
-            args = params.get("arguments") if type(params) is dict else None
-            # Sorted keys: the same arguments give the same digest whatever their order.
-            raw = dumps(args, option=OPT_SORT_KEYS) if args is not None else b"{}"
-            digest = digests.get(raw)
-            if digest is None:
-                h = self._hasher.copy()
-                h.update(raw)
-                digest = h.hexdigest()
-                if len(digests) >= DIGEST_CACHE:
-                    digests.clear()
-                digests[raw] = digest
-            record = {"time": int((end + offset) * 1000.0 + 0.5) / 1000.0, "pid": pid, "id": id,
-                      "tool": tool, "status": STATE_NAMES[state] if 0 <= state < 7 else str(state),
-                      "duration_ms": int((end - start) * 1e6 + 0.5) / 1000.0,
-                      "arg_bytes": len(raw), "arg_digest": digest}
-            if size:
-                record["bytes_in"] = size
-            if type(detail) is dict:
-                for name, value in detail.items():
-                    if value is None or type(value) in (int, float, str, bool):
-                        record.setdefault(name, value)
-            add(dumps(record))
-        self._requests += len(rows)
+        details, self._details = self._details, {}
+        lines, calls, errors = format_tasks(payload, offset, self.server_pid, details,
+                                            self._digests, self._tools, self._digest)
         self._calls += calls
         self._errors += errors
         if lines:
-            lines.append(b"")
-            self.files.append("tasks", b"\n".join(lines), len(lines) - 1)
+            self.files.append("tasks", lines, calls)
+
+    def _digest(self, raw):
+        h = self._hasher.copy()
+        h.update(raw)
+        return h.hexdigest().encode()
 
     # -- perf.log ------------------------------------------------------------------------
 
@@ -144,9 +128,8 @@ class Sink:
         record.update(self.process_figures())
         record["calls_per_s"] = round(self._calls / elapsed, 1)
         record["errors"] = self._errors
-        record["requests_per_s"] = round(self._requests / elapsed, 1)
         record["log_dropped"] = self.files.dropped
-        self._calls = self._errors = self._requests = 0
+        self._calls = self._errors = 0
         self.files.append("perf", dumps(record) + b"\n")
 
     def process_figures(self):
@@ -202,6 +185,16 @@ def main(argv=None):
     # Stop only when the server closes the pipe, after writing everything it sent.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    # Each batch parses thousands of requests: left alone, the collector would run again
+    # and again over them. What this process keeps is acyclic, so it can wait.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    # Where cores are scarce the server goes first; the writer still gets a share, so it
+    # keeps up. (SCHED_IDLE was worse: the scheduler then stacks it on the server's core.)
+    try:
+        os.nice(5)
+    except (AttributeError, OSError):
+        pass
 
     def warn(message):
         try:

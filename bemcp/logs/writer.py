@@ -2,10 +2,10 @@
 
 Threads and what each may do:
 
-- the event loop: the core calls ``_closed.append(request)`` as each request
-  ends (a C-level call); a timer every few milliseconds measures the loop's lag
-  and turns the list into one JSON byte string (orjson, C-level), so nothing
-  per request is left for another thread to touch;
+- the event loop: the core keeps a C record and the request line of each tool
+  call as it ends (``Dispatcher.keep_finished``: no Python call, no object made);
+  a timer every few milliseconds measures the loop's lag and takes the rows as
+  two byte strings, so nothing per request is left for another thread to touch;
 - any thread: ``record(kind, fields)`` (forensics events, crashes) appends to a deque;
 - the feeder thread (``bemcp-logs``): sends frames to the writer process, writes
   crash reports, assembles perf samples; it never formats a task record.
@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections import deque
-from operator import attrgetter
 from time import monotonic
 
 from orjson import OPT_NON_STR_KEYS, dumps
@@ -28,22 +27,20 @@ from . import default_log_dir
 from .crash import (CrashReporter, close_fatal_file, crash_filename, open_fatal_file,
                     plain, summarize_crash, unseen_crashes)
 from .files import MAX_FILE, MAX_TOTAL, LogFiles
-from .sink import FRAME, Sink
+from .sink import COUNT, FRAME, Sink
 from .stderr import install_logging, install_pump, pump
 
 log = logging.getLogger("bemcp.logs")
 
 PERF_INTERVAL = 5.0      # seconds between perf.log samples
-TICK_BUSY = 0.02         # loop timer while requests finish: lag sample + flush
+TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + flush (small batches: no big buffers)
 TICK_IDLE = 0.1          # ... while nothing finishes
 FEED_INTERVAL = 0.1      # feeder thread wake-ups
-OUTBOX_LIMIT = 1000      # frames waiting for the writer before new ones are dropped
+OUTBOX_LIMIT = 32 << 20  # bytes of task rows waiting for the writer before new ones are dropped
 EVENTS_LIMIT = 10000     # forensics records waiting
 RETRY_SECONDS = 30.0     # an unwritable directory is tried again this often
 STOP_SECONDS = 3.0       # the most shutdown waits for the feeder and writer process
-
-# What a task row carries; the sink unpacks the same order.
-_ROW = attrgetter("id", "tool", "state", "start", "end", "params", "size", "detail")
+IOV_MAX = 1024           # pieces per writev (Linux's limit)
 
 
 class Logs:
@@ -70,8 +67,9 @@ class Logs:
         self.dropped = 0              # records dropped on this side (outbox full, directory unwritable)
         self.files = LogFiles(self.directory, max_file, max_total, warn=self._warn)
         self.reporter = CrashReporter(server, self.files)
-        self._closed = []             # requests finished since the last tick (the core appends)
-        self._outbox = deque()        # (kind, rows, payload) for the writer
+        self._outbox = deque()        # (kind, rows, parts) for the writer
+        self._queued = 0              # bytes put in the outbox (by the loop's thread only)
+        self._taken = 0               # bytes taken out (by the feeder thread only)
         self._events = deque()        # forensics records (dicts)
         self._crashes = deque()       # (file name, report) to write
         self._crash_names = set()
@@ -90,8 +88,8 @@ class Logs:
         server.logs = self
         install_logging(cfg.log_level)
         if self.enabled:
-            server.request_observers.append(self._closed.append)
             server.recorders.append(self.record)
+            server.keep_finished = True
         server.on_start(self._start)
         server.on_shutdown(self._stop)
         server.resource("bemcp://logs", name="logs",
@@ -120,7 +118,8 @@ class Logs:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
-            self._flush_closed()
+            self._flush_finished()
+            self.server.dispatcher.keep_finished(False)
         if self._feeder is not None:
             self._stopping.set()
             self._wake.set()
@@ -140,27 +139,25 @@ class Logs:
     def _tick(self):
         now = monotonic()
         self._lags.append(now - self._due)
-        busy = bool(self._closed)
-        if busy:
-            self._flush_closed()
+        busy = self._flush_finished()
         delay = TICK_BUSY if busy else TICK_IDLE
         self._due = now + delay
         self._tick_handle = self.loop.call_later(delay, self._tick)
 
-    def _flush_closed(self):
-        closed = self._closed
-        if not closed:
-            return
-        try:
-            payload = dumps(closed, default=_ROW)
-        except TypeError:   # something odd in params or detail: the slow, careful way
-            payload = dumps([_safe_row(r) for r in closed], default=repr, option=OPT_NON_STR_KEYS)
-        rows = len(closed)
-        closed.clear()
-        if len(self._outbox) < OUTBOX_LIMIT:
-            self._outbox.append((b"T", rows, payload))
-        else:
-            self.dropped += rows
+    def _flush_finished(self):
+        """Queue the tool calls finished since the last tick for the writer; False if none."""
+        taken = self.server.dispatcher.take_finished()
+        if taken is None:
+            return False
+        count, records, lines, details = taken
+        if self._queued - self._taken >= OUTBOX_LIMIT:   # the writer is not keeping up
+            self.dropped += count
+            return True
+        if details:   # before the T frame they belong to
+            self._outbox.append((b"D", 0, (dumps(details, default=repr, option=OPT_NON_STR_KEYS),)))
+        self._queued += len(records) + len(lines)
+        self._outbox.append((b"T", count, (COUNT.pack(count), records, lines)))
+        return True
 
     # -- events and crashes (any thread) ------------------------------------------------------
 
@@ -306,25 +303,26 @@ class Logs:
         frames = []
         outbox, events = self._outbox, self._events
         for _ in range(len(events)):
-            frames.append((b"E", 1, dumps(events.popleft(), default=repr, option=OPT_NON_STR_KEYS)))
+            frames.append((b"E", 1, (dumps(events.popleft(), default=repr, option=OPT_NON_STR_KEYS),)))
         for _ in range(len(outbox)):
-            frames.append(outbox.popleft())
+            frame = outbox.popleft()
+            if frame[0] == b"T":
+                self._taken += len(frame[2][1]) + len(frame[2][2])
+            frames.append(frame)
         if perf is not None:
-            frames.append((b"P", 0, dumps(perf)))
+            frames.append((b"P", 0, (dumps(perf),)))
         if self._sink is None:
             self.dropped += sum(rows for kind, rows, _ in frames if kind != b"P")
             return
         offset = time.time() - monotonic()
-        for i, (kind, rows, payload) in enumerate(frames):
+        unsent = self._sink.send(frames, offset)
+        if unsent:
+            # The writer process is gone: carry on in this thread.
+            self._fallback_to_thread()
             try:
-                self._sink.handle(kind, offset, payload)
+                self._sink.send(unsent, offset)
             except OSError:
-                # The writer process is gone: carry on in this thread.
-                self._fallback_to_thread()
-                try:
-                    self._sink.handle(kind, offset, payload)
-                except OSError:
-                    self.dropped += rows
+                self.dropped += sum(rows for _, rows, _ in unsent)
 
     def _open_sink(self):
         try:
@@ -392,7 +390,7 @@ class Logs:
                  "stderr_dropped_bytes": pump().dropped_bytes,
                  "crash_reports": self.reporter.written, "crash_reports_suppressed": self.reporter.suppressed}
         if counts is not None:
-            from .sink import STATE_NAMES
+            from .._core import STATE_NAMES
             event["requests"] = {name: n for name, n in zip(STATE_NAMES, counts) if n and name != "running"}
         return event
 
@@ -447,11 +445,31 @@ class ProcessSink:
             os.close(read_fd)
         self.pid = self.proc.pid
 
-    def handle(self, kind, offset, payload):
-        data = FRAME.pack(kind, offset, len(payload)) + payload
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]   # blocks this thread only, without the GIL
+    def send(self, frames, offset):
+        """Write ``frames`` ((kind, rows, parts), ...) in as few system calls as the pipe takes.
+
+        Few calls matter: each time this thread returns from one it must take the GIL
+        back from the busy event loop. It blocks (without the GIL) while the pipe is
+        full. Returns the frames not wholly written if the writer process is gone.
+        """
+        iov = []
+        owner = []   # the frame each piece belongs to
+        for i, (kind, _, parts) in enumerate(frames):
+            iov.append(FRAME.pack(kind, offset, sum(map(len, parts))))
+            iov.extend(parts)
+            owner.extend([i] * (len(parts) + 1))
+        done = 0
+        try:
+            while done < len(iov):
+                written = os.writev(self.fd, iov[done:done + IOV_MAX])
+                while done < len(iov) and written >= len(iov[done]):
+                    written -= len(iov[done])
+                    done += 1
+                if written:
+                    iov[done] = memoryview(iov[done])[written:]
+        except OSError:
+            return frames[owner[done]:]
+        return []
 
     def close(self, timeout=STOP_SECONDS - 0.5):
         if self.fd is not None:
@@ -476,15 +494,7 @@ def _grow_pipe(fd, size=1 << 20):
         pass
 
 
-def _safe_row(req):
-    row = list(_ROW(req))
-    try:
-        dumps(row[5])
-    except TypeError:
-        row[5] = None
-    if row[7] is not None and not isinstance(row[7], dict):
-        row[7] = None
-    return row
+
 
 
 def _pick(sorted_values, q):
