@@ -277,6 +277,29 @@ def test_stdin_eof_with_nothing_in_flight_exits_at_once(spawn):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("stdout", ["file", "/dev/null"])
+def test_stdio_redirected_to_files_and_devices_is_served(twin_env, tmp_path, stdout):
+    # `bemcp serve < requests.jsonl > answers.jsonl` (or > /dev/null): neither end is a
+    # pipe the event loop can poll, and the server must still answer and exit 0.
+    import subprocess
+    import sys
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        call_msg(2, "echo", {"text": "from a file"}))))
+    answers = tmp_path / "answers.jsonl" if stdout == "file" else stdout
+    env = dict(os.environ, **twin_env)
+    with open(requests, "rb") as stdin, open(answers, "wb") as out:
+        done = subprocess.run([sys.executable, "-m", "bemcp", "serve", "--no-plugins"], stdin=stdin,
+                              stdout=out, stderr=subprocess.PIPE, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    if stdout == "file":
+        first, second = [orjson.loads(line) for line in answers.read_bytes().splitlines()]
+        assert first["id"] == 1 and second["result"]["content"][0]["text"] == "from a file"
+
+
 # -- progress ----------------------------------------------------------------------------------------
 
 

@@ -36,12 +36,14 @@ def take_stdio():
 
 
 def _is_pipe_like(fd):
+    # What the event loop can poll. Other character devices (/dev/null, /dev/zero) are
+    # not: libuv aborts the process on them, so they get the blocking paths, like files.
     mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
 class _FileWriter:
-    """Blocking writes for a stdout redirected to a regular file (never blocks for long)."""
+    """Blocking writes for a stdout redirected to a file or a device (never blocks for long)."""
 
     def __init__(self, fd):
         self.fd = fd
@@ -56,7 +58,7 @@ class _FileWriter:
 
 
 def _read_file_in_thread(loop, fd, reader):
-    """Feed a regular-file stdin (`bemcp serve < requests.jsonl`) from a thread."""
+    """Feed a stdin the loop cannot poll (`bemcp serve < requests.jsonl`) from a thread."""
     def pump():
         try:
             while True:
