@@ -8,19 +8,23 @@ from . import config
 
 def build_parser():
     from . import __version__
-    parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.")
+    parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.",
+                                     formatter_class=config.help_formatter)
     parser.add_argument("--version", action="version", version=f"bemcp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", help="serve MCP over stdio (what MCP clients spawn)")
-    tools = sub.add_parser("tools", help="list the tools `bemcp serve` would offer")
+
+    def command(name, help):
+        return sub.add_parser(name, help=help, formatter_class=config.help_formatter)
+    serve = command("serve", "serve MCP over stdio (what MCP clients spawn)")
+    tools = command("tools", "list the tools `bemcp serve` would offer")
     tools.add_argument("--json", action="store_true", help="print the tools/list entries as JSON")
-    plugins = sub.add_parser("plugins", help="list plugins: loaded, failed (with reasons), their tools")
+    plugins = command("plugins", "list plugins: loaded, failed (with reasons), their tools")
     plugins.add_argument("--json", action="store_true", help="print the plugin states as JSON")
     for p in (serve, tools, plugins):
         config.add_arguments(p)
     from .logs.summary import add_arguments as add_logs_arguments
-    add_logs_arguments(sub.add_parser("logs", help="summarise the logs: recent tasks, per-tool timings, "
-                                                   "errors, watchdog actions, crash reports"))
+    add_logs_arguments(command("logs", "summarise the logs: recent tasks, per-tool timings, "
+                                       "errors, watchdog actions, crash reports"))
     return parser
 
 

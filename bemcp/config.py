@@ -4,7 +4,6 @@ The config file is TOML (``--config FILE`` or ``$BEMCP_CONFIG``); its keys are t
 field names below, e.g. ``allow = ["git", "ls"]`` or ``[tool_limits] run_command = 4``.
 """
 
-import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -123,9 +122,27 @@ def add_arguments(parser):
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="stderr level (warning)")
 
 
+def help_formatter(prog):
+    """argparse's help formatter, told the terminal's width.
+
+    Left to find it, argparse imports shutil, and with it bz2 and lzma: 0.8 MB of
+    every `bemcp serve`, which parses its flags with argparse too.
+    """
+    import argparse
+    try:
+        width = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            width = os.get_terminal_size(1).columns
+        except OSError:
+            width = 80
+    return argparse.HelpFormatter(prog, width=max(40, width - 2))
+
+
 def parse(argv):
     """Config from a list of flags (for tests and embedding)."""
-    parser = argparse.ArgumentParser()
+    import argparse
+    parser = argparse.ArgumentParser(formatter_class=help_formatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return Config.load(args.config, args)

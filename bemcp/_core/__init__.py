@@ -20,7 +20,6 @@ if not NO_EXTENSIONS:
         from ._dispatch import Dispatcher, ToolSlot
         from ._framing import Framer, Oversized
         from ._protocol import ReaderProtocol, WriterProtocol, trim_allocator, tune_allocator
-        from ._tasklog import format_tasks
         from ._watchdog import STATE_NAMES, InFlightTable, Request, interrupt_thread
         USE_EXTENSIONS = True
     except ImportError:
@@ -30,5 +29,15 @@ if not USE_EXTENSIONS:
     from ._dispatch_py import Dispatcher, ToolSlot  # noqa: F401
     from ._framing_py import Framer, Oversized  # noqa: F401
     from ._protocol_py import ReaderProtocol, WriterProtocol, trim_allocator, tune_allocator  # noqa: F401
-    from ._tasklog_py import format_tasks  # noqa: F401
     from ._watchdog_py import STATE_NAMES, InFlightTable, Request, interrupt_thread  # noqa: F401
+
+
+def __getattr__(name):
+    # tasks.log's formatter runs in the log writer process: the server never loads it.
+    if name == "format_tasks":
+        if USE_EXTENSIONS:
+            from ._tasklog import format_tasks
+        else:
+            from ._tasklog_py import format_tasks
+        return format_tasks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,6 @@ wall time minus monotonic time, on the server's clocks), a payload length
 """
 
 import gc
-import hashlib
 import os
 import struct
 import sys
@@ -27,7 +26,7 @@ import time
 
 from orjson import dumps, loads
 
-from .._core import format_tasks
+from .. import _core
 from .files import LogFiles
 
 FRAME = struct.Struct("!cdI")
@@ -105,10 +104,11 @@ class Sink:
 
     def tasks(self, offset, payload):
         if self._hasher is None:
+            import hashlib   # here: the server imports this module too, and hashlib costs it 0.6 MB
             self._hasher = hashlib.blake2b(key=digest_key(self.files.directory), digest_size=8)
         details, self._details = self._details, {}
-        lines, calls, errors = format_tasks(payload, offset, self.server_pid, details,
-                                            self._digests, self._tools, self._digest)
+        lines, calls, errors = _core.format_tasks(payload, offset, self.server_pid, details,
+                                                  self._digests, self._tools, self._digest)
         self._calls += calls
         self._errors += errors
         if lines:
