@@ -98,7 +98,7 @@ def bemcp_env(pure):
 
 
 def standard_targets():
-    """floor, bemcp, bemcp-py, sdk, ts, and the plain uvloop references (in that order)."""
+    """floor, floor-batched, bemcp, bemcp-py, sdk, ts, and the plain uvloop references (in that order)."""
     flags, dropped = bemcp_serve_flags()
     serve = [PYTHON, "-m", "bemcp", "serve", *flags]
     notes = [f"`bemcp serve` does not know {', '.join(dropped)}: ran without"] if dropped else []
@@ -108,7 +108,9 @@ def standard_targets():
     node_modules = os.path.join(PEERS, "node_modules", "@modelcontextprotocol", "sdk")
     return [
         Target("floor", [PYTHON, os.path.join(BENCHES, "floor.py")], canned=True,
-               description="benches/floor.py: one canned line per input line"),
+               description="benches/floor.py: one canned line written per input line read (issue 2's floor)"),
+        Target("floor-batched", [PYTHON, os.path.join(BENCHES, "floor.py"), "--batched"], canned=True,
+               description="benches/floor.py --batched: one write of canned lines per read (stricter; no ratios)"),
         Target("bemcp", serve, bemcp_env(pure=False), description="bemcp serve, compiled core",
                notes=compiled_notes),
         Target("bemcp-py", serve, bemcp_env(pure=True),

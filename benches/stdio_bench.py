@@ -10,8 +10,9 @@ machine spreads over all targets) and measures, over real pipes:
   client's own CPU time per call, to show the client is not what limits it.
 
 The table reports the median over rounds of each figure, and ratios to the floor
-measured in the same run (benches/floor.py: a process that answers each line with
-one canned line). See benches/README.md for what these figures do not show.
+measured in the same run (benches/floor.py: a process that writes one canned line
+for each line it reads; ``floor-batched``, one write per read, is shown beside it
+as a stricter yardstick). See benches/README.md for what these figures do not show.
 
     python benches/stdio_bench.py                      # all targets, 5 rounds
     python benches/stdio_bench.py --targets floor,bemcp,bemcp-py --rounds 3
