@@ -177,8 +177,10 @@ cdef class Dispatcher:
         if type(msg) is dict:
             self._remember((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))
         self._line = line
-        self.handle_message(msg)
-        self._line = None
+        try:
+            self.handle_message(msg)
+        finally:
+            self._line = None
 
     cdef inline void _remember(self, object method, object id, Py_ssize_t size):
         # A ring of the last RECENT messages in, for crash reports: no allocation per message.
@@ -612,8 +614,8 @@ cdef class Dispatcher:
 
         ``records``: ``count`` FinishedRow structs (start, end, state, bytes in, bytes
         out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
-        line, comma-separated (the body of a JSON array); ``details``: ``(row, request.detail)`` for the rows
-        whose tool reported one.
+        line, comma-separated (the body of a JSON array); ``details``: ``(row,
+        request.detail)`` for the rows whose tool reported one.
         """
         if self._nrows == 0:
             return None

@@ -161,8 +161,10 @@ class Dispatcher:
         if type(msg) is dict:
             self._remember(msg.get("method"), msg.get("id"), len(line))
         self._line = line
-        self.handle_message(msg)
-        self._line = None
+        try:
+            self.handle_message(msg)
+        finally:
+            self._line = None
 
     def _remember(self, method, id, size):
         self._recent.append((monotonic(), method, id, size))
@@ -565,8 +567,8 @@ class Dispatcher:
 
         ``records``: ``count`` FINISHED_ROW records (start, end, state, bytes in, bytes
         out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
-        line, comma-separated (the body of a JSON array); ``details``: ``(row, request.detail)`` for the rows
-        whose tool reported one.
+        line, comma-separated (the body of a JSON array); ``details``: ``(row,
+        request.detail)`` for the rows whose tool reported one.
         """
         if not self._rows:
             return None
