@@ -31,26 +31,58 @@ def batch(calls):
 def test_task_lines_name_every_state_and_escape_what_they_carry(core):
     calls = [((i, "echo", {"n": i}), 1.0, 1.5, state, 10, 20) for i, state in enumerate(range(8))]
     calls.append((("id \"quoted\"\n", "t\u00e9l\u00e9", None), 2.0, 2.0, 1, 0, -1))
-    calls.append(((2 ** 62, "big", {"b": 1, "a": [1.5, None]}), 3.0, 3.25, 2, 5, 0))
+    calls.append(((2 ** 62, "big", {"b": 1, "a": [1.5, None, "}{\"]"]}), 3.0, 3.25, 2, 5, 0))
     digested = []
 
     def digest_of(raw):
         digested.append(raw)
         return b"%016x" % len(digested)
     lines, count, errors = core.format_tasks(b"".join(batch(calls)), 100.0, 42, {1: {"exit_code": 0}},
-                                             {}, {}, digest_of)
+                                             {}, digest_of)
     records = [orjson.loads(line) for line in lines.splitlines()]
     assert count == len(records) == 10 and errors == 8   # all but the two "ok" rows
     assert [r["status"] for r in records[:7]] == list(core.STATE_NAMES) and records[7]["status"] == "7"
     assert records[1]["exit_code"] == 0 and records[0]["time"] == 101.5 and records[0]["duration_ms"] == 500.0
     odd, big = records[8], records[9]
-    assert odd["id"] == 'id "quoted"\n' and odd["tool"] == "t\u00e9l\u00e9" and odd["arg_bytes"] == 2
+    assert odd["id"] == 'id "quoted"\n' and odd["tool"] == "t\u00e9l\u00e9" and odd["arg_bytes"] == 4   # null
     assert odd["bytes_in"] is None and odd["bytes_out"] is None
     assert big["id"] == 2 ** 62 and big["bytes_out"] is None and big["duration_ms"] == 250.0
-    assert digested[-1] == b'{"a":[1.5,null],"b":1}'   # sorted keys: order does not change the digest
-    assert big["arg_digest"] == "%016x" % len(digested)
+    # The digest is of the arguments exactly as the client sent them; repeats hash once.
+    assert digested[-1] == orjson.dumps({"b": 1, "a": [1.5, None, "}{\"]"]})
+    assert big["arg_digest"] == "%016x" % len(digested) and big["arg_bytes"] == len(digested[-1])
+    assert len(digested) == 10   # {"n": 0} .. {"n": 7}, null and big's
     with pytest.raises(ValueError):
-        core.format_tasks(COUNT.pack(3) + b"x" * 10, 0.0, 1, {}, {}, {}, digest_of)
+        core.format_tasks(COUNT.pack(3) + b"x" * 10, 0.0, 1, {}, {}, digest_of)
+
+
+LINES = [   # request lines as clients may write them: the twins must read them alike
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}',
+    rb' { "id" : "a\\\"b" , "params" : { "arguments" : { "k" : [ 1 , { "x" : "}]" } ] } , "name" : "t" } } ',
+    b'{"params":{"name":"x"},"id":-3.5e2}',
+    b'{"id":null,"params":[1,2]}',
+    b'{"id":7,"params":{"name":"first","arguments":{"a":1}},"params":{"name":"second"}}',
+    rb'{"\u0069d":9,"params":{"name":"escaped key","arguments":{"z":true}}}',
+    rb'{"id":true,"params":{"name":"n","arguments":null,"extra":{"deep":[[[]]],"s":"\\"}}}',
+    b'{}',
+]
+
+
+def test_both_twins_write_the_same_lines_for_odd_requests():
+    from conftest import load_core
+    records = b"".join(RECORD.pack(1.0 + i, 1.0 + i + i * 0.0004999, i % 7, i * 10, i * 20 - 30)
+                       for i in range(len(LINES)))
+    payload = COUNT.pack(len(LINES)) + records + b",\n".join(LINES)
+    outputs = []
+    for kind in ("c", "py"):
+        got = load_core(kind).format_tasks(payload, 1.7e9 + 0.0005, 7, {2: {"exit_code": 1}}, {},
+                                           lambda raw: b"%016x" % (len(raw) * 7919))
+        outputs.append(got)
+        lines = [orjson.loads(line) for line in got[0].splitlines()]
+        assert [r["id"] for r in lines] == [1, 'a\\"b', -350.0, None, 7, 9, True, None]
+        assert [r["tool"] for r in lines] == ["echo", "t", "x", None, "second", "escaped key", "n", None]
+        assert lines[5]["arg_bytes"] == len(b'{"z":true}') and lines[6]["arg_bytes"] == len(b"null")
+        assert lines[4]["arg_bytes"] == 2 and lines[2]["exit_code"] == 1   # the last params counts
+    assert outputs[0] == outputs[1]
 
 
 def test_default_log_dir_is_the_user_state_directory(monkeypatch, tmp_path):

@@ -8,12 +8,11 @@ with hundreds of thousands of calls a second without crowding them out.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.math cimport llround
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
-from orjson import OPT_SORT_KEYS, dumps, loads
+from orjson import dumps, loads
 
 STATUS = (b'"running"', b'"ok"', b'"error"', b'"timeout"', b'"cancelled"', b'"killed"', b'"rejected"')
 DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
@@ -22,7 +21,6 @@ _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_b
 
 cdef object _loads = loads
 cdef object _dumps = dumps
-cdef int _SORTED = OPT_SORT_KEYS
 
 
 # The server's Dispatcher.take_finished records: the same 40 bytes as _dispatch.pxd's
@@ -105,33 +103,159 @@ cdef int _put_milli(Out* out, double value) except -1:
     return _put_text(out, buf, 4)
 
 
-def format_tasks(bytes payload, double offset, long long pid, dict details, dict digests, dict tools,
-                 digest_of):
+cdef struct Spans:
+    # Where a request line's id, params.name and params.arguments values lie (-1: absent).
+    Py_ssize_t id_start, id_end, name_start, name_end, args_start, args_end
+
+
+cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+        i += 1
+    return i
+
+
+cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    # s[i] is an opening quote: the index after the closing one, or -1.
+    i += 1
+    while i < n:
+        if s[i] == 92:      # a backslash: the next byte is escaped
+            i += 2
+        elif s[i] == 34:
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
+cdef Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    # s[i] starts a JSON value: the index after it, or -1.
+    cdef Py_ssize_t depth = 0
+    cdef unsigned char c
+    if i >= n:
+        return -1
+    c = s[i]
+    if c == 34:
+        return _string_end(s, i, n)
+    if c == 123 or c == 91:
+        while i < n:
+            c = s[i]
+            if c == 34:
+                i = _string_end(s, i, n)
+                if i < 0:
+                    return -1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return -1
+    while i < n:   # a number, true, false or null
+        c = s[i]
+        if c == 44 or c == 125 or c == 93 or c == 32 or c == 10 or c == 13 or c == 9:
+            break
+        i += 1
+    return i
+
+
+cdef inline bint _is(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, const char* word,
+                     Py_ssize_t length) noexcept nogil:
+    return end - start == length and memcmp(s + start, word, length) == 0
+
+
+cdef Py_ssize_t _members(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, bint top, Spans* spans) noexcept nogil:
+    # The object at s[i] ("{"): note the spans wanted at this level (top: id and params;
+    # params: name and arguments). The index after its "}", or -1 for anything this
+    # scanner leaves to a real parser (an escaped key, malformed text).
+    cdef Py_ssize_t key, key_end, value, value_end
+    i = _ws(s, i + 1, n)
+    if i < n and s[i] == 125:
+        return i + 1
+    while i < n:
+        if s[i] != 34:
+            return -1
+        key_end = _string_end(s, i, n)
+        if key_end < 0:
+            return -1
+        key = i + 1
+        key_end -= 1
+        if memchr(s + key, 92, key_end - key) != NULL:
+            return -1
+        i = _ws(s, key_end + 1, n)
+        if i >= n or s[i] != 58:
+            return -1
+        value = _ws(s, i + 1, n)
+        if top and _is(s, key, key_end, b"params", 6):
+            spans.name_start = spans.args_start = -1   # the last "params" is the one that counts
+            if value < n and s[value] == 123:
+                value_end = _members(s, value, n, False, spans)
+            else:
+                value_end = _value_end(s, value, n)
+        else:
+            value_end = _value_end(s, value, n)
+        if value_end < 0:
+            return -1
+        if top:
+            if _is(s, key, key_end, b"id", 2):
+                spans.id_start = value
+                spans.id_end = value_end
+        elif _is(s, key, key_end, b"name", 4):
+            spans.name_start = value
+            spans.name_end = value_end
+        elif _is(s, key, key_end, b"arguments", 9):
+            spans.args_start = value
+            spans.args_end = value_end
+        i = _ws(s, value_end, n)
+        if i < n and s[i] == 44:
+            i = _ws(s, i + 1, n)
+        elif i < n and s[i] == 125:
+            return i + 1
+        else:
+            return -1
+    return -1
+
+
+def _parsed(bytes line):
+    """(id, name, arguments) as JSON for a line the scanner left to the parser."""
+    message = _loads(line)
+    if type(message) is not dict:
+        message = {}
+    params = (<dict>message).get("params")
+    if type(params) is not dict:
+        params = {}
+    args = (<dict>params).get("arguments")
+    return (_dumps((<dict>message).get("id")), _dumps((<dict>params).get("name")),
+            _dumps(args) if args is not None else b"{}")
+
+
+def format_tasks(bytes payload, double offset, long long pid, dict details, dict digests, digest_of):
     """tasks.log lines for one batch: ``(lines, calls, errors)``.
 
     ``payload``: a 4-byte big-endian count, that many records, then the request
     lines comma-separated (``Dispatcher.take_finished``). ``offset`` turns the
     monotonic clock into wall time; ``details`` maps a row to what its tool
-    reported; ``digests`` (argument JSON -> hex digest) and ``tools`` (name ->
-    its JSON) are caches kept across batches; ``digest_of(raw)`` digests a miss.
+    reported; ``digests`` (arguments -> hex digest) is a cache kept across
+    batches; ``digest_of(raw)`` digests a miss.
+
+    The id, tool name and arguments are taken from each line as it was sent (a
+    scanner finds them; nothing is parsed into objects): the digest is of the
+    arguments' JSON exactly as the client wrote it.
     """
     cdef const unsigned char* base = <const unsigned char*>PyBytes_AS_STRING(payload)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t count, body, i
+    cdef Py_ssize_t count, pos, end, i
     cdef Py_ssize_t errors = 0
     cdef Row row
     cdef Out out
-    cdef int overflow
-    cdef long long number
+    cdef Spans spans
     if size < 4:
         raise ValueError("a tasks batch needs its count")
     count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
-    body = 4 + count * <Py_ssize_t>sizeof(Row)
-    if body > size:
+    pos = 4 + count * <Py_ssize_t>sizeof(Row)
+    if pos > size:
         raise ValueError(f"a tasks batch of {count} rows is cut short")
-    messages = _loads(b"[" + payload[body:] + b"]")
-    if len(messages) != count:
-        raise ValueError(f"a tasks batch has {count} rows but {len(messages)} requests")
     out.data = NULL
     out.len = out.cap = 0
     try:
@@ -139,41 +263,43 @@ def format_tasks(bytes payload, double offset, long long pid, dict details, dict
             memcpy(&row, base + 4 + i * sizeof(Row), sizeof(Row))   # unaligned in the payload
             if row.state != 1:
                 errors += 1
-            message = messages[i]
-            if type(message) is not dict:
-                message = {}
-            params = (<dict>message).get("params")
-            if type(params) is not dict:
-                params = {}
-            args = (<dict>params).get("arguments")
-            # Sorted keys: the same arguments give the same digest whatever their order.
-            raw = _dumps(args, option=_SORTED) if args is not None else b"{}"
+            pos = _ws(base, pos, size)
+            if i and pos < size and base[pos] == 44:
+                pos = _ws(base, pos + 1, size)
+            if pos >= size or base[pos] != 123:
+                raise ValueError(f"a tasks batch has {count} rows but only {i} request lines")
+            spans.id_start = spans.name_start = spans.args_start = -1
+            end = _members(base, pos, size, True, &spans)
+            if end >= 0:
+                id = PyBytes_FromStringAndSize(<const char*>base + spans.id_start, spans.id_end - spans.id_start) \
+                    if spans.id_start >= 0 else b"null"
+                name = PyBytes_FromStringAndSize(<const char*>base + spans.name_start,
+                                                 spans.name_end - spans.name_start) \
+                    if spans.name_start >= 0 else b"null"
+                raw = PyBytes_FromStringAndSize(<const char*>base + spans.args_start,
+                                                spans.args_end - spans.args_start) \
+                    if spans.args_start >= 0 else b"{}"
+            else:
+                end = _value_end(base, pos, size)
+                if end < 0:
+                    raise ValueError(f"request line {i} of a tasks batch is cut short")
+                id, name, raw = _parsed(payload[pos:end])
+            pos = end
             digest = digests.get(raw)
             if digest is None:
                 digest = digest_of(raw)
                 if len(digests) >= DIGEST_CACHE:
                     digests.clear()
                 digests[raw] = digest
-            tool = (<dict>params).get("name")
-            encoded_tool = tools.get(tool)
-            if encoded_tool is None:
-                encoded_tool = tools[tool] = _dumps(tool)
-            id = (<dict>message).get("id")
 
             _put_text(&out, b'{"time":', 8)
             _put_milli(&out, row.end + offset)
             _put_text(&out, b',"pid":', 7)
             _put_int(&out, pid)
             _put_text(&out, b',"id":', 6)
-            overflow = 1
-            if type(id) is int:
-                number = PyLong_AsLongLongAndOverflow(id, &overflow)
-            if overflow == 0:
-                _put_int(&out, number)
-            else:
-                _put(&out, _dumps(id))
+            _put(&out, id)
             _put_text(&out, b',"tool":', 8)
-            _put(&out, encoded_tool)
+            _put(&out, name)
             _put_text(&out, b',"status":', 10)
             _put(&out, STATUS[row.state] if 0 <= row.state < 7 else b'"%d"' % row.state)
             _put_text(&out, b',"duration_ms":', 15)
@@ -195,8 +321,8 @@ def format_tasks(bytes payload, double offset, long long pid, dict details, dict
             if details:
                 detail = details.get(i)
                 if type(detail) is dict and detail:   # what the tool reported, e.g. an exit code
-                    extra = {name: value for name, value in (<dict>detail).items()
-                             if name not in _FIXED and (value is None or type(value) in (int, float, str, bool))}
+                    extra = {key: value for key, value in (<dict>detail).items()
+                             if key not in _FIXED and (value is None or type(value) in (int, float, str, bool))}
                     if extra:
                         _put_text(&out, b",", 1)
                         _put(&out, _dumps(extra)[1:-1])

@@ -4,9 +4,10 @@ The log writer process calls ``format_tasks`` on each batch the server hands it
 (``Dispatcher.take_finished``): one JSON line per tool call.
 """
 
+import re
 import struct
 
-from orjson import OPT_SORT_KEYS, dumps, loads
+from orjson import dumps, loads
 
 STATUS = (b'"running"', b'"ok"', b'"error"', b'"timeout"', b'"cancelled"', b'"killed"', b'"rejected"')
 DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
@@ -15,62 +16,180 @@ _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_b
 _PLAIN = (int, float, str, bool)
 _COUNT = struct.Struct("!I")
 _ROW = struct.Struct("=ddqqq")   # the compiled twin's Row; Dispatcher.take_finished's records
-# Formatted, not built as a dict and encoded; %.3f floats are JSON numbers.
-_LINE = (b'{"time":%.3f,"pid":%d,"id":%b,"tool":%b,"status":%b,"duration_ms":%.3f,'
+# Formatted, not built as a dict and encoded.
+_LINE = (b'{"time":%b,"pid":%d,"id":%b,"tool":%b,"status":%b,"duration_ms":%b,'
          b'"arg_bytes":%d,"arg_digest":"%b","bytes_in":%b,"bytes_out":%b')
+_WS = re.compile(rb"[ \t\r\n]*")
+_SCALAR_END = re.compile(rb"[,}\] \t\r\n]|\Z")
+_BRACKET = re.compile(rb'["{}\[\]]')
 
 
-def format_tasks(payload, offset, pid, details, digests, tools, digest_of):
+def _milli(value):
+    # Three decimals as the compiled twin writes them (llround: halves away from zero).
+    scaled = value * 1000.0
+    whole = int(scaled)
+    if abs(scaled - whole) >= 0.5:
+        whole += 1 if scaled > 0 else -1
+    return b"%s%d.%03d" % (b"-" if whole < 0 else b"", abs(whole) // 1000, abs(whole) % 1000)
+
+
+def _ws(s, i):
+    return _WS.match(s, i).end()
+
+
+def _string_end(s, i):
+    # s[i] is an opening quote: the index after the closing one, or -1.
+    i += 1
+    while True:
+        quote = s.find(b'"', i)
+        if quote < 0:
+            return -1
+        slash = s.find(b"\\", i, quote)
+        if slash < 0:
+            return quote + 1
+        i = slash + 2      # a backslash: the next byte is escaped
+
+
+def _value_end(s, i):
+    # s[i] starts a JSON value: the index after it, or -1.
+    if i >= len(s):
+        return -1
+    c = s[i]
+    if c == 0x22:
+        return _string_end(s, i)
+    if c in b"{[":
+        depth = 0
+        while True:
+            found = _BRACKET.search(s, i)
+            if found is None:
+                return -1
+            i = found.start()
+            c = s[i]
+            if c == 0x22:
+                i = _string_end(s, i)
+                if i < 0:
+                    return -1
+                continue
+            depth += 1 if c in b"{[" else -1
+            i += 1
+            if depth == 0:
+                return i
+    return _SCALAR_END.search(s, i).start()   # a number, true, false or null
+
+
+def _members(s, i, top, spans):
+    # The object at s[i] ("{"): note the spans wanted at this level (top: id and params;
+    # params: name and arguments). The index after its "}", or -1 for anything this
+    # scanner leaves to a real parser (an escaped key, malformed text).
+    n = len(s)
+    i = _ws(s, i + 1)
+    if i < n and s[i] == 0x7D:
+        return i + 1
+    while i < n:
+        if s[i] != 0x22:
+            return -1
+        key_end = _string_end(s, i)
+        if key_end < 0:
+            return -1
+        key = s[i + 1:key_end - 1]
+        if b"\\" in key:
+            return -1
+        i = _ws(s, key_end)
+        if i >= n or s[i] != 0x3A:
+            return -1
+        value = _ws(s, i + 1)
+        if top and key == b"params":
+            spans["name"] = spans["arguments"] = None   # the last "params" is the one that counts
+            if value < n and s[value] == 0x7B:
+                value_end = _members(s, value, False, spans)
+            else:
+                value_end = _value_end(s, value)
+        else:
+            value_end = _value_end(s, value)
+        if value_end < 0:
+            return -1
+        if top:
+            if key == b"id":
+                spans["id"] = (value, value_end)
+        elif key in (b"name", b"arguments"):
+            spans[key.decode()] = (value, value_end)
+        i = _ws(s, value_end)
+        if i < n and s[i] == 0x2C:
+            i = _ws(s, i + 1)
+        elif i < n and s[i] == 0x7D:
+            return i + 1
+        else:
+            return -1
+    return -1
+
+
+def _parsed(line):
+    """(id, name, arguments) as JSON for a line the scanner left to the parser."""
+    message = loads(line)
+    if type(message) is not dict:
+        message = {}
+    params = message.get("params")
+    if type(params) is not dict:
+        params = {}
+    args = params.get("arguments")
+    return dumps(message.get("id")), dumps(params.get("name")), dumps(args) if args is not None else b"{}"
+
+
+def format_tasks(payload, offset, pid, details, digests, digest_of):
     """tasks.log lines for one batch: ``(lines, calls, errors)``.
 
     ``payload``: a 4-byte big-endian count, that many records, then the request
     lines comma-separated (``Dispatcher.take_finished``). ``offset`` turns the
     monotonic clock into wall time; ``details`` maps a row to what its tool
-    reported; ``digests`` (argument JSON -> hex digest) and ``tools`` (name ->
-    its JSON) are caches kept across batches; ``digest_of(raw)`` digests a miss.
+    reported; ``digests`` (arguments -> hex digest) is a cache kept across
+    batches; ``digest_of(raw)`` digests a miss.
+
+    The id, tool name and arguments are taken from each line as it was sent (a
+    scanner finds them; nothing is parsed into objects): the digest is of the
+    arguments' JSON exactly as the client wrote it.
     """
     if len(payload) < _COUNT.size:
         raise ValueError("a tasks batch needs its count")
     (count,) = _COUNT.unpack_from(payload)
-    body = _COUNT.size + count * _ROW.size
-    if body > len(payload):
+    pos = _COUNT.size + count * _ROW.size
+    if pos > len(payload):
         raise ValueError(f"a tasks batch of {count} rows is cut short")
-    messages = loads(b"[" + payload[body:] + b"]")
-    if len(messages) != count:
-        raise ValueError(f"a tasks batch has {count} rows but {len(messages)} requests")
+    records = _ROW.iter_unpack(memoryview(payload)[_COUNT.size:pos])
     out = []
     errors = 0
-    records = _ROW.iter_unpack(memoryview(payload)[_COUNT.size:body])
-    for i, ((start, end, state, size, sent), message) in enumerate(zip(records, messages)):
+    for i, (start, end, state, size, sent) in enumerate(records):
         if state != 1:
             errors += 1
-        if type(message) is not dict:
-            message = {}
-        params = message.get("params")
-        if type(params) is not dict:
-            params = {}
-        args = params.get("arguments")
-        # Sorted keys: the same arguments give the same digest whatever their order.
-        raw = dumps(args, option=OPT_SORT_KEYS) if args is not None else b"{}"
+        pos = _ws(payload, pos)
+        if i and pos < len(payload) and payload[pos] == 0x2C:
+            pos = _ws(payload, pos + 1)
+        if pos >= len(payload) or payload[pos] != 0x7B:
+            raise ValueError(f"a tasks batch has {count} rows but only {i} request lines")
+        spans = {"id": None, "name": None, "arguments": None}
+        line_end = _members(payload, pos, True, spans)
+        if line_end >= 0:
+            id, name, raw = (payload[spans[key][0]:spans[key][1]] if spans[key] else default
+                             for key, default in (("id", b"null"), ("name", b"null"), ("arguments", b"{}")))
+        else:
+            line_end = _value_end(payload, pos)
+            if line_end < 0:
+                raise ValueError(f"request line {i} of a tasks batch is cut short")
+            id, name, raw = _parsed(payload[pos:line_end])
+        pos = line_end
         digest = digests.get(raw)
         if digest is None:
             digest = digest_of(raw)
             if len(digests) >= DIGEST_CACHE:
                 digests.clear()
             digests[raw] = digest
-        tool = params.get("name")
-        encoded_tool = tools.get(tool)
-        if encoded_tool is None:
-            encoded_tool = tools[tool] = dumps(tool)
-        id = message.get("id")
         line = _LINE % (
-            end + offset, pid, b"%d" % id if type(id) is int else dumps(id), encoded_tool,
-            STATUS[state] if 0 <= state < 7 else b'"%d"' % state, (end - start) * 1e3,
-            len(raw), digest, b"%d" % size if size > 0 else b"null", b"%d" % sent if sent > 0 else b"null")
+            _milli(end + offset), pid, id, name, STATUS[state] if 0 <= state < 7 else b'"%d"' % state,
+            _milli((end - start) * 1e3), len(raw), digest,
+            b"%d" % size if size > 0 else b"null", b"%d" % sent if sent > 0 else b"null")
         detail = details.get(i) if details else None
         if type(detail) is dict and detail:   # what the tool reported, e.g. an exit code
-            extra = {name: value for name, value in detail.items()
-                     if name not in _FIXED and (value is None or type(value) in _PLAIN)}
+            extra = {key: value for key, value in detail.items()
+                     if key not in _FIXED and (value is None or type(value) in _PLAIN)}
             if extra:
                 line += b"," + dumps(extra)[1:-1]
         out.append(line + b"}\n")

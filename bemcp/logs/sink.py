@@ -75,8 +75,7 @@ class Sink:
         self.server_pid = server_pid
         self.exclude_pids = set(exclude_pids)
         self._hasher = None     # blake2b keyed with the directory's key, copied per digest
-        self._digests = {}      # argument bytes -> digest: repeated calls hash once
-        self._tools = {}        # tool name -> its JSON encoding
+        self._digests = {}      # arguments as sent -> digest: repeated calls hash once
         self._details = {}      # row -> detail, for the next T frame
         self._calls = 0
         self._errors = 0
@@ -108,7 +107,7 @@ class Sink:
             self._hasher = hashlib.blake2b(key=digest_key(self.files.directory), digest_size=8)
         details, self._details = self._details, {}
         lines, calls, errors = _core.format_tasks(payload, offset, self.server_pid, details,
-                                                  self._digests, self._tools, self._digest)
+                                                  self._digests, self._digest)
         self._calls += calls
         self._errors += errors
         if lines:
