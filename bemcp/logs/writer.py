@@ -35,7 +35,8 @@ log = logging.getLogger("bemcp.logs")
 PERF_INTERVAL = 5.0      # seconds between perf.log samples
 TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + flush (small batches: no big buffers)
 TICK_IDLE = 0.1          # ... while nothing finishes
-FEED_INTERVAL = 0.1      # feeder thread wake-ups
+FEED_BUSY = 0.02         # feeder wake-ups while rows come in: little held, each batch freed soon
+FEED_IDLE = 0.1          # ... while nothing does
 OUTBOX_LIMIT = 32 << 20  # bytes of task rows waiting for the writer before new ones are dropped
 EVENTS_LIMIT = 10000     # forensics records waiting
 RETRY_SECONDS = 30.0     # an unwritable directory is tried again this often
@@ -270,10 +271,11 @@ class Logs:
                                      "writer": self.writer, "writer_pid": self.writer_pid})
             next_perf = monotonic() + self.perf_interval
             last_perf = monotonic()
+            busy = False
             while True:
                 stopping = self._stopping.is_set()
                 if not stopping:
-                    self._wake.wait(FEED_INTERVAL)
+                    self._wake.wait(FEED_BUSY if busy else FEED_IDLE)
                     self._wake.clear()
                     stopping = self._stopping.is_set()
                 try:
@@ -287,7 +289,7 @@ class Logs:
                         next_perf = now + self.perf_interval
                     else:
                         perf = None
-                    self._send_all(perf)
+                    busy = self._send_all(perf)
                 except Exception as exc:   # the logs must never take the server down
                     self._warn(f"bemcp: log writer error: {type(exc).__name__}: {exc}")
                 if stopping:
@@ -298,10 +300,12 @@ class Logs:
             self._write_crashes()
 
     def _send_all(self, perf):
+        """Hand everything waiting to the writer; True if there were task rows."""
         if self._sink is None and monotonic() >= self._unwritable_until:
             self._open_sink()
         frames = []
         outbox, events = self._outbox, self._events
+        busy = bool(outbox)
         for _ in range(len(events)):
             frames.append((b"E", 1, (dumps(events.popleft(), default=repr, option=OPT_NON_STR_KEYS),)))
         for _ in range(len(outbox)):
@@ -313,7 +317,7 @@ class Logs:
             frames.append((b"P", 0, (dumps(perf),)))
         if self._sink is None:
             self.dropped += sum(rows for kind, rows, _ in frames if kind != b"P")
-            return
+            return busy
         offset = time.time() - monotonic()
         unsent = self._sink.send(frames, offset)
         if unsent:
@@ -323,6 +327,7 @@ class Logs:
                 self._sink.send(unsent, offset)
             except OSError:
                 self.dropped += sum(rows for _, rows, _ in unsent)
+        return busy
 
     def _open_sink(self):
         try:
