@@ -5,7 +5,7 @@ e.g. ``~/.local/state/bemcp``) holds:
 
 - ``tasks.log``: one JSON line per finished tool call: time, pid, request id, tool,
   status (ok, error, timeout, cancelled, killed, rejected), duration, argument
-  size and a keyed digest of the arguments (never their values), bytes in and out
+  size and a keyed digest of the arguments as sent (never their values), bytes in and out
   (the request line and the answer, from the core), and what the tool reported in
   ``request.detail`` (e.g. ``run_command``'s exit code);
 - ``perf.log``: a JSON line every few seconds: RSS of the server and its children,
@@ -14,10 +14,11 @@ e.g. ``~/.local/state/bemcp``) holds:
   plugin failures, protocol abuse with sizes, crashes), plus start and stop;
 - ``crash-<time>-<pid>.json`` reports, and ``crash-<time>-<pid>.txt`` for fatal signals.
 
-Off the hot path: the core appends a row of plain values for each finished tool
-call to a list (C level, no Python call) and, every few milliseconds, the loop
-turns the list into one JSON byte string; a background thread hands those to the writer process
-(:mod:`bemcp.logs.sink`), which formats, hashes, rotates and samples psutil.
+Off the hot path: as each tool call ends, the core copies a fixed-size record and
+the request line into C buffers (``Dispatcher.keep_finished``: no Python call, no
+object); every few milliseconds the loop takes them as two byte strings, and a
+background thread hands those to the writer process (:mod:`bemcp.logs.sink`),
+which formats (compiled: ``bemcp._core._tasklog``), hashes, rotates and samples psutil.
 ``bemcp logs`` (:mod:`bemcp.logs.summary`) is the person's view of a directory.
 """
 
