@@ -332,6 +332,8 @@ def _converter_for(hint):
         return _converter_for(get_args(hint)[0])
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
+    if hint is float:   # JSON has one number type: 3 arrives as int, the tool asked for float
+        return float
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         hints = typing.get_type_hints(hint)
         inner = {k: _converter_for(v) for k, v in hints.items()}

@@ -229,6 +229,17 @@ async def test_arguments_are_converted_to_the_annotated_types(make_session):
     assert got == [(Mode.SAFE, Options(depth=2), [Mode.FAST, Mode.SAFE], None)]
 
 
+async def test_json_integers_reach_float_parameters_as_floats(make_session):
+    server = Server("t")
+
+    @server.tool
+    async def measure(x: float, xs: list[float], maybe: Optional[float] = None, n: int = 0) -> str:
+        return " ".join(type(v).__name__ for v in (x, *xs, maybe, n))
+    s = make_session(server)
+    result = await s.call("measure", {"x": 3, "xs": [1, 2.5], "maybe": 4, "n": 5})
+    assert result["content"][0]["text"] == "float float float float int"
+
+
 # -- sync tools ----------------------------------------------------------------------------------------
 
 
