@@ -23,22 +23,6 @@ cdef object _loads = loads
 cdef object _dumps = dumps
 
 
-# The server's Dispatcher.take_finished records: the same 40 bytes as _dispatch.pxd's
-# FinishedRow (a test checks both twins against bemcp.logs.sink.RECORD).
-cdef struct Row:
-    double start
-    double end
-    long long state
-    long long size
-    long long sent
-
-
-cdef struct Out:
-    char* data
-    Py_ssize_t len
-    Py_ssize_t cap
-
-
 cdef int _reserve(Out* out, Py_ssize_t more) except -1:
     cdef Py_ssize_t cap = out.cap
     cdef char* grown
@@ -101,11 +85,6 @@ cdef int _put_milli(Out* out, double value) except -1:
     buf[2] = <char>(48 + scaled // 10 % 10)
     buf[3] = <char>(48 + scaled % 10)
     return _put_text(out, buf, 4)
-
-
-cdef struct Spans:
-    # Where a request line's id, params.name and params.arguments values lie (-1: absent).
-    Py_ssize_t id_start, id_end, name_start, name_end, args_start, args_end
 
 
 cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
