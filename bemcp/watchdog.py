@@ -272,30 +272,50 @@ class Watchdog:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _has_children():
-    """False only when /proc says this process has no children (Linux); else True."""
+def _statm_rss(pid):
+    """RSS of ``pid`` ("self" or a number) in bytes from /proc, or None."""
     try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                if f.read().strip():
-                    return True
-        return False
-    except OSError:
-        return True
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants():
+    """Pids of every process below this one, from /proc's children lists (Linux); None without them."""
+    found = []
+    todo = ["self"]
+    while todo:
+        pid = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            if pid == "self":
+                return None
+            continue   # exited while we looked
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    children = [int(child) for child in f.read().split()]
+            except OSError:
+                if pid == "self" and tid == str(os.getpid()):
+                    return None   # a kernel without CONFIG_PROC_CHILDREN
+                continue          # a thread or process that has just exited
+            found += children
+            todo += children
+    return found
 
 
 def sample_memory():
     """(own RSS, number of descendants, their RSS) in bytes.
 
-    psutil is loaded only once there are child processes to account for: reading
-    /proc/self/statm is enough for the server alone and keeps psutil's memory out of it.
+    On Linux /proc gives all three, so psutil (and its memory) stays out of the
+    server, even with the log writer and tool processes below it; elsewhere psutil.
     """
-    if not _has_children():
-        try:
-            with open("/proc/self/statm", "rb") as f:
-                return int(f.read().split()[1]) * _PAGE, 0, 0
-        except OSError:
-            pass
+    pids = _descendants()
+    own = _statm_rss("self") if pids is not None else None
+    if own is not None:
+        return own, len(pids), sum(_statm_rss(pid) or 0 for pid in pids)
     import psutil
     me = psutil.Process()
     children = me.children(recursive=True)

@@ -188,3 +188,21 @@ def test_memory_pressure_refuses_then_kills_the_largest_child_then_the_newest_ca
     wait_until(lambda: "error" not in server.call_tool("nap", {"seconds": 0}))
     assert records("memory_recovered")
     assert server.close() == 0
+
+
+def test_memory_of_the_process_tree_comes_from_proc_without_psutil():
+    # The log writer is always a child, so "psutil only with children" would mean always.
+    import subprocess
+    import sys
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "from bemcp.watchdog import sample_memory\n"
+        "tree = subprocess.Popen(['sh', '-c', 'sleep 30 & sleep 30; wait'], start_new_session=True,\n"
+        "                        stdout=subprocess.DEVNULL)\n"
+        "time.sleep(0.5)\n"
+        "rss, count, below = sample_memory()\n"
+        "os.killpg(tree.pid, signal.SIGKILL); tree.wait()\n"
+        "print(rss, count, below, 'psutil' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    rss, count, below, loaded = out.stdout.split()
+    assert int(rss) > 5 * 2**20 and int(count) == 3 and int(below) > 0 and loaded == "False", out.stderr
