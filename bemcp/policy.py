@@ -704,15 +704,8 @@ def _find(args):
 
 
 def _timeout(args):
-    try:
-        i, _ = _options(args, flags="v", with_arg="sk", long_flags=("preserve-status", "foreground",
-                                                                     "verbose"),
-                        long_with_arg=("signal", "kill-after"), positional=1)
-    except _Unsure:
-        yield None
-        return
-    if i < len(args):
-        yield args[i:]
+    yield from _rest(args, flags="v", with_arg="sk", long_flags=("preserve-status", "foreground", "verbose"),
+                     long_with_arg=("signal", "kill-after"), positional=1)
 
 
 def _nice(args):
@@ -740,16 +733,9 @@ def _flock(args):
     if any(a in ("-c", "--command") or a.startswith("--command=") for a in args):
         yield None
         return
-    try:
-        i, _ = _options(args, flags="sxeunoFhV", with_arg="wE",
-                        long_flags=("shared", "exclusive", "unlock", "nonblock", "close",
-                                    "no-fork", "verbose"),
-                        long_with_arg=("timeout", "conflict-exit-code"), positional=1)
-    except _Unsure:
-        yield None
-        return
-    if i < len(args):
-        yield args[i:]
+    yield from _rest(args, flags="sxeunoFhV", with_arg="wE",
+                     long_flags=("shared", "exclusive", "unlock", "nonblock", "close", "no-fork", "verbose"),
+                     long_with_arg=("timeout", "conflict-exit-code"), positional=1)
 
 
 def _watch(args):

@@ -136,6 +136,26 @@ def parse_extra_target(spec, canned=False):
     return Target(name, shlex.split(command), {"PYTHONPATH": ROOT}, description=command, canned=canned)
 
 
+def run_rounds(targets, rounds, measure):
+    """({target: [figures per round]}, {target: [errors]}): each round runs every target, order rotated.
+
+    Rotating the order spreads any slow drift of the machine over all targets; one
+    target's failure is recorded and never loses the others' figures.
+    """
+    results = {t.name: [] for t in targets}
+    errors = {}
+    for r in range(rounds):
+        shift = r % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            log(f"round {r + 1}/{rounds}: {target.name} ...")
+            try:
+                results[target.name].append(measure(target))
+            except Exception as exc:
+                log(f"  {target.name} failed: {type(exc).__name__}: {exc}")
+                errors.setdefault(target.name, []).append(f"{type(exc).__name__}: {exc}")
+    return results, errors
+
+
 def select_targets(all_targets, names):
     """The targets named (comma-separated; all if empty), in the order given."""
     by_name = {t.name: t for t in all_targets}

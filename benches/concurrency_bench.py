@@ -167,17 +167,8 @@ def main(argv=None):
         log(f"skipping {name}: {why}")
     chosen = [t for t in chosen if t.name not in skipped]
     env = _common.environment(_common.command_line())
-    results = {t.name: [] for t in chosen}
-    errors = collections.defaultdict(list)
-    for r in range(opts.rounds):
-        shift = r % len(chosen)
-        for target in chosen[shift:] + chosen[:shift]:
-            log(f"round {r + 1}/{opts.rounds}: {target.name} ...")
-            try:
-                results[target.name].append(run_once(target, opts, target.name.startswith("bemcp")))
-            except Exception as exc:   # one target's failure must not lose the others' figures
-                log(f"  {target.name} failed: {type(exc).__name__}: {exc}")
-                errors[target.name].append(f"{type(exc).__name__}: {exc}")
+    results, errors = _common.run_rounds(chosen, opts.rounds,
+                                         lambda t: run_once(t, opts, t.name.startswith("bemcp")))
 
     keys = ("wall_s", "idle_rss_mb", "peak_rss_mb", "rss_growth_mb", "in_flight", "with_deadline")
     summary = {name: {k: median([r.get(k) for r in rs]) for k in keys} for name, rs in results.items() if rs}

@@ -31,7 +31,7 @@ import time
 
 import _common
 import psutil
-from _common import Peer, Target, fmt, fmt_ratio, log, markdown_table, median, ratio, time_limit
+from _common import Peer, Target, fmt, fmt_ratio, markdown_table, median, ratio, time_limit
 from stdio_bench import _pipeline
 
 PYTHON = sys.executable
@@ -103,13 +103,10 @@ def main(argv=None):
     log_dir = tempfile.mkdtemp(prefix="bemcp-logs-bench-")
     env = _common.environment(_common.command_line())
     chosen = targets(log_dir, opts.pure)
-    results = {t.name: [] for t in chosen}
     try:
-        for r in range(opts.rounds):
-            shift = r % len(chosen)
-            for target in chosen[shift:] + chosen[:shift]:
-                log(f"round {r + 1}/{opts.rounds}: {target.name} ...")
-                results[target.name].append(run_once(target, opts))
+        results, errors = _common.run_rounds(chosen, opts.rounds, lambda t: run_once(t, opts))
+        if errors:   # a ratio needs both sides of every pair
+            raise SystemExit(f"logs_bench: runs failed: {errors}")
         written = sum(os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir))
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)

@@ -235,22 +235,6 @@ def run_target(target, scenarios, opts):
     return figures
 
 
-def run_rounds(targets, scenarios, opts):
-    """{target: [figures per round]}, every round running every target, order rotated."""
-    results = {t.name: [] for t in targets}
-    errors = collections.defaultdict(list)
-    for r in range(opts.rounds):
-        shift = r % len(targets)
-        for target in targets[shift:] + targets[:shift]:
-            log(f"round {r + 1}/{opts.rounds}: {target.name} ...")
-            try:
-                results[target.name].append(run_target(target, scenarios, opts))
-            except Exception as exc:   # one target's failure must not lose the others' figures
-                log(f"  {target.name} failed: {type(exc).__name__}: {exc}")
-                errors[target.name].append(f"{type(exc).__name__}: {exc}")
-    return results, dict(errors)
-
-
 def summarize(results):
     """Median over rounds of every figure."""
     summary = {}
@@ -380,7 +364,7 @@ def main(argv=None):
         raise SystemExit("no target to run")
 
     env = _common.environment(_common.command_line())
-    results, errors = run_rounds(targets, scenarios, opts)
+    results, errors = _common.run_rounds(targets, opts.rounds, lambda t: run_target(t, scenarios, opts))
     summary = summarize(results)
     print(report(targets, scenarios, summary, opts, env, skipped, errors))
     if opts.json:

@@ -516,23 +516,29 @@ def test_cancelled_call_gets_no_response(core, run, eager):
     run(body)
 
 
+def hanging_tool(w, name, **kw):
+    """A tool whose calls never finish by themselves; returns (started, cancelled) request ids."""
+    started = []
+    cancelled = []
+
+    async def hang(args, req):
+        started.append(req.id)
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.append(req.id)
+            raise
+    w.slot(name, hang, **kw)
+    return started, cancelled
+
+
 @pytest.mark.parametrize("eager", [False, True])
 def test_call_cancelled_before_its_task_ran_still_cleans_up(core, run, eager):
     # A tool that has started (an eager one runs up to its first await inside feed)
     # must see CancelledError, whenever the cancellation comes, so it can clean up.
     async def body():
         w = Wire(core)
-        started = []
-        seen = []
-
-        async def forever(args, req):
-            started.append(req.id)
-            try:
-                await asyncio.get_running_loop().create_future()
-            except asyncio.CancelledError:
-                seen.append(req.id)
-                raise
-        w.slot("forever", forever, eager=eager)
+        started, seen = hanging_tool(w, "forever", eager=eager)
         w.send(call(1, "forever"))
         assert w.d.cancel(1) is True
         await w.settle()
@@ -553,20 +559,12 @@ def test_finished_request_cannot_be_cancelled(core, run):
 def test_timeout_answers_with_timeout_result_and_cancels_the_work(core, run):
     async def body():
         w = Wire(core)
-        seen = []
-
-        async def forever(args, req):
-            try:
-                await asyncio.get_running_loop().create_future()
-            except asyncio.CancelledError:
-                seen.append(req.id)
-                raise
 
         def timeout_result(req):
             return {"content": [{"type": "text", "text": f"{req.tool} timed out"}], "isError": True}
         w.d.timeout_result = timeout_result
         w.d.default_timeout = 0.02
-        w.slot("forever", forever)
+        _, seen = hanging_tool(w, "forever")
         w.send(call(1, "forever"))
         (answer,) = await w.settle(1)
         assert answer["result"] == {"content": [{"type": "text", "text": "forever timed out"}], "isError": True}
@@ -582,11 +580,8 @@ def test_timeout_answers_with_timeout_result_and_cancels_the_work(core, run):
 def test_timeout_without_a_hook_is_an_error_and_the_slot_timeout_wins(core, run):
     async def body():
         w = Wire(core)
-
-        async def forever(args, req):
-            await asyncio.get_running_loop().create_future()
         w.d.default_timeout = 60.0
-        w.slot("forever", forever, timeout=0.02)
+        hanging_tool(w, "forever", timeout=0.02)
         w.send(call(1, "forever"))
         (answer,) = await w.settle(1)
         assert answer["error"]["code"] == REQUEST_TIMEOUT
@@ -598,13 +593,10 @@ def test_timeout_hook_may_raise_an_rpc_error(core, run):
     async def body():
         w = Wire(core)
 
-        async def forever(args, req):
-            await asyncio.get_running_loop().create_future()
-
         def timeout_result(req):
             raise RpcError(-32050, "custom timeout", {"id": req.id})
         w.d.timeout_result = timeout_result
-        w.slot("forever", forever, timeout=0.01)
+        hanging_tool(w, "forever", timeout=0.01)
         w.send(call("t", "forever"))
         (answer,) = await w.settle(1)
         assert answer["error"] == {"code": -32050, "message": "custom timeout", "data": {"id": "t"}}
@@ -837,15 +829,7 @@ def test_drain_waits_for_work_that_finishes_in_time(core, run):
 def test_drain_answers_what_is_left_when_time_is_up(core, run):
     async def body():
         w = Wire(core)
-        seen = []
-
-        async def forever(args, req):
-            try:
-                await asyncio.get_running_loop().create_future()
-            except asyncio.CancelledError:
-                seen.append(req.id)
-                raise
-        w.slot("forever", forever)
+        _, seen = hanging_tool(w, "forever")
         w.send(call(1, "forever"), call(2, "forever"))
         await w.settle()
         start = asyncio.get_running_loop().time()
