@@ -1,6 +1,8 @@
 """The `bemcp` command."""
 
 import argparse
+import os
+import signal
 import sys
 
 from . import config
@@ -55,18 +57,34 @@ def main(argv=None):
             parser.error(str(exc))      # the message on stderr, exit status 2
     if args.command == "serve":
         server.run()
-    elif args.command == "tools":
+        return 0
+    try:
+        return report(args, server if args.command in ("tools", "plugins") else None, parser)
+    except BrokenPipeError:
+        # The reader left early (`bemcp tools | head`): stop quietly, as if by SIGPIPE.
+        # stdout is pointed at /dev/null so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def report(args, server, parser):
+    """The commands that print a report on stdout; returns the exit status."""
+    if args.command == "tools":
         show_tools(server, args.json)
-    elif args.command == "plugins":
+        sys.stdout.flush()    # a closed pipe shows here, inside the caller's handler
+        return 0
+    if args.command == "plugins":
         from .plugins import show_plugins
-        return show_plugins(server, args.json)
-    elif args.command == "logs":
+        status = show_plugins(server, args.json)
+        sys.stdout.flush()
+        return status
+    if args.command == "logs":
         from .logs.summary import run as show_logs
-        return show_logs(args)
-    else:
-        parser.print_help()
-        return 2
-    return 0
+        status = show_logs(args)
+        sys.stdout.flush()
+        return status
+    parser.print_help()
+    return 2
 
 
 def show_tools(server, as_json):
@@ -79,7 +97,8 @@ def show_tools(server, as_json):
         props = tool.input_schema.get("properties", {})
         required = set(tool.input_schema.get("required", ()))
         args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
-        summary = (tool.description or "").strip().splitlines()[0] if tool.description else ""
+        # The first paragraph, unwrapped: a docstring's first sentence may span lines.
+        summary = " ".join((tool.description or "").strip().split("\n\n")[0].split())
         print(f"{tool.name}({args})")
         if summary:
             print(f"    {summary}")

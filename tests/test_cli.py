@@ -51,6 +51,30 @@ def test_tools_json(bemcp_cmd):
     assert echo["inputSchema"]["required"] == ["text"]
 
 
+def test_tools_summary_is_the_whole_first_paragraph():
+    """A docstring's first sentence may wrap; `bemcp tools` shows it unwrapped, not cut at a line end."""
+    listing = run("tools").stdout.splitlines()
+    for tool in orjson.loads(run("tools", "--json").stdout):
+        first = " ".join(tool.get("description", "").strip().split("\n\n")[0].split())
+        heads = [i for i, line in enumerate(listing) if line.startswith(tool["name"] + "(")]
+        assert len(heads) == 1, tool["name"]
+        if first:
+            assert listing[heads[0] + 1] == "    " + first
+
+
+@pytest.mark.parametrize("argv", [["tools"], ["tools", "--json"], ["plugins"]])
+def test_closed_stdout_pipe_ends_quietly(argv):
+    """`bemcp tools | head`: a reader that leaves early gets no traceback on stderr."""
+    r, w = os.pipe()
+    os.close(r)                  # nobody will ever read: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([BEMCP, *argv], stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode == 141     # 128 + SIGPIPE, what a shell shows for a piped-away command
+
+
 def test_script_and_module_print_the_same():
     for argv in (["--version"], ["tools"], ["--help"]):
         script, module = run(*argv), run(*argv, module=True)
