@@ -59,7 +59,9 @@ def main(argv=None):
         server.run()
         return 0
     try:
-        return report(args, server if args.command in ("tools", "plugins") else None, parser)
+        status = report(args, server if args.command in ("tools", "plugins") else None, parser)
+        sys.stdout.flush()    # a closed pipe shows here, inside this handler, not at exit
+        return status
     except BrokenPipeError:
         # The reader left early (`bemcp tools | head`): stop quietly, as if by SIGPIPE.
         # stdout is pointed at /dev/null so that the flush at exit does not fail again.
@@ -71,18 +73,13 @@ def report(args, server, parser):
     """The commands that print a report on stdout; returns the exit status."""
     if args.command == "tools":
         show_tools(server, args.json)
-        sys.stdout.flush()    # a closed pipe shows here, inside the caller's handler
         return 0
     if args.command == "plugins":
         from .plugins import show_plugins
-        status = show_plugins(server, args.json)
-        sys.stdout.flush()
-        return status
+        return show_plugins(server, args.json)
     if args.command == "logs":
         from .logs.summary import run as show_logs
-        status = show_logs(args)
-        sys.stdout.flush()
-        return status
+        return show_logs(args)
     parser.print_help()
     return 2
 
