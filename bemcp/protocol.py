@@ -6,6 +6,7 @@ HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
 SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
 LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[-1]
+BATCH_VERSIONS = ("2025-03-26",)   # the one revision with JSON-RPC batches (a MUST there)
 
 # Reserved _meta keys of 2026-07-28.
 VERSION_KEY = "io.modelcontextprotocol/protocolVersion"

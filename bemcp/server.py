@@ -10,9 +10,9 @@ from orjson import Fragment, dumps
 
 from . import __version__
 from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot, interrupt_thread
-from ._core._errors import INVALID_PARAMS, METHOD_NOT_FOUND
+from ._core._errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 from .config import Config
-from .protocol import (HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
+from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .tasks import TaskManager
 from .tools import Tool, ToolInterrupted
@@ -188,11 +188,14 @@ class Server:
     def _handle_initialize(self, params, req):
         if type(params) is not dict:
             raise RpcError(INVALID_PARAMS, "initialize needs params {protocolVersion, capabilities, clientInfo}")
+        if self.dispatcher.in_batch:
+            raise RpcError(INVALID_REQUEST, "Invalid request: initialize cannot be part of a batch")
         requested = params.get("protocolVersion")
         if type(requested) is not str:
             raise RpcError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
         version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
         self.protocol_version = version
+        self.dispatcher.batches = version in BATCH_VERSIONS
         self.client_info = params.get("clientInfo")
         self.client_capabilities = params.get("capabilities")
         result = {"protocolVersion": version, "capabilities": self.capabilities(modern=False),
@@ -274,14 +277,14 @@ class Server:
         if self.tools_ready.is_set():
             return False
         # The tool may belong to a plugin still loading: look again once loading ends.
-        task = self.loop.create_task(self._call_when_ready(id, params))
+        task = self.loop.create_task(self._call_when_ready(id, params, self.dispatcher.hold()))
         self._waiting_calls.add(task)
         task.add_done_callback(self._waiting_calls.discard)
         return True
 
-    async def _call_when_ready(self, id, params):
+    async def _call_when_ready(self, id, params, batch):
         await self.tools_ready.wait()
-        self.dispatcher.call_tool(id, params)
+        self.dispatcher.call_tool(id, params, batch)
 
     async def _tools_list_when_ready(self, params, req):
         # Plugins are still loading (bounded by their time budget): never list without them.

@@ -129,6 +129,130 @@ def test_batch_is_answered_invalid_request_never_silence(core, run):
     run(body)
 
 
+# -- batches (accepted only where the protocol revision has them: 2025-03-26) --------
+
+
+def batch_answers(w):
+    """The one array written since the last look, as {id: answer}; asserts it is one line."""
+    (line,) = [line for chunk in w.writes[-1:] for line in chunk.splitlines()]
+    answers = orjson.loads(line)
+    assert type(answers) is list
+    return answers
+
+
+def test_batch_answers_come_back_together_in_one_array(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.batches = True
+        gates, started = gated_tool(w, "slow")
+        w.slot("quick", lambda args, req: args["text"])
+        w.send([call(1, "quick", {"text": "a"}), call(2, "slow"), request(3, "nope"),
+                {"jsonrpc": "2.0", "method": "notifications/whatever"}, 7, [request(4, "ping")],
+                request(5, "ping"), {"jsonrpc": "2.0", "id": 6}])
+        await w.settle()
+        assert w.writes == [] and started == [2]      # held until every answer is in
+        gates[2].set_result("done")
+        await w.settle()
+        answers = batch_answers(w)
+        by_id = {a["id"]: a for a in answers if a["id"] is not None}
+        assert text_of(by_id[1]) == "a" and text_of(by_id[2]) == "done"
+        assert by_id[3]["error"]["code"] == METHOD_NOT_FOUND
+        assert by_id[5]["result"] == {}
+        assert by_id[6]["error"]["code"] == INVALID_REQUEST        # no method
+        nulls = [a["error"] for a in answers if a["id"] is None]   # 7, and the batch inside the batch
+        assert [e["code"] for e in nulls] == [INVALID_REQUEST, INVALID_REQUEST]
+        assert len(answers) == 7                                   # the notification: no answer
+        w.send(request(8, "ping"))                                 # single messages still work
+        assert w.new()[-1] == {"jsonrpc": "2.0", "id": 8, "result": {}}
+    run(body)
+
+
+def test_batch_of_notifications_gets_nothing_and_an_empty_batch_one_error(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.batches = True
+        heard = []
+        w.d.notifications["n"] = heard.append
+        w.send([{"jsonrpc": "2.0", "method": "n", "params": {"k": 1}}] * 2)
+        await w.settle()
+        assert w.out == [] and heard == [{"k": 1}, {"k": 1}]
+        w.send([])
+        (answer,) = w.new()
+        assert answer["id"] is None and answer["error"]["code"] == INVALID_REQUEST
+    run(body)
+
+
+def test_batch_members_end_every_way_and_the_batch_still_completes(core, run):
+    # Cancelled (no answer), timed out (an error), queued then run, refused: all in one array.
+    async def body():
+        w = Wire(core)
+        w.d.batches = True
+        w.d.max_active = 1
+        w.d.max_queued = 1
+        gates, started = gated_tool(w, "g")
+        hanging_tool(w, "h", timeout=0.05)
+        hanging_tool(w, "forever")
+        w.send([call(1, "g"), call(2, "g"), call(3, "g")])  # 1 runs, 2 queues, 3 is refused
+        await w.settle()
+        assert started == [1] and w.writes == []
+        assert w.d.cancel(1) is True                        # no answer for 1; 2 starts
+        await w.settle()
+        assert started == [1, 2] and w.writes == []
+        gates[2].set_result("two")
+        await w.settle(1)
+        by_id = {a["id"]: a for a in batch_answers(w)}
+        assert set(by_id) == {2, 3}
+        assert text_of(by_id[2]) == "two" and by_id[3]["error"]["code"] == SERVER_BUSY
+        w.d.max_active = 0
+        w.send([call(4, "h"), request(5, "ping")])
+        await w.settle(2)
+        by_id = {a["id"]: a for a in batch_answers(w)}
+        assert by_id[4]["error"]["code"] == REQUEST_TIMEOUT and by_id[5]["result"] == {}
+        w.send([call(6, "forever")])
+        await w.settle()
+        assert w.d.cancel(6) is True                        # every member cancelled: no answer at all
+        await w.settle()
+        assert len(w.out) == 2
+    run(body)
+
+
+def test_a_deferred_batch_member_is_awaited_by_its_batch(core, run):
+    # on_unknown_tool defers a call (tools still loading); hold() keeps the batch open for it.
+    async def body():
+        w = Wire(core)
+        w.d.batches = True
+        deferred = []
+        w.d.on_unknown_tool = lambda id, params: deferred.append((id, params, w.d.hold())) or True
+        w.send([call(1, "later", {"text": "x"}), request(2, "ping")])
+        await w.settle()
+        assert w.writes == [] and len(deferred) == 1
+        w.slot("later", lambda args, req: args["text"])
+        w.d.call_tool(*deferred[0])
+        await w.settle(1)
+        by_id = {a["id"]: a for a in batch_answers(w)}
+        assert text_of(by_id[1]) == "x" and by_id[2]["result"] == {}
+        assert w.d.hold() is None                            # outside a batch there is none to hold
+    run(body)
+
+
+def test_batch_members_are_logged_each_with_its_own_bytes(core, run):
+    async def body():
+        w = Wire(core)
+        w.d.batches = True
+        w.d.keep_finished(True)
+        w.slot("quick", lambda args, req: args["text"])
+        members = [call(1, "quick", {"text": "a"}), call(2, "quick", {"text": "bb"})]
+        w.send(members)
+        await w.settle()
+        from bemcp.logs.sink import RECORD
+        count, records, lines, details = w.d.take_finished()
+        assert count == 2
+        assert orjson.loads(b"[" + lines + b"]") == members
+        sizes = [row[3] for row in RECORD.iter_unpack(records)]   # bytes in: each member's own
+        assert sizes == [len(orjson.dumps(m)) + 1 for m in members]
+    run(body)
+
+
 @pytest.mark.parametrize("message, answer_id", [
     (42, None),
     ("ping", None),

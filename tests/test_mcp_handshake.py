@@ -195,6 +195,44 @@ def test_json_rpc_errors_over_the_pipe(spawn):
     assert server.close() == 0
 
 
+def batch_of(*messages):
+    return [{"jsonrpc": "2.0", **m} for m in messages]
+
+
+def test_batches_are_served_once_2025_03_26_is_agreed(spawn):
+    # 2025-03-26 is the one revision with JSON-RPC batches, and there receiving them is a MUST.
+    server = spawn()
+    server.initialize("2025-03-26")
+    server.send(batch_of({"id": "a", "method": "ping"},
+                         {"id": "b", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}},
+                         {"id": "c", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": 5}}},
+                         {"id": "d", "method": "initialize", "params": dict(HANDSHAKE_PARAMS, protocolVersion="2025-03-26")},
+                         {"method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}))
+    answers = server.read_message()
+    by_id = {a["id"]: a for a in answers}
+    assert set(by_id) == {"a", "b", "c", "d"}
+    assert by_id["a"]["result"] == {}
+    assert by_id["b"]["result"]["content"] == [{"type": "text", "text": "hi"}]
+    assert by_id["c"]["result"]["isError"] is True                     # bad arguments: a result
+    assert by_id["d"]["error"]["code"] == -32600                        # initialize is never batched
+    server.send(batch_of({"method": "notifications/cancelled", "params": {"requestId": "zz"}}))
+    assert server.request("ping") == {"jsonrpc": "2.0", "id": server._next_id, "result": {}}
+    assert server.close() == 0
+
+
+@pytest.mark.parametrize("version", [None] + [v for v in HANDSHAKE_VERSIONS if v != "2025-03-26"])
+def test_batches_are_refused_in_every_other_revision(spawn, version):
+    server = spawn()
+    if version:
+        server.initialize(version)
+    server.send(batch_of({"id": 1, "method": "ping"}))
+    refused = server.read_message()
+    assert refused["id"] is None and refused["error"]["code"] == -32600
+    assert "batch" in refused["error"]["message"]
+    assert server.request("ping")["result"] == {}
+    assert server.close() == 0
+
+
 @pytest.mark.parametrize("level, sent", [("warning", True), ("error", False)])
 def test_set_level_then_a_tool_logging_sends_notifications_message(spawn, level, sent):
     server = spawn(script="kitchen.py")

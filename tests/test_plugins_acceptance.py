@@ -69,6 +69,20 @@ def test_broken_plugins_do_not_delay_or_break_the_server(spawn):
     assert "plugin 'slow_import'" in err and "timed out after 2 s" in err
 
 
+def test_a_batch_waits_for_a_plugin_tool_still_loading(spawn):
+    # 2025-03-26 batches: a call to a tool whose plugin is still loading is answered, in the
+    # batch's one array, once loading ends (the hanging plugin bounds that at 2 s).
+    server = spawn("--plugins-dir", ACCEPTANCE, env=ENV)
+    server.initialize("2025-03-26")
+    server.send([{"jsonrpc": "2.0", "id": "tool", "method": "tools/call",
+                  "params": {"name": "raising_tool_ok", "arguments": {"x": 4}}},
+                 {"jsonrpc": "2.0", "id": "ping", "method": "ping"}])
+    answers = {a["id"]: a for a in server.read_message(timeout=15)}
+    assert answers["tool"]["result"]["content"] == [{"type": "text", "text": "5"}]
+    assert answers["ping"]["result"] == {}
+    assert server.close() == 0
+
+
 def test_bemcp_plugins_lists_failures_with_reasons_and_tools():
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bemcp", "plugins", "--plugins-dir", ACCEPTANCE],

@@ -32,6 +32,12 @@ cdef struct FinishedRow:
     long long sent
 
 
+cdef class Batch:
+    cdef list lines          # its answers, each a JSON line
+    cdef Py_ssize_t open     # its requests not yet ended
+    cdef bint sealed         # all its messages have been dispatched
+
+
 cdef class Dispatcher:
     cdef public object loop
     cdef public object write
@@ -59,6 +65,9 @@ cdef class Dispatcher:
     cdef public object on_client_response
     cdef public object on_unknown_tool
     cdef object _line
+    cdef public bint batches     # JSON-RPC batches accepted (the 2025-03-26 revision has them)
+    cdef object _batch           # the Batch whose messages are being dispatched
+    cdef list _ready             # batches whose every answer is in, to go out at the next flush
     cdef bint _keeping
     cdef FinishedRow* _rows
     cdef Py_ssize_t _nrows
@@ -80,6 +89,8 @@ cdef class Dispatcher:
     cpdef handle_line(self, object line)
     cdef inline void _remember(self, object method, object id, Py_ssize_t size)
     cpdef handle_message(self, object msg)
+    cdef _batch_messages(self, list msgs)
+    cdef _message(self, object msg)
     cdef _request(self, object id, str method, object params)
     cdef _call_tool(self, object id, object params)
     cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink)
@@ -98,6 +109,10 @@ cdef class Dispatcher:
     cdef _cancel_task(self, Request req)
     cpdef bint stop(self, Request req, int state, object outcome=*) except -1
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=*) except -2
+    cdef Py_ssize_t _error_to(self, object batch, object id, int code, str message, object data) except -2
+    cdef inline _join_batch(self, Request req)
+    cdef _respond(self, object batch, bytes data)
+    cdef _batch_ready(self, Batch batch)
     cdef _finished(self, Request req, Py_ssize_t sent)
     cdef _emit(self, bytes data)
     cpdef flush(self)

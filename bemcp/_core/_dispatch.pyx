@@ -104,6 +104,15 @@ cdef class _Resume:
         self.coro.close()
 
 
+cdef class Batch:
+    """A JSON-RPC batch (protocol 2025-03-26): its answers go out together, as one array."""
+
+    def __init__(self):
+        self.lines = []
+        self.open = 0
+        self.sealed = False
+
+
 cdef class Dispatcher:
     """Routes each incoming message and writes the answers, coalesced."""
 
@@ -133,6 +142,9 @@ cdef class Dispatcher:
         self.on_client_response = None
         self.on_unknown_tool = None
         self._line = None
+        self.batches = False
+        self._batch = None
+        self._ready = []
         self._keeping = False
         self._rows = NULL
         self._nrows = 0
@@ -205,11 +217,39 @@ cdef class Dispatcher:
                 for j in range(start, self._recent_pos)]
 
     cpdef handle_message(self, object msg):
+        if type(msg) is list and self.batches:
+            self._batch_messages(<list>msg)
+        else:
+            self._message(msg)
+
+    cdef _batch_messages(self, list msgs):
+        cdef Batch batch
+        if not msgs:
+            self._send_error(None, INVALID_REQUEST, "Invalid request: an empty batch")
+            return
+        batch = Batch()
+        line = self._line
+        self._batch = batch
+        try:
+            for msg in msgs:
+                # Each request's own bytes, for its bytes in and tasks.log.
+                self._line = _dumps(msg) if type(msg) is dict else None
+                self._message(msg)
+        finally:
+            self._batch = None
+            self._line = line
+            batch.sealed = True
+        if batch.open == 0:
+            self._batch_ready(batch)
+
+    cdef _message(self, object msg):
         cdef dict m
         if type(msg) is not dict:
             if type(msg) is list:
                 self._send_error(None, INVALID_REQUEST,
-                                 "Invalid request: JSON-RPC batches are not supported; send one message per line")
+                                 "Invalid request: a batch inside a batch" if self._batch is not None else
+                                 "Invalid request: JSON-RPC batches are not part of this protocol version; "
+                                 "send one message per line")
             else:
                 self._send_error(None, INVALID_REQUEST, "Invalid request: a message must be a JSON object")
             return
@@ -255,6 +295,7 @@ cdef class Dispatcher:
         except _RpcError as exc:
             self._send_error(id, exc.code, exc.message)
             return
+        self._join_batch(req)
         try:
             result = handler(params, req)
         except _RpcError as exc:
@@ -291,9 +332,34 @@ cdef class Dispatcher:
                 return
         self._begin_tool(id, slot, <dict>params, None)
 
-    def call_tool(self, id, params):
-        """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it)."""
-        self._call_tool(id, params)
+    def call_tool(self, id, params, batch=None):
+        """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it).
+
+        ``batch``: what ``hold()`` returned when it was deferred.
+        """
+        if batch is None:
+            self._call_tool(id, params)
+            return
+        self._batch = batch
+        try:
+            self._call_tool(id, params)
+        finally:
+            self._batch = None
+        (<Batch>batch).open -= 1
+        if (<Batch>batch).open == 0:
+            self._batch_ready(<Batch>batch)
+
+    def hold(self):
+        """The message being dispatched will be answered later: its batch (None if it is
+        not in one) waits for it. Pass the batch back to ``call_tool``."""
+        if self._batch is not None:
+            (<Batch>self._batch).open += 1
+        return self._batch
+
+    @property
+    def in_batch(self):
+        """True while the messages of a batch are being dispatched."""
+        return self._batch is not None
 
     def begin_tool(self, id, name, dict params, sink=None):
         """Run tool ``name`` for ``params`` as request ``id``.
@@ -322,6 +388,8 @@ cdef class Dispatcher:
             self._reject(id, sink, exc)
             return
         req.sink = sink
+        if sink is None:
+            self._join_batch(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
             req.size = len(self._line)
@@ -331,14 +399,14 @@ cdef class Dispatcher:
                 req.line = self._line
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
-            self.table.close(req, C_STATE_REJECTED)
+            self._close(req, C_STATE_REJECTED)
             sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
                 self._finished(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
-                self.table.close(req, C_STATE_REJECTED)
+                self._close(req, C_STATE_REJECTED)
                 sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
                     self._finished(req, sent)
@@ -468,10 +536,17 @@ cdef class Dispatcher:
     # -- ending requests ------------------------------------------------------
 
     cdef bint _close(self, Request req, int state) except -1:
+        cdef Batch batch
         if not self.table.close(req, state):
             return False
         if req.slot is not None:
             self._release(req)
+        if req.batch is not None:
+            # Its answer (if any) joins the batch right after this; the batch goes out at the next flush.
+            batch = <Batch>req.batch
+            batch.open -= 1
+            if batch.open == 0 and batch.sealed:
+                self._batch_ready(batch)
         if self._idle is not None and not self.table.requests:
             self._idle.set()
         return True
@@ -519,12 +594,15 @@ cdef class Dispatcher:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
             self._finished(req, len(data))
-        self._emit(data)
+        self._respond(req.batch, data)
 
     cdef _answer_error(self, Request req, object exc):
-        cdef Py_ssize_t sent
+        cdef Py_ssize_t sent = -1
         if self._close(req, C_STATE_ERROR):
-            sent = self._reject(req.id, req.sink, exc)
+            if req.sink is not None:
+                req.sink(None, exc)
+            else:
+                sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
                 self._finished(req, sent)
 
@@ -557,11 +635,11 @@ cdef class Dispatcher:
             sent = -1
             req.sink(None if error is not None else outcome, error)
         elif error is not None:
-            sent = self._send_error(req.id, error.code, error.message, error.data)
+            sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
             data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": outcome}, option=_NL)
             sent = len(data)
-            self._emit(data)
+            self._respond(req.batch, data)
         if self._keeping:
             self._finished(req, sent)
         self._cancel_task(req)
@@ -595,9 +673,30 @@ cdef class Dispatcher:
     # -- output ------------------------------------------------------------------
 
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=None) except -2:
+        """Answer the message being dispatched with an error."""
+        return self._error_to(self._batch, id, code, message, data)
+
+    cdef Py_ssize_t _error_to(self, object batch, object id, int code, str message, object data) except -2:
         cdef bytes encoded = _error_bytes(id, code, message, data)
-        self._emit(encoded)
+        self._respond(batch, encoded)
         return len(encoded)
+
+    cdef inline _join_batch(self, Request req):
+        if self._batch is not None:
+            req.batch = self._batch
+            (<Batch>self._batch).open += 1
+
+    cdef _respond(self, object batch, bytes data):
+        """An answer: to the client, or into the batch its request came in."""
+        if batch is None:
+            self._emit(data)
+        else:
+            (<Batch>batch).lines.append(data)
+
+    cdef _batch_ready(self, Batch batch):
+        self._ready.append(batch)
+        if not self._reading and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
 
     # -- finished tool calls, for the logs ---------------------------------------
 
@@ -681,8 +780,9 @@ cdef class Dispatcher:
         self._emit(_dumps({"jsonrpc": _JSONRPC, "method": method, "params": params}, option=_NL))
 
     def send(self, message):
-        """Send an already-built message (a dict) to the client."""
-        self._emit(_dumps(message, option=_NL))
+        """Send an already-built answer (a dict) to the client; one given while a batch is
+        being dispatched goes into that batch."""
+        self._respond(self._batch, _dumps(message, option=_NL))
 
     cdef _emit(self, bytes data):
         self._out.append(data)
@@ -696,6 +796,11 @@ cdef class Dispatcher:
     cpdef flush(self):
         self._flush_handle = None
         cdef list out = self._out
+        if self._ready:
+            for batch in self._ready:
+                if (<Batch>batch).lines:   # a batch of notifications gets no answer at all
+                    out.append(_batch_bytes((<Batch>batch).lines))
+            self._ready.clear()
         if not out:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -724,6 +829,11 @@ cdef class Dispatcher:
         self.table.close_timer()
         for future in list(self._pending) + list(self._tasks):
             future.cancel()
+
+
+cdef bytes _batch_bytes(list lines):
+    # One JSON array of the answers (each encoded with its newline), on one line.
+    return b"[" + b",".join([line[:len(line) - 1] for line in lines]) + b"]\n"
 
 
 cdef bytes _error_bytes(object id, int code, str message, object data):

@@ -92,6 +92,17 @@ class _Resume:
         self.coro.close()
 
 
+class Batch:
+    """A JSON-RPC batch (protocol 2025-03-26): its answers go out together, as one array."""
+
+    __slots__ = ("lines", "open", "sealed")
+
+    def __init__(self):
+        self.lines = []         # its answers, each a JSON line
+        self.open = 0           # its requests not yet ended
+        self.sealed = False     # all its messages have been dispatched
+
+
 class Dispatcher:
     """Routes each incoming message and writes the answers, coalesced."""
 
@@ -121,6 +132,9 @@ class Dispatcher:
         self.on_client_response = None    # (message) for answers to our own requests
         self.on_unknown_tool = None        # (id, params) -> True if it will answer the call itself
         self._line = None                  # the line being handled
+        self.batches = False               # JSON-RPC batches accepted (the 2025-03-26 revision has them)
+        self._batch = None                 # the Batch whose messages are being dispatched
+        self._ready = []                   # batches whose every answer is in, to go out at the next flush
         self._keeping = False              # keep a row per finished tool call (for the logs)
         self._rows = bytearray()           # FINISHED_ROW records
         self._row_text = bytearray()       # their request lines, comma-separated
@@ -171,10 +185,37 @@ class Dispatcher:
         self.received += 1
 
     def handle_message(self, msg):
+        if type(msg) is list and self.batches:
+            self._batch_messages(msg)
+        else:
+            self._message(msg)
+
+    def _batch_messages(self, msgs):
+        if not msgs:
+            self._send_error(None, INVALID_REQUEST, "Invalid request: an empty batch")
+            return
+        batch = Batch()
+        line = self._line
+        self._batch = batch
+        try:
+            for msg in msgs:
+                # Each request's own bytes, for its bytes in and tasks.log.
+                self._line = dumps(msg) if type(msg) is dict else None
+                self._message(msg)
+        finally:
+            self._batch = None
+            self._line = line
+            batch.sealed = True
+        if batch.open == 0:
+            self._batch_ready(batch)
+
+    def _message(self, msg):
         if type(msg) is not dict:
             if type(msg) is list:
                 self._send_error(None, INVALID_REQUEST,
-                                 "Invalid request: JSON-RPC batches are not supported; send one message per line")
+                                 "Invalid request: a batch inside a batch" if self._batch is not None else
+                                 "Invalid request: JSON-RPC batches are not part of this protocol version; "
+                                 "send one message per line")
             else:
                 self._send_error(None, INVALID_REQUEST, "Invalid request: a message must be a JSON object")
             return
@@ -218,6 +259,7 @@ class Dispatcher:
         except RpcError as exc:
             self._send_error(id, exc.code, exc.message)
             return
+        self._join_batch(req)
         try:
             result = handler(params, req)
         except RpcError as exc:
@@ -252,9 +294,34 @@ class Dispatcher:
                 return
         self._begin_tool(id, slot, params, None)
 
-    def call_tool(self, id, params):
-        """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it)."""
-        self._call_tool(id, params)
+    def call_tool(self, id, params, batch=None):
+        """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it).
+
+        ``batch``: what ``hold()`` returned when it was deferred.
+        """
+        if batch is None:
+            self._call_tool(id, params)
+            return
+        self._batch = batch
+        try:
+            self._call_tool(id, params)
+        finally:
+            self._batch = None
+        batch.open -= 1
+        if batch.open == 0:
+            self._batch_ready(batch)
+
+    def hold(self):
+        """The message being dispatched will be answered later: its batch (None if it is
+        not in one) waits for it. Pass the batch back to ``call_tool``."""
+        if self._batch is not None:
+            self._batch.open += 1
+        return self._batch
+
+    @property
+    def in_batch(self):
+        """True while the messages of a batch are being dispatched."""
+        return self._batch is not None
 
     def begin_tool(self, id, name, params, sink=None):
         """Run tool ``name`` for ``params`` as request ``id``.
@@ -281,6 +348,8 @@ class Dispatcher:
             self._reject(id, sink, exc)
             return
         req.sink = sink
+        if sink is None:
+            self._join_batch(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
             req.size = len(self._line) + (not self._line.endswith(b"\n"))
@@ -288,14 +357,14 @@ class Dispatcher:
                 req.line = self._line
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
-            self.table.close(req, STATE_REJECTED)
+            self._close(req, STATE_REJECTED)
             sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
                 self._finished(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
-                self.table.close(req, STATE_REJECTED)
+                self._close(req, STATE_REJECTED)
                 sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
                     self._finished(req, sent)
@@ -431,6 +500,12 @@ class Dispatcher:
             return False
         if req.slot is not None:
             self._release(req)
+        batch = req.batch
+        if batch is not None:
+            # Its answer (if any) joins the batch right after this; the batch goes out at the next flush.
+            batch.open -= 1
+            if batch.open == 0 and batch.sealed:
+                self._batch_ready(batch)
         if self._idle is not None and not self.table.requests:
             self._idle.set()
         return True
@@ -473,11 +548,15 @@ class Dispatcher:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
             self._finished(req, len(data))
-        self._emit(data)
+        self._respond(req.batch, data)
 
     def _answer_error(self, req, exc):
         if self._close(req, STATE_ERROR):
-            sent = self._reject(req.id, req.sink, exc)
+            sent = -1
+            if req.sink is not None:
+                req.sink(None, exc)
+            else:
+                sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
                 self._finished(req, sent)
 
@@ -510,11 +589,11 @@ class Dispatcher:
             sent = -1
             req.sink(None if error is not None else outcome, error)
         elif error is not None:
-            sent = self._send_error(req.id, error.code, error.message, error.data)
+            sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
             data = dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE)
             sent = len(data)
-            self._emit(data)
+            self._respond(req.batch, data)
         if self._keeping:
             self._finished(req, sent)
         self._cancel_task(req)
@@ -548,9 +627,30 @@ class Dispatcher:
     # -- output ------------------------------------------------------------------
 
     def _send_error(self, id, code, message, data=None):
+        """Answer the message being dispatched with an error."""
+        return self._error_to(self._batch, id, code, message, data)
+
+    def _error_to(self, batch, id, code, message, data):
         encoded = _error_bytes(id, code, message, data)
-        self._emit(encoded)
+        self._respond(batch, encoded)
         return len(encoded)
+
+    def _join_batch(self, req):
+        if self._batch is not None:
+            req.batch = self._batch
+            self._batch.open += 1
+
+    def _respond(self, batch, data):
+        """An answer: to the client, or into the batch its request came in."""
+        if batch is None:
+            self._emit(data)
+        else:
+            batch.lines.append(data)
+
+    def _batch_ready(self, batch):
+        self._ready.append(batch)
+        if not self._reading and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
 
     # -- finished tool calls, for the logs ---------------------------------------
 
@@ -598,8 +698,9 @@ class Dispatcher:
         self._emit(dumps({"jsonrpc": "2.0", "method": method, "params": params}, option=OPT_APPEND_NEWLINE))
 
     def send(self, message):
-        """Send an already-built message (a dict) to the client."""
-        self._emit(dumps(message, option=OPT_APPEND_NEWLINE))
+        """Send an already-built answer (a dict) to the client; one given while a batch is
+        being dispatched goes into that batch."""
+        self._respond(self._batch, dumps(message, option=OPT_APPEND_NEWLINE))
 
     def _emit(self, data):
         self._out.append(data)
@@ -613,6 +714,11 @@ class Dispatcher:
     def flush(self):
         self._flush_handle = None
         out = self._out
+        if self._ready:
+            for batch in self._ready:
+                if batch.lines:   # a batch of notifications gets no answer at all
+                    out.append(_batch_bytes(batch.lines))
+            self._ready.clear()
         if not out:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -646,6 +752,11 @@ class Dispatcher:
 def _valid_id(id):
     t = type(id)
     return t is str or t is int
+
+
+def _batch_bytes(lines):
+    # One JSON array of the answers (each encoded with its newline), on one line.
+    return b"[" + b",".join([line[:-1] for line in lines]) + b"]\n"
 
 
 def _error_bytes(id, code, message, data):

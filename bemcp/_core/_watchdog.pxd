@@ -26,6 +26,7 @@ cdef class Request:
     cdef public object detail
     cdef public Py_ssize_t size
     cdef public object line
+    cdef public object batch
 
 
 cdef class InFlightTable:

@@ -57,6 +57,7 @@ cdef class Request:
         self.detail = None
         self.size = 0
         self.line = None
+        self.batch = None
 
     @property
     def running(self):

@@ -29,7 +29,8 @@ class Request:
     """One in-flight request. ``state`` leaves RUNNING exactly once."""
 
     __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
-                 "state", "task", "thread", "armed", "slot", "sink", "detail", "size", "line")
+                 "state", "task", "thread", "armed", "slot", "sink", "detail", "size", "line",
+                 "batch")
 
     def __init__(self, id, method, tool, params, start):
         self.id = id
@@ -48,6 +49,7 @@ class Request:
         self.detail = None      # what the tool reports for tasks.log, e.g. {"exit_code": 0}
         self.size = 0           # bytes in: the request's line, with its newline
         self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
+        self.batch = None       # the JSON-RPC batch its answer belongs in (2025-03-26 only)
 
     @property
     def running(self):
