@@ -10,7 +10,7 @@ from orjson import Fragment, dumps
 
 from . import __version__
 from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot, interrupt_thread
-from ._core._errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
+from ._core._errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND
 from .config import Config
 from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
@@ -335,9 +335,12 @@ class Server:
     async def _handle_resources_read(self, params, req):
         modern = request_version(params) is not None
         uri = params.get("uri") if type(params) is dict else None
+        if type(uri) is not str:
+            raise RpcError(INVALID_PARAMS, "resources/read needs params {uri}")
         entry = self.resources.get(uri)
         if entry is None:
-            raise RpcError(INVALID_PARAMS, f"Resource not found: {uri!r}", {"uri": uri})
+            raise RpcError(INVALID_PARAMS if modern else RESOURCE_NOT_FOUND,
+                           f"Resource not found: {uri!r}", {"uri": uri})
         value = entry["fn"]()
         if asyncio.iscoroutine(value):
             value = await value

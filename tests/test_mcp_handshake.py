@@ -195,6 +195,18 @@ def test_json_rpc_errors_over_the_pipe(spawn):
     assert server.close() == 0
 
 
+def test_resource_not_found_has_each_era_s_code(spawn):
+    server = spawn()
+    server.initialize()
+    missing = server.request("resources/read", {"uri": "bemcp://nope"})["error"]
+    assert missing["code"] == -32002 and missing["data"] == {"uri": "bemcp://nope"}
+    missing = server.request("resources/read", modern({"uri": "bemcp://nope"}))["error"]
+    assert missing["code"] == -32602 and missing["data"] == {"uri": "bemcp://nope"}
+    for params in ({}, {"uri": 7}, modern({})):
+        assert server.request("resources/read", params)["error"]["code"] == -32602
+    assert server.close() == 0
+
+
 def batch_of(*messages):
     return [{"jsonrpc": "2.0", **m} for m in messages]
 
