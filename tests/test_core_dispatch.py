@@ -5,6 +5,8 @@ tool slots and read the bytes it writes.
 """
 
 import asyncio
+import gc
+import weakref
 
 import orjson
 import pytest
@@ -728,6 +730,33 @@ def test_timeout_hook_may_raise_an_rpc_error(core, run):
 
 
 # -- limits and the queue -----------------------------------------------------------------------
+
+
+def test_a_finished_call_is_not_kept_alive_by_its_deadline(core, run):
+    # A far deadline stays in the heap after the call ends; it must not pin the request,
+    # its task and its result (megabytes of command output, say) until it comes due.
+    class Output:
+        pass
+
+    async def body():
+        w = Wire(core)
+        results = []
+
+        async def produce(args, req):
+            await asyncio.sleep(0)                  # a real task, not the eager path
+            out = Output()
+            results.append(weakref.ref(out))
+            return out
+        w.slot("produce", produce, finish=lambda value, req: {"content": []}, timeout=3600)
+        gc.disable()                                # only reference counting may free them
+        try:
+            w.send(*[call(i, "produce") for i in range(50)])
+            await w.settle(50)
+            await asyncio.sleep(0)
+            assert len(results) == 50 and all(ref() is None for ref in results)
+        finally:
+            gc.enable()
+    run(body)
 
 
 def gated_tool(w, name, **kw):

@@ -9,6 +9,9 @@ cdef enum:
     N_STATES = 7
 
 
+cdef class _Deadline
+
+
 cdef class Request:
     cdef public object id
     cdef public object method
@@ -27,6 +30,12 @@ cdef class Request:
     cdef public Py_ssize_t size
     cdef public object line
     cdef public object batch
+    cdef _Deadline entry       # its place in the deadline heap while armed
+
+
+cdef class _Deadline:
+    cdef double at
+    cdef Request req           # None once the request has ended: a tombstone pins nothing
 
 
 cdef class InFlightTable:
@@ -43,6 +52,7 @@ cdef class InFlightTable:
     cpdef bint close(self, Request req, int state) except -1
     cpdef arm(self, Request req, object timeout)
     cdef _schedule(self, double when)
+    cdef _bury(self, Request req)
     cdef _compact(self)
 
 

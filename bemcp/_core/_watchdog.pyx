@@ -67,12 +67,17 @@ cdef class Request:
     def state_name(self):
         return STATE_NAMES[self.state]
 
-    def __lt__(self, Request other):
-        # The deadline heap holds requests themselves, ordered by deadline.
-        return self.deadline < other.deadline
-
     def __repr__(self):
         return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
+
+
+cdef class _Deadline:
+    """An entry of the deadline heap. When its request ends, the entry stays until popped or
+    compacted, but lets go of the request: a finished call's task, params and result are
+    never kept alive by a deadline still far ahead."""
+
+    def __lt__(self, _Deadline other):
+        return self.at < other.at
 
 
 cdef class InFlightTable:
@@ -120,20 +125,31 @@ cdef class InFlightTable:
         req.end = now()
         del self.requests[req.id]
         self._counts[state] += 1
-        if req.armed:
-            self._stale += 1
-            if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
-                self._compact()
+        if req.entry is not None:
+            self._bury(req)
         return True
+
+    cdef _bury(self, Request req):
+        req.entry.req = None
+        req.entry = None
+        self._stale += 1
+        if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
+            self._compact()
 
     cpdef arm(self, Request req, object timeout):
         """Give ``req`` a deadline ``timeout`` seconds from its start."""
         if timeout is None or timeout <= 0:
             return
         cdef double deadline = req.start + <double>timeout
+        cdef _Deadline entry = _Deadline.__new__(_Deadline)
+        if req.entry is not None:   # armed again: the new deadline replaces the old one
+            self._bury(req)
         req.deadline = deadline
         req.armed = True
-        heappush(self._heap, req)
+        entry.at = deadline
+        entry.req = req
+        req.entry = entry
+        heappush(self._heap, entry)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
@@ -148,18 +164,19 @@ cdef class InFlightTable:
         cdef double t = now()
         cdef list heap = self._heap
         cdef Request req
-        while heap and (<Request>heap[0]).deadline <= t:
-            req = <Request>heappop(heap)
-            if req.state == C_STATE_RUNNING:
-                req.armed = False
-                self.on_expire(req)
-            else:
+        while heap and (<_Deadline>heap[0]).at <= t:
+            req = (<_Deadline>heappop(heap)).req
+            if req is None:
                 self._stale -= 1
+            else:
+                req.armed = False
+                req.entry = None
+                self.on_expire(req)
         if heap:
-            self._schedule((<Request>heap[0]).deadline)
+            self._schedule((<_Deadline>heap[0]).at)
 
     cdef _compact(self):
-        self._heap = [r for r in self._heap if (<Request>r).state == C_STATE_RUNNING]
+        self._heap = [e for e in self._heap if (<_Deadline>e).req is not None]
         heapify(self._heap)
         self._stale = 0
 

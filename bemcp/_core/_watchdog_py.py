@@ -30,7 +30,7 @@ class Request:
 
     __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
                  "state", "task", "thread", "armed", "slot", "sink", "detail", "size", "line",
-                 "batch")
+                 "batch", "entry")
 
     def __init__(self, id, method, tool, params, start):
         self.id = id
@@ -50,6 +50,7 @@ class Request:
         self.size = 0           # bytes in: the request's line, with its newline
         self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
         self.batch = None       # the JSON-RPC batch its answer belongs in (2025-03-26 only)
+        self.entry = None       # its place in the deadline heap while armed
 
     @property
     def running(self):
@@ -59,12 +60,23 @@ class Request:
     def state_name(self):
         return STATE_NAMES[self.state]
 
-    def __lt__(self, other):
-        # The deadline heap holds requests themselves, ordered by deadline.
-        return self.deadline < other.deadline
-
     def __repr__(self):
         return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
+
+
+class _Deadline:
+    """An entry of the deadline heap. When its request ends, the entry stays until popped or
+    compacted, but lets go of the request: a finished call's task, params and result are
+    never kept alive by a deadline still far ahead."""
+
+    __slots__ = ("at", "req")
+
+    def __init__(self, at, req):
+        self.at = at
+        self.req = req          # None once the request has ended: a tombstone pins nothing
+
+    def __lt__(self, other):
+        return self.at < other.at
 
 
 class InFlightTable:
@@ -101,20 +113,28 @@ class InFlightTable:
         req.end = monotonic()
         del self.requests[req.id]
         self.counts[state] += 1
-        if req.armed:
-            self._stale += 1
-            if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
-                self._compact()
+        if req.entry is not None:
+            self._bury(req)
         return True
+
+    def _bury(self, req):
+        req.entry.req = None
+        req.entry = None
+        self._stale += 1
+        if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
+            self._compact()
 
     def arm(self, req, timeout):
         """Give ``req`` a deadline ``timeout`` seconds from its start."""
         if timeout is None or timeout <= 0:
             return
         deadline = req.start + timeout
+        if req.entry is not None:   # armed again: the new deadline replaces the old one
+            self._bury(req)
         req.deadline = deadline
         req.armed = True
-        heapq.heappush(self._heap, req)
+        req.entry = _Deadline(deadline, req)
+        heapq.heappush(self._heap, req.entry)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
@@ -128,18 +148,19 @@ class InFlightTable:
         self._timer = None
         now = monotonic()
         heap = self._heap
-        while heap and heap[0].deadline <= now:
-            req = heapq.heappop(heap)
-            if req.state == STATE_RUNNING:
-                req.armed = False
-                self.on_expire(req)
-            else:
+        while heap and heap[0].at <= now:
+            req = heapq.heappop(heap).req
+            if req is None:
                 self._stale -= 1
+            else:
+                req.armed = False
+                req.entry = None
+                self.on_expire(req)
         if heap:
-            self._schedule(heap[0].deadline)
+            self._schedule(heap[0].at)
 
     def _compact(self):
-        self._heap = [r for r in self._heap if r.state == STATE_RUNNING]
+        self._heap = [e for e in self._heap if e.req is not None]
         heapq.heapify(self._heap)
         self._stale = 0
 
