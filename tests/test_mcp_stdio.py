@@ -268,6 +268,25 @@ def test_stdin_eof_exits_even_while_a_sync_tool_is_stuck(spawn):
     assert elapsed < 10
 
 
+@pytest.mark.parametrize("last, expect", [
+    (b'{"jsonrpc":"2.0","id":"last","method":"ping"}', {"jsonrpc": "2.0", "id": "last", "result": {}}),
+    (b'{"jsonrpc":"2.0","id":"last","method":"ping", "params": {"pad": "' + b"x" * 3000 + b'"}}', -32600),
+    (b'{"jsonrpc":"2.0","id":"last",', -32700),
+])
+def test_a_last_message_without_its_newline_is_answered_at_eof(spawn, last, expect):
+    server = spawn("--max-message-size", "2000")
+    server.initialize()
+    server.send_raw(last)                       # no newline: the end of input ends the line
+    data, code = read_to_eof(server)
+    assert code == 0
+    (answer,) = [orjson.loads(line) for line in data.splitlines()]
+    if isinstance(expect, dict):
+        assert answer == expect
+    else:
+        assert answer["error"]["code"] == expect
+        assert answer["id"] == ("last" if expect == -32600 else None)   # an oversized line names its id
+
+
 def test_stdin_eof_with_nothing_in_flight_exits_at_once(spawn):
     server = spawn()
     server.initialize()

@@ -48,6 +48,8 @@ class ReaderProtocol:
         self.dispatcher.feed(data)
 
     def eof_received(self):
+        # A last message without its newline still counts: the end of input ends its line.
+        self.dispatcher.feed(b"\n")
         self.on_close("eof")
         return False
 
