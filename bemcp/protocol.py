@@ -31,6 +31,11 @@ def request_version(params):
     if version is None:
         return None
     if version not in MODERN_VERSIONS:
-        raise RpcError(UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version: {version!r}",
+        # ``supported`` lists every version, as server/discover does: a handshake-era one is
+        # fine through initialize, so the message says which ones a request's _meta may name.
+        how = " is agreed through initialize, not per request" if version in SUPPORTED_VERSIONS else ""
+        raise RpcError(UNSUPPORTED_PROTOCOL_VERSION,
+                       f"Unsupported protocol version: {version!r}{how}; in _meta: "
+                       f"{', '.join(MODERN_VERSIONS)}",
                        {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)})
     return version

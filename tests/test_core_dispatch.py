@@ -255,11 +255,20 @@ def test_batch_members_are_logged_each_with_its_own_bytes(core, run):
     run(body)
 
 
+@pytest.mark.parametrize("id", [1.5, -2.25, 1e2, 0, -7, "", "x" * 300])
+def test_any_string_or_number_is_an_id_and_comes_back_as_sent(core, run, id):
+    async def body():
+        w = Wire(core)
+        w.send({"jsonrpc": "2.0", "id": id, "method": "ping"})
+        (answer,) = w.out
+        assert answer == {"jsonrpc": "2.0", "id": id, "result": {}} and type(answer["id"]) is type(id)
+    run(body)
+
+
 @pytest.mark.parametrize("message, answer_id", [
     (42, None),
     ("ping", None),
     (None, None),
-    ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, None),
     ({"jsonrpc": "2.0", "id": True, "method": "ping"}, None),
     ({"jsonrpc": "2.0", "id": None, "method": "ping"}, None),
     ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, None),
@@ -928,7 +937,7 @@ def test_queued_call_can_time_out_in_the_queue(core, run):
 # -- size limit ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rid", [9, "req-9"])
+@pytest.mark.parametrize("rid", [9, "req-9", 2.5, -1e3])
 def test_oversized_message_error_carries_the_recovered_id(core, run, rid):
     async def body():
         w = Wire(core, max_message_size=200)

@@ -32,6 +32,7 @@ def test_task_lines_name_every_state_and_escape_what_they_carry(core):
     calls = [((i, "echo", {"n": i}), 1.0, 1.5, state, 10, 20) for i, state in enumerate(range(8))]
     calls.append((("id \"quoted\"\n", "t\u00e9l\u00e9", None), 2.0, 2.0, 1, 0, -1))
     calls.append(((2 ** 62, "big", {"b": 1, "a": [1.5, None, "}{\"]"]}), 3.0, 3.25, 2, 5, 0))
+    calls.append(((-2.5e-3, "float_id", {}), 4.0, 4.0, 1, 1, 1))
     digested = []
 
     def digest_of(raw):
@@ -40,7 +41,8 @@ def test_task_lines_name_every_state_and_escape_what_they_carry(core):
     lines, count, errors = core.format_tasks(b"".join(batch(calls)), 100.0, 42, {1: {"exit_code": 0}},
                                              {}, digest_of)
     records = [orjson.loads(line) for line in lines.splitlines()]
-    assert count == len(records) == 10 and errors == 8   # all but the two "ok" rows
+    assert count == len(records) == 11 and errors == 8   # all but the three "ok" rows
+    assert records[10]["id"] == -2.5e-3 and records[10]["tool"] == "float_id"
     assert [r["status"] for r in records[:7]] == list(core.STATE_NAMES) and records[7]["status"] == "7"
     assert records[1]["exit_code"] == 0 and records[0]["time"] == 101.5 and records[0]["duration_ms"] == 500.0
     odd, big = records[8], records[9]
@@ -48,9 +50,9 @@ def test_task_lines_name_every_state_and_escape_what_they_carry(core):
     assert odd["bytes_in"] is None and odd["bytes_out"] is None
     assert big["id"] == 2 ** 62 and big["bytes_out"] is None and big["duration_ms"] == 250.0
     # The digest is of the arguments exactly as the client sent them; repeats hash once.
-    assert digested[-1] == orjson.dumps({"b": 1, "a": [1.5, None, "}{\"]"]})
-    assert big["arg_digest"] == "%016x" % len(digested) and big["arg_bytes"] == len(digested[-1])
-    assert len(digested) == 10   # {"n": 0} .. {"n": 7}, null and big's
+    assert digested[-2] == orjson.dumps({"b": 1, "a": [1.5, None, "}{\"]"]})
+    assert big["arg_digest"] == "%016x" % (len(digested) - 1) and big["arg_bytes"] == len(digested[-2])
+    assert len(digested) == 11   # {"n": 0} .. {"n": 7}, null, big's and {}
     with pytest.raises(ValueError):
         core.format_tasks(COUNT.pack(3) + b"x" * 10, 0.0, 1, {}, {}, digest_of)
 

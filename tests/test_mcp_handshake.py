@@ -75,6 +75,9 @@ def test_unsupported_modern_version_is_32022_with_supported_and_requested(spawn)
         assert error["code"] == -32022, method
         assert error["data"]["requested"] == "2099-01-01"
         assert MODERN in error["data"]["supported"]
+    # A handshake-era version is one this server speaks, but through initialize: the message says so.
+    error = server.request("tools/list", modern({}, **{VERSION_KEY: "2025-06-18"}))["error"]
+    assert error["code"] == -32022 and "through initialize" in error["message"] and MODERN in error["message"]
     assert server.close() == 0
 
 

@@ -257,8 +257,8 @@ cdef class Dispatcher:
         method = m.get("method")
         cdef bint has_id = "id" in m
         id = m.get("id")
-        if has_id and not (type(id) is str or type(id) is int):
-            self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+        if has_id and not (type(id) is str or type(id) is int or type(id) is float):
+            self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or a number")
             return
         if method is None:
             if has_id and ("result" in m or "error" in m):

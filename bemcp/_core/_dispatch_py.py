@@ -223,7 +223,7 @@ class Dispatcher:
         has_id = "id" in msg
         id = msg.get("id")
         if has_id and not _valid_id(id):
-            self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+            self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or a number")
             return
         if method is None:
             if has_id and ("result" in msg or "error" in msg):
@@ -750,8 +750,9 @@ class Dispatcher:
 
 
 def _valid_id(id):
+    # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
     t = type(id)
-    return t is str or t is int
+    return t is str or t is int or t is float
 
 
 def _batch_bytes(lines):

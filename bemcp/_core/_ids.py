@@ -4,7 +4,7 @@ import re
 
 import orjson
 
-_ID = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,256}"|-?\d{1,19})(?=\s*[,}])')
+_ID = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,256}"|-?\d{1,19}(?:\.\d{1,17})?(?:[eE][-+]?\d{1,3})?)(?=\s*[,}])')
 
 
 def recover_id(head):
