@@ -470,6 +470,8 @@ class Policy:
             return self.default_cwd
         if not isinstance(cwd, str):
             raise PolicyError("cwd must be a string")
+        if "\0" in cwd:
+            raise PolicyError("cwd contains a NUL character")
         path = os.path.join(self.default_cwd, os.path.expanduser(cwd))
         real = os.path.realpath(path)
         if not os.path.isdir(real):

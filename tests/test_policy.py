@@ -366,6 +366,8 @@ def test_cwd_must_resolve_inside_a_root(bins):
             policy.prepare(["tool"], cwd=cwd)
     with pytest.raises(PolicyError, match="not a directory"):
         policy.prepare(["tool"], cwd="missing")
+    with pytest.raises(PolicyError, match="NUL"):
+        policy.prepare(["tool"], cwd="sub\0x")
 
 
 def test_a_root_that_does_not_exist_fails_at_start(bins):
