@@ -30,7 +30,7 @@ cdef class Request:
     cdef public Py_ssize_t size
     cdef public object line
     cdef public object batch
-    cdef _Deadline entry       # its place in the deadline heap while armed
+    cdef _Deadline _entry      # its place in the deadline heap while armed
 
 
 cdef class _Deadline:

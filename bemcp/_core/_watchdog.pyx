@@ -125,13 +125,13 @@ cdef class InFlightTable:
         req.end = now()
         del self.requests[req.id]
         self._counts[state] += 1
-        if req.entry is not None:
+        if req._entry is not None:
             self._bury(req)
         return True
 
     cdef _bury(self, Request req):
-        req.entry.req = None
-        req.entry = None
+        req._entry.req = None
+        req._entry = None
         self._stale += 1
         if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
             self._compact()
@@ -142,13 +142,13 @@ cdef class InFlightTable:
             return
         cdef double deadline = req.start + <double>timeout
         cdef _Deadline entry = _Deadline.__new__(_Deadline)
-        if req.entry is not None:   # armed again: the new deadline replaces the old one
+        if req._entry is not None:   # armed again: the new deadline replaces the old one
             self._bury(req)
         req.deadline = deadline
         req.armed = True
         entry.at = deadline
         entry.req = req
-        req.entry = entry
+        req._entry = entry
         heappush(self._heap, entry)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
@@ -170,7 +170,7 @@ cdef class InFlightTable:
                 self._stale -= 1
             else:
                 req.armed = False
-                req.entry = None
+                req._entry = None
                 self.on_expire(req)
         if heap:
             self._schedule((<_Deadline>heap[0]).at)

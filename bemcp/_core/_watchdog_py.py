@@ -30,7 +30,7 @@ class Request:
 
     __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
                  "state", "task", "thread", "armed", "slot", "sink", "detail", "size", "line",
-                 "batch", "entry")
+                 "batch", "_entry")
 
     def __init__(self, id, method, tool, params, start):
         self.id = id
@@ -50,7 +50,7 @@ class Request:
         self.size = 0           # bytes in: the request's line, with its newline
         self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
         self.batch = None       # the JSON-RPC batch its answer belongs in (2025-03-26 only)
-        self.entry = None       # its place in the deadline heap while armed
+        self._entry = None      # its place in the deadline heap while armed
 
     @property
     def running(self):
@@ -113,13 +113,13 @@ class InFlightTable:
         req.end = monotonic()
         del self.requests[req.id]
         self.counts[state] += 1
-        if req.entry is not None:
+        if req._entry is not None:
             self._bury(req)
         return True
 
     def _bury(self, req):
-        req.entry.req = None
-        req.entry = None
+        req._entry.req = None
+        req._entry = None
         self._stale += 1
         if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
             self._compact()
@@ -129,12 +129,12 @@ class InFlightTable:
         if timeout is None or timeout <= 0:
             return
         deadline = req.start + timeout
-        if req.entry is not None:   # armed again: the new deadline replaces the old one
+        if req._entry is not None:   # armed again: the new deadline replaces the old one
             self._bury(req)
         req.deadline = deadline
         req.armed = True
-        req.entry = _Deadline(deadline, req)
-        heapq.heappush(self._heap, req.entry)
+        req._entry = _Deadline(deadline, req)
+        heapq.heappush(self._heap, req._entry)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
@@ -154,7 +154,7 @@ class InFlightTable:
                 self._stale -= 1
             else:
                 req.armed = False
-                req.entry = None
+                req._entry = None
                 self.on_expire(req)
         if heap:
             self._schedule(heap[0].at)
