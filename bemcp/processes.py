@@ -41,11 +41,19 @@ Output
     cache holds it, not the heap. A disk ring was chosen over a memory ring for that
     reason; offsets older than the ring's start are reported as dropped.
 
+Orphans
+    ``bemcp serve`` is the child subreaper of everything it starts (Linux,
+    ``adopt_orphans``): a process that leaves its session and loses its parent (a
+    double-forking daemon, ``setsid cmd &``) is re-parented to bemcp, not to init.
+    Such adopted processes keep running (a server a command started may be the
+    point of it), are reaped when they exit, and are stopped with everything else
+    when bemcp exits.
+
 Known limits
-    A process that leaves the session *and* loses its parent before a kill (a
-    double-forking daemon) cannot be found afterwards; cgroups would be needed for
-    that. If bemcp itself is SIGKILLed it cannot stop its children (they sit in their
-    own sessions); any other exit, including the parent's death, does.
+    An adopted process cannot be traced back to the call that started it, so it
+    outlives that call (but not the server). If bemcp itself is SIGKILLed it cannot
+    stop its children (they sit in their own sessions); any other exit, including
+    the parent's death, does.
 """
 
 import asyncio
@@ -58,6 +66,7 @@ import sys
 import threading
 import time
 
+from ._core import become_subreaper
 from .policy import Policy, PolicyError
 
 log = logging.getLogger("bemcp.processes")
@@ -67,6 +76,7 @@ READ_CHUNK = 256 * 1024
 DRAIN_AFTER_EXIT = 0.5     # s the pipes may stay open once the leader exited normally
 DRAIN_AFTER_KILL = 0.25    # ... once it was killed
 SHUTDOWN_GRACE = 0.5       # SIGTERM -> SIGKILL at server exit (the server is going away)
+TEND_SECONDS = 1.0         # s between reaping adopted orphans that exited
 REAP_WAIT = 2.0            # s to wait for death after SIGKILL before giving up
 POLL = 0.02                # s between checks while a tree dies
 SPOOL_LIMIT = 64 * MiB     # bytes of background output kept per process
@@ -456,6 +466,57 @@ def _tree_pids(leader):
     return {pid: (procs[pid][0], procs[pid][2]) for pid in members if pid in procs}
 
 
+_adopting = False
+
+
+def adopt_orphans():
+    """Make this process the subreaper of the trees it starts (see "Orphans" above); True if set.
+
+    For a serving process only (ProcessRegistry.start_adopting): adopted orphans must be reaped.
+    """
+    global _adopting
+    _adopting = become_subreaper()
+    return _adopting
+
+
+def _adopted(known):
+    """{pid: exited} of this process's children that it did not start (``known``: the pids
+    it did) and that are in another session: orphans adopted as their subreaper. A child
+    that shares bemcp's session was started by other code in the process (a plugin's
+    subprocess) and is left to it."""
+    me = os.getpid()
+    kids = set()
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children", "rb") as f:
+                kids.update(int(pid) for pid in f.read().split())
+        except OSError:
+            continue
+    session = os.getsid(0)
+    adopted = {}
+    for pid in kids - known:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2:].split(None, 5)
+        if len(fields) > 4 and int(fields[3]) != session:
+            adopted[pid] = fields[0] == b"Z"
+    return adopted
+
+
+def _reap(pid):
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
+
+
 def spawn(launch, on_output, stdin=False, foreground=True, on_exit=None, grace=2.0):
     """Start ``launch`` (a policy.Launch) in its own session; a Child.
 
@@ -744,6 +805,7 @@ class ProcessRegistry:
         self.children = set()          # every child not yet done (incl. leftovers being killed)
         self.background = {}           # id -> Background
         self._next_id = 0
+        self._tending = None           # the timer that reaps adopted orphans
         self.closed = False
 
     @property
@@ -765,6 +827,22 @@ class ProcessRegistry:
         self.children.add(child)
         child.done.add_done_callback(lambda _: self._settled(child))
         return child
+
+    def start_adopting(self):
+        """At server start: adopt the orphans of every tree started here, and tend them."""
+        if adopt_orphans():
+            loop = asyncio.get_running_loop()
+            self._tending = loop.call_later(TEND_SECONDS, self._tend, loop)
+
+    def _known(self):
+        return {child.pid for child in self.children}
+
+    def _tend(self, loop):
+        # Adopted orphans that exited are zombies of ours until reaped.
+        for pid, exited in _adopted(self._known()).items():
+            if exited:
+                _reap(pid)
+        self._tending = None if self.closed else loop.call_later(TEND_SECONDS, self._tend, loop)
 
     def _settled(self, child):
         if child.foreground:
@@ -807,9 +885,41 @@ class ProcessRegistry:
         tasks += [t for t in _KILL_TASKS if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace + REAP_WAIT + 1.0)
+        if self._tending is not None:
+            self._tending.cancel()
+            self._tending = None
+        if _adopting:
+            await _stop_adopted(self._known(), grace)
         for entry in self.background.values():
             entry.spool.close()
             entry.child.close_stdin()
+
+
+async def _stop_adopted(known, grace):
+    """Stop every adopted orphan and what it started: SIGTERM, SIGKILL after ``grace``, reap."""
+    adopted = _adopted(known)
+    if not adopted:
+        return
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    while True:
+        for pid, exited in adopted.items():
+            if not exited:
+                for member in {pid, *_tree_pids(pid)}:
+                    try:
+                        os.kill(member, sig)
+                    except OSError:
+                        pass
+        await asyncio.sleep(POLL)
+        adopted = {pid: exited for pid, exited in _adopted(known).items() if not (exited and _reap(pid))}
+        if not adopted:
+            return
+        if time.monotonic() > deadline:
+            if sig == signal.SIGKILL:
+                break
+            sig = signal.SIGKILL
+            deadline = time.monotonic() + REAP_WAIT
+    log.warning("%d adopted process(es) survived SIGKILL at exit: %s", len(adopted), sorted(adopted))
 
 
 # -- the tools -----------------------------------------------------------------------------
@@ -881,6 +991,7 @@ def register_process_tools(server):
         log.warning("--allow %s: no such program on PATH at start; it will match nothing", spec)
     registry = ProcessRegistry(policy, cfg.max_processes, cfg.kill_grace)
     server.processes = registry
+    server.on_start(registry.start_adopting)
     server.on_shutdown(registry.shutdown)
 
     def prepare(command, cwd, env):

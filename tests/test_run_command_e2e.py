@@ -197,6 +197,35 @@ def test_closing_stdin_with_children_running_leaves_none(spawn):
     server.close()
 
 
+def proc_stat(pid):
+    """(state, ppid) from /proc, or None once the process is gone (reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def test_daemons_that_leave_the_session_are_adopted_reaped_and_stopped_at_exit(spawn):
+    # setsid + a parent that exits: the classic escape from process-group and session kills.
+    server = spawn(*BASE, "--shell")
+    server.initialize()
+    text = call(server, "run_command", {"command": "setsid sleep 3600 >/dev/null 2>&1 </dev/null & "
+                                                   "setsid sh -c 'sleep 0.2' >/dev/null 2>&1 </dev/null & "
+                                                   "echo $!"})["structuredContent"]["stdout"]
+    short = int(text.split()[-1])
+    (daemon,) = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "3600"]]
+    assert proc_stat(daemon)[1] == server.proc.pid         # adopted by bemcp, not by init
+    # The short one exits: bemcp reaps it (no zombie left under the server).
+    assert wait_for(lambda: proc_stat(short) is None, 5.0), proc_stat(short)
+    assert call(server, "echo", {"text": "serving"})["content"][0]["text"] == "serving"
+    server.proc.stdin.close()
+    assert server.proc.wait(10) == 0
+    assert wait_for(lambda: proc_stat(daemon) is None or proc_stat(daemon)[0] == "Z", 3.0), proc_stat(daemon)
+    server.close()
+
+
 PARENT = """
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-m", "bemcp", "serve", "--no-plugins", "--no-log-files"],

@@ -19,7 +19,8 @@ if not NO_EXTENSIONS:
     try:
         from ._dispatch import Dispatcher, ToolSlot
         from ._framing import Framer, Oversized
-        from ._protocol import ReaderProtocol, WriterProtocol, trim_allocator, tune_allocator
+        from ._protocol import (ReaderProtocol, WriterProtocol, become_subreaper, trim_allocator,
+                                tune_allocator)
         from ._watchdog import STATE_NAMES, InFlightTable, Request, interrupt_thread
         USE_EXTENSIONS = True
     except ImportError:
@@ -28,7 +29,8 @@ if not NO_EXTENSIONS:
 if not USE_EXTENSIONS:
     from ._dispatch_py import Dispatcher, ToolSlot  # noqa: F401
     from ._framing_py import Framer, Oversized  # noqa: F401
-    from ._protocol_py import ReaderProtocol, WriterProtocol, trim_allocator, tune_allocator  # noqa: F401
+    from ._protocol_py import (ReaderProtocol, WriterProtocol, become_subreaper,  # noqa: F401
+                               trim_allocator, tune_allocator)
     from ._watchdog_py import STATE_NAMES, InFlightTable, Request, interrupt_thread  # noqa: F401
 
 

@@ -28,6 +28,25 @@ cdef extern from *:
     int bemcp_tune_allocator()
     int bemcp_trim_allocator() nogil
 
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <sys/prctl.h>
+    static int bemcp_become_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0; }
+    #else
+    static int bemcp_become_subreaper(void) { return 0; }
+    #endif
+    """
+    int bemcp_become_subreaper()
+
+
+def become_subreaper():
+    """Have orphaned descendants re-parented to this process rather than to init (Linux).
+
+    True if set. The process must then reap them: see bemcp.processes.adopt_orphans.
+    """
+    return bemcp_become_subreaper() == 1
+
 
 def tune_allocator():
     """Stop the C allocator returning memory to the OS after every burst (glibc). True if tuned.

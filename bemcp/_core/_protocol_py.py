@@ -6,6 +6,9 @@ that never reads its answers cannot grow the server's buffers without bound.
 """
 
 
+import sys
+
+
 def _libc():
     import ctypes
     import ctypes.util
@@ -27,6 +30,18 @@ def tune_allocator():
     M_TRIM_THRESHOLD = -1
     libc.malloc_trim(0)  # hand back what start-up freed first
     return bool(libc.mallopt(M_TRIM_THRESHOLD, 2 << 20))
+
+
+def become_subreaper():
+    """Have orphaned descendants re-parented to this process rather than to init (Linux).
+
+    True if set. The process must then reap them: see bemcp.processes.adopt_orphans.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = _libc()
+    PR_SET_CHILD_SUBREAPER = 36
+    return libc is not None and libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def trim_allocator():
