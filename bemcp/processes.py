@@ -467,6 +467,13 @@ def _tree_pids(leader):
 
 
 _adopting = False
+_left_alone = set()   # children started elsewhere in bemcp, in sessions of their own
+
+
+def leave_alone(pid):
+    """``pid`` is a child this process started in a new session and waits for itself (the
+    log writer): never take it for an adopted orphan."""
+    _left_alone.add(pid)
 
 
 def adopt_orphans():
@@ -481,9 +488,9 @@ def adopt_orphans():
 
 def _adopted(known):
     """{pid: exited} of this process's children that it did not start (``known``: the pids
-    it did) and that are in another session: orphans adopted as their subreaper. A child
-    that shares bemcp's session was started by other code in the process (a plugin's
-    subprocess) and is left to it."""
+    it did, with those left alone) and that are in another session: orphans adopted as
+    their subreaper. A child that shares bemcp's session was started by other code in
+    the process (a plugin's subprocess) and is left to it."""
     me = os.getpid()
     kids = set()
     try:
@@ -498,7 +505,7 @@ def _adopted(known):
             continue
     session = os.getsid(0)
     adopted = {}
-    for pid in kids - known:
+    for pid in kids - known - _left_alone:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 data = f.read()
@@ -806,6 +813,7 @@ class ProcessRegistry:
         self.background = {}           # id -> Background
         self._next_id = 0
         self._tending = None           # the timer that reaps adopted orphans
+        self._exited = set()           # adopted orphans seen exited at the last tending
         self.closed = False
 
     @property
@@ -838,10 +846,13 @@ class ProcessRegistry:
         return {child.pid for child in self.children}
 
     def _tend(self, loop):
-        # Adopted orphans that exited are zombies of ours until reaped.
-        for pid, exited in _adopted(self._known()).items():
-            if exited:
-                _reap(pid)
+        # Adopted orphans that exited are zombies of ours until reaped. One seen exited a
+        # tending ago too has nobody else waiting for it (a plugin's child that started its
+        # own session would have been reaped by its waiter at once): reap it.
+        exited = {pid for pid, gone in _adopted(self._known()).items() if gone}
+        for pid in exited & self._exited:
+            _reap(pid)
+        self._exited = exited
         self._tending = None if self.closed else loop.call_later(TEND_SECONDS, self._tend, loop)
 
     def _settled(self, child):

@@ -448,6 +448,8 @@ class ProcessSink:
             raise
         finally:
             os.close(read_fd)
+        from ..processes import leave_alone
+        leave_alone(self.proc.pid)   # its own session, waited for here: not an adopted orphan
         self.pid = self.proc.pid
 
     def send(self, frames, offset):
