@@ -420,14 +420,21 @@ class Child:
 _KILL_TASKS = set()   # kill tasks in progress (a cancelled tool must not take them along)
 
 
-def _alive(pid):
-    """Whether ``pid`` exists and is not a zombie."""
+def _stat(pid):
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session,
+    then the rest unsplit), or None if there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
-        return False
-    return data[data.rfind(b")") + 2:data.rfind(b")") + 3] != b"Z"
+        return None
+    return data[data.rfind(b")") + 2:].split(None, 4)
+
+
+def _alive(pid):
+    """Whether ``pid`` exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def _tree_pids(leader):
@@ -441,12 +448,9 @@ def _tree_pids(leader):
     for name in names:
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
+        fields = _stat(name)
+        if fields is None:
             continue
-        fields = data[data.rfind(b")") + 2:].split(None, 5)
         try:
             procs[int(name)] = (fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
         except (IndexError, ValueError):
@@ -506,13 +510,8 @@ def _adopted(known):
     session = os.getsid(0)
     adopted = {}
     for pid in kids - known - _left_alone:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2:].split(None, 5)
-        if len(fields) > 4 and int(fields[3]) != session:
+        fields = _stat(pid)
+        if fields is not None and len(fields) > 3 and int(fields[3]) != session:
             adopted[pid] = fields[0] == b"Z"
     return adopted
 
