@@ -68,6 +68,7 @@ import time
 
 from ._core import become_subreaper
 from .policy import Policy, PolicyError
+from .procfs import children_of, stat_fields
 
 log = logging.getLogger("bemcp.processes")
 
@@ -420,20 +421,9 @@ class Child:
 _KILL_TASKS = set()   # kill tasks in progress (a cancelled tool must not take them along)
 
 
-def _stat(pid):
-    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session,
-    then the rest unsplit), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].split(None, 4)
-
-
 def _alive(pid):
     """Whether ``pid`` exists and is not a zombie."""
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return fields is not None and fields[0] != b"Z"
 
 
@@ -448,7 +438,7 @@ def _tree_pids(leader):
     for name in names:
         if not name.isdigit():
             continue
-        fields = _stat(name)
+        fields = stat_fields(name)
         if fields is None:
             continue
         try:
@@ -495,22 +485,13 @@ def _adopted(known):
     it did, with those left alone) and that are in another session: orphans adopted as
     their subreaper. A child that shares bemcp's session was started by other code in
     the process (a plugin's subprocess) and is left to it."""
-    me = os.getpid()
-    kids = set()
-    try:
-        tids = os.listdir(f"/proc/{me}/task")
-    except OSError:
+    kids = children_of("self")
+    if not kids:
         return {}
-    for tid in tids:
-        try:
-            with open(f"/proc/{me}/task/{tid}/children", "rb") as f:
-                kids.update(int(pid) for pid in f.read().split())
-        except OSError:
-            continue
     session = os.getsid(0)
     adopted = {}
-    for pid in kids - known - _left_alone:
-        fields = _stat(pid)
+    for pid in set(kids) - known - _left_alone:
+        fields = stat_fields(pid)
         if fields is not None and len(fields) > 3 and int(fields[3]) != session:
             adopted[pid] = fields[0] == b"Z"
     return adopted

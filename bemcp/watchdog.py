@@ -27,6 +27,7 @@ from time import monotonic
 
 from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
 from ._core._errors import SERVER_BUSY
+from .procfs import children_of
 from .tools import ToolError, ToolInterrupted
 
 log = logging.getLogger("bemcp.watchdog")
@@ -287,22 +288,13 @@ def _descendants():
     todo = ["self"]
     while todo:
         pid = todo.pop()
-        try:
-            threads = os.listdir(f"/proc/{pid}/task")
-        except OSError:
+        children = children_of(pid)
+        if children is None:
             if pid == "self":
                 return None
             continue   # exited while we looked
-        for tid in threads:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    children = [int(child) for child in f.read().split()]
-            except OSError:
-                if pid == "self" and tid == str(os.getpid()):
-                    return None   # a kernel without CONFIG_PROC_CHILDREN
-                continue          # a thread or process that has just exited
-            found += children
-            todo += children
+        found += children
+        todo += children
     return found
 
 
