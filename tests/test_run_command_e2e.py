@@ -215,8 +215,13 @@ def test_daemons_that_leave_the_session_are_adopted_reaped_and_stopped_at_exit(s
                                                    "setsid sh -c 'sleep 0.2' >/dev/null 2>&1 </dev/null & "
                                                    "echo $!"})["structuredContent"]["stdout"]
     short = int(text.split()[-1])
-    (daemon,) = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "3600"]]
-    assert proc_stat(daemon)[1] == server.proc.pid         # adopted by bemcp, not by init
+    # The shell is gone once the call returns, but its background child may still be on
+    # its way to exec'ing sleep. Adopted by bemcp, not by init: its parent is the server.
+    adopted = lambda: [p.pid for p in psutil.process_iter(["cmdline", "ppid"])
+                       if p.info["cmdline"] == ["sleep", "3600"] and p.info["ppid"] == server.proc.pid]
+    assert wait_for(adopted, 5.0), [(p.pid, p.ppid()) for p in psutil.process_iter(["cmdline"])
+                                    if p.info["cmdline"] == ["sleep", "3600"]]
+    (daemon,) = adopted()
     # The short one exits: bemcp reaps it (no zombie left under the server).
     assert wait_for(lambda: proc_stat(short) is None, 5.0), proc_stat(short)
     assert call(server, "echo", {"text": "serving"})["content"][0]["text"] == "serving"
