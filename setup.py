@@ -3,9 +3,11 @@
 BEMCP_DEBUG=1 builds with -O0 -g, line tracing, annotated HTML and the BEMCP_DEBUG macro.
 """
 import os
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = bool(os.environ.get("BEMCP_DEBUG"))
 MODULES = ["_framing", "_watchdog", "_dispatch", "_protocol", "_tasklog"]
@@ -32,4 +34,48 @@ extensions = cythonize(
 for ext in extensions:
     ext.optional = False
 
-setup(ext_modules=extensions)
+
+
+class build_ext_and_helper(build_ext):
+    """The extensions, then (on Linux) the sandbox's exec helper, a small C program.
+
+    A program rather than an extension: it must run between fork and exec, where only
+    an exec'd program (or CPython's slow, thread-unsafe preexec_fn) can be; see
+    bemcp/security/sandbox_exec.c. Linked statically where the C library allows it
+    (no dynamic loader at each start), dynamically otherwise; a failed build fails the
+    install, so `--sandbox` never finds it missing on a system that can run it.
+    """
+
+    HELPER_SOURCE = "bemcp/security/sandbox_exec.c"
+    HELPER = "bemcp/security/bemcp-sandbox-exec"
+
+    def run(self):
+        super().run()
+        if sys.platform.startswith("linux"):
+            self.build_helper()
+
+    def build_helper(self):
+        import shutil
+        import tempfile
+        target = os.path.join(self.build_lib, self.HELPER)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            objects = self.compiler.compile([self.HELPER_SOURCE], output_dir=tmp,
+                                            extra_postargs=["-O2", "-Wall"])
+            try:
+                self.compiler.link_executable(objects, target, extra_postargs=["-static"])
+            except Exception:
+                self.announce("static link failed; linking the sandbox helper dynamically", 2)
+                self.compiler.link_executable(objects, target)
+        os.chmod(target, 0o755)
+        if self.inplace:   # an editable install imports the package from the source tree
+            shutil.copy2(target, self.HELPER)
+
+    def get_outputs(self):
+        outputs = super().get_outputs()
+        if sys.platform.startswith("linux"):
+            outputs.append(os.path.join(self.build_lib, self.HELPER))
+        return outputs
+
+
+setup(ext_modules=extensions, cmdclass={"build_ext": build_ext_and_helper})
