@@ -37,43 +37,48 @@ for ext in extensions:
 
 
 class build_ext_and_helper(build_ext):
-    """The extensions, then (on Linux) the sandbox's exec helper, a small C program.
+    """The extensions, then the sandbox's exec helper: a small freestanding C program.
 
     A program rather than an extension: it must run between fork and exec, where only
     an exec'd program (or CPython's slow, thread-unsafe preexec_fn) can be; see
-    bemcp/security/sandbox_exec.c. Linked statically where the C library allows it
-    (no dynamic loader at each start), dynamically otherwise; a failed build fails the
-    install, so `--sandbox` never finds it missing on a system that can run it.
+    bemcp/security/sandbox_exec.c. Built for Linux on x86-64 and AArch64 (its own
+    system calls); a failed build fails the install, so `--sandbox` never finds it
+    missing where it could have been built. Elsewhere `--sandbox` refuses to start.
     """
 
     HELPER_SOURCE = "bemcp/security/sandbox_exec.c"
     HELPER = "bemcp/security/bemcp-sandbox-exec"
+    MACHINES = ("x86_64", "amd64", "aarch64", "arm64")
 
     def run(self):
         super().run()
-        if sys.platform.startswith("linux"):
+        if self.builds_helper():
             self.build_helper()
+
+    @classmethod
+    def builds_helper(cls):
+        import platform
+        return sys.platform.startswith("linux") and platform.machine().lower() in cls.MACHINES
 
     def build_helper(self):
         import shutil
         import tempfile
         target = os.path.join(self.build_lib, self.HELPER)
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        freestanding = ["-ffreestanding", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
+                        "-fno-builtin"]
         with tempfile.TemporaryDirectory() as tmp:
             objects = self.compiler.compile([self.HELPER_SOURCE], output_dir=tmp,
-                                            extra_postargs=["-O2", "-Wall"])
-            try:
-                self.compiler.link_executable(objects, target, extra_postargs=["-static"])
-            except Exception:
-                self.announce("static link failed; linking the sandbox helper dynamically", 2)
-                self.compiler.link_executable(objects, target)
+                                            extra_postargs=["-O2", "-Wall", *freestanding])
+            self.compiler.link_executable(objects, target,
+                                          extra_postargs=["-static", "-nostdlib", "-Wl,--build-id=none"])
         os.chmod(target, 0o755)
         if self.inplace:   # an editable install imports the package from the source tree
             shutil.copy2(target, self.HELPER)
 
     def get_outputs(self):
         outputs = super().get_outputs()
-        if sys.platform.startswith("linux"):
+        if self.builds_helper():
             outputs.append(os.path.join(self.build_lib, self.HELPER))
         return outputs
 

@@ -219,14 +219,14 @@ def test_everyday_programs_work(spawn, layout):
 
 
 def test_a_program_outside_the_wall_does_not_start(spawn, layout):
+    """As a shell says it: a line on the command's stderr, exit status 126."""
     root, outside = layout
     tool = outside / "tool"
     tool.write_bytes(open("/bin/true", "rb").read())
     tool.chmod(0o755)
     server = start(spawn, root)
-    result = run(server, [str(tool)])
-    assert result["isError"] is True
-    assert "Permission denied" in result["content"][0]["text"], result
+    out = refused(server, [str(tool)])
+    assert out["exit_code"] == 126 and f"cannot run {tool}: Permission denied" in out["stderr"], out
     assert ran(server, ["true"])["exit_code"] == 0
 
 

@@ -266,7 +266,7 @@ class Sandbox:
     def _probe(self):
         """Confine a process that exits at once: every step works here, or we refuse."""
         import subprocess
-        done = subprocess.run([HELPER, self._fd_arg, "-1", self._flags, "--probe"],
+        done = subprocess.run([HELPER, self._fd_arg, self._flags, "--probe"],
                               pass_fds=(self.fd,), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10)
         if done.returncode != 0:
@@ -276,13 +276,13 @@ class Sandbox:
 
     # -- starting programs ---------------------------------------------------------------
 
-    def command(self, executable, argv, report_fd=-1):
+    def command(self, executable, argv):
         """The argv that runs ``executable`` (invoked as ``argv``) inside the sandbox.
 
-        The child must inherit ``self.fd`` (and ``report_fd``, where a start failure is
-        written; -1: to the program's stderr).
+        The child must inherit ``self.fd``. A program the sandbox cannot start (or a
+        confinement that fails) shows on its stderr, with exit status 126 or 127.
         """
-        return [HELPER, self._fd_arg, str(report_fd), self._flags, executable, *argv]
+        return [HELPER, self._fd_arg, self._flags, executable, *argv]
 
     def confine_env(self, env):
         """``env`` as a sandboxed program gets it: the private home and temporary
