@@ -58,7 +58,9 @@ a denied program, so a deny list guards against mistakes, not against intent: us
 so ``--shell`` together with ``--allow`` or ``--deny`` is refused at start.
 
 ``--root DIR`` constrains the working directory of commands (real path inside a
-root). It does not confine what a program reads or writes once running.
+root). It does not confine what a program reads or writes once running; ``--sandbox``
+does (``bemcp/security/sandbox.py``), and then brings its private HOME and TMPDIR
+into the environment here.
 
 Environment filter
 ------------------
