@@ -170,6 +170,7 @@ class Sandbox:
             self.fd = self._build()
             self._flags = "n" if self.allow_net else "-"
             self._fd_arg = str(self.fd)
+            _drop_bounding_set()
             self._probe()
         except BaseException:
             self.close()
@@ -321,6 +322,27 @@ class Sandbox:
             import shutil
             shutil.rmtree(self.private, ignore_errors=True)
             self.private = None
+
+
+def _drop_bounding_set():
+    """Empty this thread's capability bounding set, where it may (it keeps its own
+    effective capabilities: only what it starts is affected).
+
+    The thread that builds the sandbox is the one that starts every command (the event
+    loop's). Its children would have the helper drop each capability anyway, at a cost
+    of a credentials copy per capability (~40 us a command, measured); dropped here once,
+    the helper only checks. Nothing bemcp starts with --sandbox is meant to hold a
+    capability, the log writer and the programs of third-party plugins included.
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_read, pr_capbset_drop = 23, 24
+    for cap in range(64):
+        has = libc.prctl(pr_capbset_read, ctypes.c_ulong(cap), 0, 0, 0)
+        if has < 0:
+            break
+        if has and libc.prctl(pr_capbset_drop, ctypes.c_ulong(cap), 0, 0, 0) != 0:
+            return   # not ours to drop (no CAP_SETPCAP): the helper does what it must
 
 
 def etc_entries(top="/etc"):

@@ -222,17 +222,22 @@ static void drop_capabilities(void) {
     long uid = SYS(__NR_getuid, 0, 0, 0), euid = SYS(__NR_geteuid, 0, 0, 0);
     if ((err = SYS(__NR_capget, &header, data, 0)) != 0)
         fail("capabilities", -err);
-    /* uid 0 gets the bounding set back at exec; a process holding any capability may
-       pass it on. Anyone else has nothing to drop (no_new_privs stops file capabilities). */
-    int privileged = uid == 0 || euid == 0 || data[0].permitted || data[1].permitted;
-    if (privileged) {
-        for (cap = 0; cap < 64; cap++) {   /* until EINVAL: past the kernel's last one */
-            if ((err = PRCTL(PR_CAPBSET_DROP, cap)) == -EINVAL) break;
-            if (err != 0) fail("capability bounding set", -err);
-        }
-        if ((err = PRCTL(PR_SET_SECUREBITS, SECURE_ALL_LOCKED)) != 0)
-            fail("securebits", -err);
+    /* uid 0 is given the bounding set at exec, so for root it must end up empty. bemcp
+       usually emptied it in the thread that starts us, and then we hold no capability
+       at all; else we drop what is there (reading first: each drop copies the
+       credentials). For anyone else the bounding set grants nothing: no_new_privs
+       keeps file capabilities from raising what they hold, and that is cleared below. */
+    int holding = data[0].permitted || data[1].permitted;
+    int root = uid == 0 || euid == 0;
+    for (cap = 0; (holding || root) && cap < 64; cap++) {
+        long has = PRCTL(PR_CAPBSET_READ, cap);
+        if (has < 0) break;                /* past the kernel's last capability */
+        if (has && (err = holding ? PRCTL(PR_CAPBSET_DROP, cap) : -EPERM) != 0 && root)
+            fail("capability bounding set", -err);
     }
+    /* Belt and braces where it can be set: root gets nothing at exec, for good. */
+    if (holding)
+        PRCTL(PR_SET_SECUREBITS, SECURE_ALL_LOCKED);
     if ((err = sys6(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0)) != 0
             && err != -EINVAL)
         fail("ambient capabilities", -err);
