@@ -3,6 +3,7 @@
 BEMCP_DEBUG=1 builds with -O0 -g, line tracing, annotated HTML and the BEMCP_DEBUG macro.
 """
 import os
+import platform
 import sys
 
 from Cython.Build import cythonize
@@ -29,6 +30,12 @@ extensions = cythonize(
     force=DEBUG,
     compiler_directives={"linetrace": DEBUG, "embedsignature": True},
 )
+# The sandbox's spawner (plain C; it shares bemcp/security/confine.h with the exec helper).
+SANDBOX_MACHINES = ("x86_64", "amd64", "aarch64", "arm64")
+if sys.platform.startswith("linux") and platform.machine().lower() in SANDBOX_MACHINES:
+    extensions.append(Extension("bemcp.security._spawn", ["bemcp/security/_spawn.c"],
+                                depends=["bemcp/security/confine.h"],
+                                extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"]))
 # cythonize() drops Extension(optional=...): a failed compile must fail the build,
 # so the pure twins never silently replace the compiled core.
 for ext in extensions:
@@ -48,17 +55,15 @@ class build_ext_and_helper(build_ext):
 
     HELPER_SOURCE = "bemcp/security/sandbox_exec.c"
     HELPER = "bemcp/security/bemcp-sandbox-exec"
-    MACHINES = ("x86_64", "amd64", "aarch64", "arm64")
 
     def run(self):
         super().run()
         if self.builds_helper():
             self.build_helper()
 
-    @classmethod
-    def builds_helper(cls):
-        import platform
-        return sys.platform.startswith("linux") and platform.machine().lower() in cls.MACHINES
+    @staticmethod
+    def builds_helper():
+        return sys.platform.startswith("linux") and platform.machine().lower() in SANDBOX_MACHINES
 
     def build_helper(self):
         import shutil

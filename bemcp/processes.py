@@ -613,11 +613,16 @@ def _start(launch, stdin_fd, out_w, err_w, argv=None, executable=None, keep=()):
 
 
 def _start_confined(launch, stdin_fd, out_w, err_w, sandbox):
-    """``_start`` inside ``sandbox``: its exec helper confines the child, then execs the
-    program. A failure of either is the command's own: a line on its stderr, exit status
-    126 (127: no such program), as a shell reports it. Nothing waits for the second exec:
-    the helper's work overlaps bemcp's, which measured ~110 us a command against a report
-    pipe read before returning."""
+    """``_start`` inside ``sandbox``: the compiled spawner confines its vfork child and
+    execs the program, or (without it) the exec helper does. A confinement or exec that
+    fails is the command's own: a line on its stderr, exit status 126 (127: no such
+    program), as a shell reports it."""
+    if sandbox.spawn is not None:
+        sys.audit("subprocess.Popen", launch.executable, launch.argv, launch.cwd, launch.env)
+        pid = sandbox.spawn(os.fsencode(launch.executable), [os.fsencode(a) for a in launch.argv],
+                            _env_list(launch.env), os.fsencode(launch.cwd or ""), stdin_fd, out_w,
+                            err_w, sandbox.fd, sandbox.allow_net)
+        return pid, None
     from .security.sandbox import HELPER
     return _start(launch, stdin_fd, out_w, err_w, sandbox.command(launch.executable, launch.argv),
                   HELPER, (sandbox.fd,))

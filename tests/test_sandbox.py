@@ -285,13 +285,16 @@ def test_the_git_plugin_runs_git_inside_the_wall(spawn, layout):
 # -- visible -------------------------------------------------------------------------------
 
 
-def test_status_logs_and_tools_say_so(spawn, layout, tmp_path):
+def test_status_logs_and_tools_say_so(spawn, layout, tmp_path, twin_env):
     root, _ = layout
     logs = tmp_path / "logs"
     server = start(spawn, root, "--no-plugins", "--log-dir", str(logs))
     status = server.call_tool("server_status", {})["result"]["structuredContent"]
     assert status["sandbox"]["sandboxed"] is True and status["sandbox"]["landlock_abi"] >= 6
     assert status["sandbox"]["roots"] == [str(root)] and status["sandbox"]["network"] is False
+    # The compiled spawner confines its own vfork child; the pure twins use the exec helper.
+    compiled = twin_env["BEMCP_NO_EXTENSIONS"] == ""
+    assert status["sandbox"]["spawner"] == ("vfork" if compiled else "exec helper")
     ran(server, ["true"])
     started = server.call_tool("process_start", {"command": ["true"]})["result"]["structuredContent"]
     tools = server.request("tools/list")["result"]["tools"]

@@ -6,7 +6,9 @@ directories, and kept open. Every sandboxed program is started as the exec helpe
 (``bemcp-sandbox-exec``, compiled from ``sandbox_exec.c`` next to this file) with the
 ruleset's descriptor: between its exec and the program's, the helper sets
 no_new_privs, drops every capability, installs a small seccomp filter and enforces the
-ruleset. The spawn itself stays CPython's vfork fast path: no ``preexec_fn``.
+ruleset. The process tools skip that extra exec where the compiled spawner
+(``_spawn.c``) is built: it takes the same steps (``confine.h``) in its own vfork
+child. Either way no Python runs between fork and exec: no ``preexec_fn``.
 
 A sandboxed program may
   - read, write, create, remove and execute under the roots and a private directory
@@ -177,6 +179,7 @@ class Sandbox:
             raise
         import atexit
         atexit.register(self.close)   # `bemcp tools` never shuts a server down
+        self.spawn = _compiled_spawner()
         self.env_fixed = dict.fromkeys(ENV_DROPPED)
         self.env_fixed.update(HOME=self.home, TMPDIR=self.tmp, TMP=self.tmp, TEMP=self.tmp)
 
@@ -298,7 +301,7 @@ class Sandbox:
         """For server_status, the start record and `bemcp tools`."""
         return {"sandboxed": True, "landlock_abi": self.abi, "roots": list(self.roots),
                 "network": self.allow_net, "home": self.home, "tmpdir": self.tmp,
-                "rules": len(self.rules)}
+                "rules": len(self.rules), "spawner": "vfork" if self.spawn else "exec helper"}
 
     def summary(self):
         net = "network allowed" if self.allow_net else "no network"
@@ -322,6 +325,21 @@ class Sandbox:
             import shutil
             shutil.rmtree(self.private, ignore_errors=True)
             self.private = None
+
+
+def _compiled_spawner():
+    """The compiled spawner's ``spawn``, unless the extensions are off (then, or where it
+    was not built, commands start through the exec helper: as confined, one exec slower)."""
+    from .._core import NO_EXTENSIONS
+    if NO_EXTENSIONS:
+        return None
+    try:
+        from ._spawn import spawn
+    except ImportError:
+        log.warning("the compiled sandbox spawner is missing: commands start through the "
+                    "exec helper (as confined, slower)")
+        return None
+    return spawn
 
 
 def _drop_bounding_set():
