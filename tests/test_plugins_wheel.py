@@ -164,4 +164,6 @@ def test_the_installed_sandbox_helper_confines_commands(installed, tmp_path):
         assert out["exit_code"] != 0 and "Permission denied" in out["stderr"], out
         out = server.call_tool("run_command", {"command": ["ls"]}, timeout=30)["result"]["structuredContent"]
         assert out["exit_code"] == 0, out
+        status = server.call_tool("server_status", {}, timeout=30)["result"]["structuredContent"]
+        assert status["sandbox"]["spawner"] == "vfork"   # the compiled spawner was built and shipped
         assert server.close() == 0
