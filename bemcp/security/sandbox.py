@@ -137,9 +137,9 @@ def check_support(abi=None):
             f"offers ABI {abi}. Upgrade the kernel, or run without --sandbox.")
     if not os.access(HELPER, os.X_OK):
         raise SandboxError(
-            f"--sandbox needs its exec helper {HELPER}, which was not built (bemcp was "
-            f"installed without a C compiler?). Reinstall bemcp from source with a C "
-            f"compiler, or run without --sandbox.")
+            f"--sandbox needs its exec helper {HELPER}, which was not built (bemcp builds "
+            f"it on Linux x86-64 and AArch64, with a C compiler). Reinstall bemcp from "
+            f"source there, or run without --sandbox.")
     return abi
 
 
