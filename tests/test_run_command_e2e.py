@@ -215,7 +215,11 @@ def test_daemons_that_leave_the_session_are_adopted_reaped_and_stopped_at_exit(s
                                                    "setsid sh -c 'sleep 0.2' >/dev/null 2>&1 </dev/null & "
                                                    "echo $!"})["structuredContent"]["stdout"]
     short = int(text.split()[-1])
-    (daemon,) = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "3600"]]
+    # The shell may answer before setsid has exec'd sleep: look until it has.
+    found = []
+    assert wait_for(lambda: found.extend(p.pid for p in psutil.process_iter(["cmdline"])
+                                         if p.info["cmdline"] == ["sleep", "3600"]) or found, 5.0)
+    (daemon,) = found
     assert proc_stat(daemon)[1] == server.proc.pid         # adopted by bemcp, not by init
     # The short one exits: bemcp reaps it (no zombie left under the server).
     assert wait_for(lambda: proc_stat(short) is None, 5.0), proc_stat(short)

@@ -137,6 +137,18 @@ def test_no_network_unless_allowed(spawn, layout):
         assert ran(server, py(UDP))["stdout"] == "sent\n"
 
 
+def test_what_landlock_does_not_govern_the_filter_refuses(spawn, layout):
+    """chown, other socket families and io_uring: the seccomp filter's part of the wall."""
+    root, _ = layout
+    server = start(spawn, root, "--sandbox-allow-net", *BASE)
+    refused(server, py("import os; os.chown('inside.txt', 0, 0)"))
+    refused(server, py("import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)"))
+    code = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.syscall(425, 1, ctypes.create_string_buffer(120)), ctypes.get_errno())")
+    assert ran(server, py(code))["stdout"] == "-1 38\n"   # io_uring_setup: ENOSYS
+    assert ran(server, py("import socket; socket.socket(socket.AF_UNIX); print('unix')"))["stdout"] == "unix\n"
+
+
 def test_no_abstract_socket_of_the_outside(spawn, layout):
     root, _ = layout
     name = f"\0bemcp-test-{os.getpid()}-{time.monotonic_ns()}"

@@ -190,64 +190,115 @@ static long drop_capabilities(const char **stage) {
 }
 
 #define STMT(code, k) ((struct sock_filter)BPF_STMT((code), (k)))
-#define JUMP(value, jt, jf) ((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (value), (jt), (jf)))
+#define JUMP(op, value, jt, jf) ((struct sock_filter)BPF_JUMP(BPF_JMP | (op) | BPF_K, (value), (jt), (jf)))
 #define LOAD(offset) STMT(BPF_LD | BPF_W | BPF_ABS, (offset))
 #define RET(value) STMT(BPF_RET | BPF_K, (value))
-#define NR offsetof(struct seccomp_data, nr)
 #define ARG_LOW(n) offsetof(struct seccomp_data, args[n])   /* int arguments: the low word */
 
-/* System calls answered EPERM whatever their arguments. */
-static const int refused[] = {
-#ifdef __NR_chown
-    __NR_chown,
-#endif
-#ifdef __NR_lchown
-    __NR_lchown,
-#endif
-    __NR_fchown, __NR_fchownat,
+/* What the filter does with a system call, by number. */
+enum { REFUSE, NO_SUCH_CALL, SOCKET, IOCTL };
+
+struct watched { unsigned nr; int action; };
+
+struct program {
+    struct sock_filter f[96];
+    unsigned n;
+    unsigned inet;            /* the answer to socket(AF_INET*): allow, or EACCES */
 };
 
-static long install_filter(int network, const char **stage) {
-    struct sock_filter f[64];
-    unsigned n = 0, i;
-    unsigned inet = network ? SECCOMP_RET_ALLOW : SECCOMP_RET_ERRNO | EACCES;
-    long err;
-    f[n++] = LOAD(offsetof(struct seccomp_data, arch));
-    f[n++] = JUMP(NATIVE_ARCH, 1, 0);
-    f[n++] = RET(SECCOMP_RET_KILL_PROCESS);
-    f[n++] = LOAD(NR);
-#ifdef X32_SYSCALL_BIT
-    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1);
-    f[n++] = RET(SECCOMP_RET_KILL_PROCESS);
-#endif
-    for (i = 0; i < sizeof refused / sizeof refused[0]; i++) {
-        f[n++] = JUMP((unsigned)refused[i], 0, 1);
+static unsigned action_size(int action) {
+    return action == SOCKET ? 8 : action == IOCTL ? 5 : 1;
+}
+
+static void emit_action(struct program *p, int action) {
+    struct sock_filter *f = p->f;
+    unsigned n = p->n;
+    switch (action) {
+    case REFUSE:           /* chown and its variants: no file ownership games */
         f[n++] = RET(SECCOMP_RET_ERRNO | EPERM);
+        break;
+    case NO_SUCH_CALL:     /* io_uring: programs fall back to plain system calls */
+        f[n++] = RET(SECCOMP_RET_ERRNO | ENOSYS);
+        break;
+    case SOCKET:           /* socket(family, ...): the jumps count what they skip */
+        f[n++] = LOAD(ARG_LOW(0));
+        f[n++] = JUMP(BPF_JEQ, AF_UNIX_NR, 5, 0);        /* -> allow */
+        f[n++] = JUMP(BPF_JEQ, AF_NETLINK_NR, 4, 0);     /* -> allow */
+        f[n++] = JUMP(BPF_JEQ, AF_INET_NR, 1, 0);        /* -> inet */
+        f[n++] = JUMP(BPF_JEQ, AF_INET6_NR, 0, 1);       /* -> inet, else -> refuse */
+        f[n++] = RET(p->inet);
+        f[n++] = RET(SECCOMP_RET_ERRNO | EACCES);
+        f[n++] = RET(SECCOMP_RET_ALLOW);
+        break;
+    case IOCTL:            /* ioctl(fd, request): no typing into a terminal */
+        f[n++] = LOAD(ARG_LOW(1));
+        f[n++] = JUMP(BPF_JEQ, TIOCSTI_NR, 1, 0);
+        f[n++] = JUMP(BPF_JEQ, TIOCLINUX_NR, 0, 1);
+        f[n++] = RET(SECCOMP_RET_ERRNO | EPERM);
+        f[n++] = RET(SECCOMP_RET_ALLOW);
+        break;
     }
-    f[n++] = JUMP(__NR_io_uring_setup, 0, 1);
-    f[n++] = RET(SECCOMP_RET_ERRNO | ENOSYS);
-    /* socket(family, ...): the jumps count the instructions they skip */
-    f[n++] = JUMP(__NR_socket, 0, 8);
-    f[n++] = LOAD(ARG_LOW(0));
-    f[n++] = JUMP(AF_UNIX_NR, 5, 0);        /* -> allow */
-    f[n++] = JUMP(AF_NETLINK_NR, 4, 0);     /* -> allow */
-    f[n++] = JUMP(AF_INET_NR, 1, 0);        /* -> inet */
-    f[n++] = JUMP(AF_INET6_NR, 0, 1);       /* -> inet, else -> refuse */
-    f[n++] = RET(inet);
-    f[n++] = RET(SECCOMP_RET_ERRNO | EACCES);
-    f[n++] = RET(SECCOMP_RET_ALLOW);
-    /* ioctl(fd, request): no typing into a terminal */
-    f[n++] = JUMP(__NR_ioctl, 0, 4);
-    f[n++] = LOAD(ARG_LOW(1));
-    f[n++] = JUMP(TIOCSTI_NR, 1, 0);
-    f[n++] = JUMP(TIOCLINUX_NR, 0, 1);
-    f[n++] = RET(SECCOMP_RET_ERRNO | EPERM);
-    f[n++] = RET(SECCOMP_RET_ALLOW);
-    struct sock_fprog prog = {(unsigned short)n, f};
+    p->n = n;
+}
+
+/* A search tree over the watched numbers (sorted), the accumulator holding the number:
+   every other system call is allowed after a few comparisons. Short paths matter: the
+   kernel runs the filter for every system call number when it is installed, to cache
+   those it always allows, and that is most of what installing it costs. */
+static void emit_tree(struct program *p, const struct watched *w, unsigned count) {
+    unsigned i, at, mid;
+    if (count <= 2) {
+        for (i = 0; i < count; i++) {
+            p->f[p->n++] = JUMP(BPF_JEQ, w[i].nr, 0, action_size(w[i].action));
+            emit_action(p, w[i].action);
+        }
+        p->f[p->n++] = RET(SECCOMP_RET_ALLOW);
+        return;
+    }
+    mid = count / 2;
+    at = p->n++;           /* nr >= w[mid].nr: jump over the left half */
+    emit_tree(p, w, mid);
+    p->f[at] = JUMP(BPF_JGE, w[mid].nr, p->n - at - 1, 0);
+    emit_tree(p, w + mid, count - mid);
+}
+
+static long install_filter(int network, const char **stage) {
+    struct watched w[] = {
+#ifdef __NR_chown
+        {__NR_chown, REFUSE},
+#endif
+#ifdef __NR_lchown
+        {__NR_lchown, REFUSE},
+#endif
+        {__NR_fchown, REFUSE}, {__NR_fchownat, REFUSE}, {__NR_io_uring_setup, NO_SUCH_CALL},
+        {__NR_socket, SOCKET}, {__NR_ioctl, IOCTL},
+    };
+    unsigned count = sizeof w / sizeof w[0], i, k;
+    struct program p;
+    long err;
+    for (i = 1; i < count; i++)           /* insertion sort by number */
+        for (k = i; k > 0 && w[k - 1].nr > w[k].nr; k--) {
+            struct watched t = w[k];
+            w[k] = w[k - 1];
+            w[k - 1] = t;
+        }
+    p.n = 0;
+    p.inet = network ? SECCOMP_RET_ALLOW : SECCOMP_RET_ERRNO | EACCES;
+    /* Another ABI's numbers would not mean what this filter checks: kill. */
+    p.f[p.n++] = LOAD(offsetof(struct seccomp_data, arch));
+    p.f[p.n++] = JUMP(BPF_JEQ, NATIVE_ARCH, 1, 0);
+    p.f[p.n++] = RET(SECCOMP_RET_KILL_PROCESS);
+    p.f[p.n++] = LOAD(offsetof(struct seccomp_data, nr));
+#ifdef X32_SYSCALL_BIT
+    p.f[p.n++] = JUMP(BPF_JGE, X32_SYSCALL_BIT, 0, 1);
+    p.f[p.n++] = RET(SECCOMP_RET_KILL_PROCESS);
+#endif
+    emit_tree(&p, w, count);
+    struct sock_fprog prog = {(unsigned short)p.n, p.f};
     /* SPEC_ALLOW: without it the kernel turns on its speculative-store-bypass mitigation
-       for every filtered process, which costs more than the rest of the helper (measured:
-       ~50 us a command). It guards a process's memory against itself: the wall here is
-       between processes, each with its own address space. */
+       for every filtered process (where the CPU needs one), a cost on every context
+       switch. It guards a process's memory against itself: the wall here is between
+       processes, each with its own address space. */
     err = SYS(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog);
     if (err == -EINVAL)   /* a kernel without the flag (before 4.17) */
         err = SYS(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
