@@ -1011,8 +1011,10 @@ def register_process_tools(server):
         sandbox = Sandbox.from_config(cfg)
         server.on_shutdown(sandbox.close)   # after the children are stopped (callbacks run last first)
         log.info("%s", sandbox.summary())
-    elif cfg.sandbox_allow_net or cfg.sandbox_read:
-        log.warning("sandbox_allow_net and sandbox_read mean nothing without --sandbox")
+    else:
+        log.info("commands run without a sandbox (--sandbox confines them to the roots)")
+        if cfg.sandbox_allow_net or cfg.sandbox_read:
+            log.warning("sandbox_allow_net and sandbox_read mean nothing without --sandbox")
     server.sandbox = sandbox
     policy = Policy.from_config(cfg, sandbox)
     for spec in policy.unresolved():

@@ -329,6 +329,16 @@ def test_status_logs_and_tools_say_so(spawn, layout, tmp_path, twin_env):
     assert listing.stdout.splitlines()[0].startswith("# commands run sandboxed (Landlock ABI ")
 
 
+@pytest.mark.parametrize("flags, line", [(("--sandbox",), "commands run sandboxed (Landlock ABI "),
+                                         ((), "commands run without a sandbox")])
+def test_the_start_is_logged_with_it(twin_env, layout, flags, line):
+    root, _ = layout
+    done = subprocess.run(server_command(*flags, "--root", str(root), "--log-level", "info", *BASE),
+                          env=dict(os.environ, **twin_env, PATH=PATH), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and line in done.stderr, done.stderr
+
+
 def test_without_the_flag_commands_are_not_sandboxed(spawn, layout):
     root, outside = layout
     server = spawn("--root", str(root), *BASE)
