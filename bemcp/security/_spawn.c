@@ -82,7 +82,7 @@ static __attribute__((noreturn)) void child(const char *exe, char *const *argv, 
     fail_exec(exe, -err);
 report:
     {
-        char line[32];
+        char line[48];
         int n = 0;
         long v = -err;
         char digits[24];
