@@ -192,7 +192,7 @@ class Sandbox:
     # -- the rules ---------------------------------------------------------------------
 
     def _rules(self, read, environ):
-        """[(real path, access)], in the order added (the kernel unions them)."""
+        """[(real path, access)]: one rule per path, none beneath another granting as much."""
         home = os.path.realpath(os.path.expanduser("~"))
         rules = [(root, FS_ALL) for root in self.roots]
         rules += [(self.home, FS_ALL), (self.tmp, FS_ALL)]
@@ -213,14 +213,15 @@ class Sandbox:
         rules += [(path, READ) for path in etc_entries()]
         rules += [("/proc", READ)] + [(path, READ) for path in SYS_DIRS]
         rules += list(DEVICES.items())
-        seen = set()
-        unique = []
+        granted = {}
         for path, access in rules:
             real = os.path.realpath(path)
-            if (real, access) not in seen and os.path.exists(real):
-                seen.add((real, access))
-                unique.append((real, access))
-        return unique
+            if os.path.exists(real):
+                granted[real] = granted.get(real, 0) | access
+        # A rule beneath another that grants as much adds nothing but cost: every rule is
+        # copied into each command's Landlock domain.
+        return [(path, access) for path, access in granted.items()
+                if not any(granted.get(parent, 0) & access == access for parent in _parents(path))]
 
     def _build(self):
         import ctypes
@@ -361,6 +362,13 @@ def _drop_bounding_set():
             break
         if has and libc.prctl(pr_capbset_drop, ctypes.c_ulong(cap), 0, 0, 0) != 0:
             return   # not ours to drop (no CAP_SETPCAP): the helper does what it must
+
+
+def _parents(path):
+    """The directories above ``path``, nearest first."""
+    while path not in ("/", ""):
+        path = os.path.dirname(path)
+        yield path
 
 
 def etc_entries(top="/etc"):
