@@ -54,6 +54,9 @@ def main(argv=None):
             cfg = config.Config.load(args.config, args)
             server = make_server(cfg, serving=args.command == "serve")  # conflicting settings fail here
         except (OSError, ValueError) as exc:
+            if getattr(exc, "no_usage", False):   # not a mistake in the flags: no usage text
+                sys.stderr.write(f"bemcp {args.command}: {exc}\n")
+                return 2
             parser.error(str(exc))      # the message on stderr, exit status 2
     if args.command == "serve":
         server.run()
@@ -90,6 +93,10 @@ def show_tools(server, as_json):
         import orjson
         sys.stdout.write(orjson.dumps([t.definition() for t in tools], option=orjson.OPT_INDENT_2).decode() + "\n")
         return
+    if "run_command" in server.tools:
+        sandbox = getattr(server, "sandbox", None)
+        print(f"# {sandbox.summary()}" if sandbox is not None else
+              "# commands run without a sandbox (--sandbox confines them: docs/security.md)")
     for tool in tools:
         props = tool.input_schema.get("properties", {})
         required = set(tool.input_schema.get("required", ()))

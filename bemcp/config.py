@@ -29,6 +29,9 @@ class Config:
     max_output: int = 1 * MiB              # bytes kept per stream of run_command
     max_processes: int = 64
     kill_grace: float = 2.0                # SIGTERM -> SIGKILL
+    sandbox: bool = False                  # confine every program started (Landlock)
+    sandbox_allow_net: bool = False        # ... but let it use the network
+    sandbox_read: list = field(default_factory=list)   # more directories it may read and execute
     # Watchdog.
     watchdog: bool = True
     max_inflight: int = 0                  # concurrent tool calls (0: unlimited)
@@ -102,6 +105,12 @@ def add_arguments(parser):
     g.add_argument("--command-timeout", type=float, metavar="SECONDS", help="run_command default timeout (60)")
     g.add_argument("--max-output", type=int, metavar="BYTES", help="output kept per stream (1 MiB)")
     g.add_argument("--max-processes", type=int, metavar="N", help="concurrent child processes (64)")
+    g.add_argument("--sandbox", action="store_true", default=None,
+                   help="confine every program started to the roots, kernel-enforced (Landlock)")
+    g.add_argument("--sandbox-allow-net", action="store_true", default=None,
+                   help="let sandboxed programs use the network")
+    g.add_argument("--sandbox-read", action="append", metavar="DIR",
+                   help="let sandboxed programs also read and execute in DIR (repeatable)")
     g = parser.add_argument_group("watchdog")
     g.add_argument("--no-watchdog", action="store_false", dest="watchdog", default=None,
                    help="no escalation, lock-up or memory watch (deadlines and limits still hold)")

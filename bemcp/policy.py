@@ -58,7 +58,9 @@ a denied program, so a deny list guards against mistakes, not against intent: us
 so ``--shell`` together with ``--allow`` or ``--deny`` is refused at start.
 
 ``--root DIR`` constrains the working directory of commands (real path inside a
-root). It does not confine what a program reads or writes once running.
+root). It does not confine what a program reads or writes once running; ``--sandbox``
+does (``bemcp/security/sandbox.py``), and then brings its private HOME and TMPDIR
+into the environment here.
 
 Environment filter
 ------------------
@@ -336,7 +338,7 @@ class Policy:
     """
 
     def __init__(self, allow=(), deny=(), roots=(), shell=False, env_allow=(), env_deny=(),
-                 environ=None, cwd=None):
+                 environ=None, cwd=None, sandbox=None):
         allow = list(allow or ())
         deny = list(deny or ())
         if shell and (allow or deny):
@@ -359,13 +361,18 @@ class Policy:
             self.roots.append(real)
         self.env_allow = tuple(env_allow or ())
         self.env_deny = tuple(env_deny or ())
+        # --sandbox: its private HOME and TMPDIR replace the server's (security/sandbox.py).
+        self.sandbox = sandbox
         self._base_env = None
         self.default_cwd = self._default_cwd(cwd or os.getcwd())
 
     @classmethod
-    def from_config(cls, cfg):
-        return cls(allow=cfg.allow, deny=cfg.deny, roots=cfg.roots, shell=cfg.shell,
-                   env_allow=cfg.env_allow, env_deny=cfg.env_deny)
+    def from_config(cls, cfg, sandbox=None):
+        """The policy ``cfg`` asks for; with a sandbox, its roots (the working directory
+        when none was given) bound where commands start too."""
+        return cls(allow=cfg.allow, deny=cfg.deny, roots=sandbox.roots if sandbox else cfg.roots,
+                   shell=cfg.shell, env_allow=cfg.env_allow, env_deny=cfg.env_deny,
+                   sandbox=sandbox)
 
     @property
     def restricted(self):
@@ -505,7 +512,7 @@ class Policy:
                 if self.env_deny and _matches(name, self.env_deny):
                     continue
                 env[name] = value
-            self._base_env = env
+            self._base_env = env if self.sandbox is None else self.sandbox.confine_env(env)
         return self._base_env
 
     def child_env(self, extra=None):

@@ -504,11 +504,12 @@ def _reap(pid):
         return True
 
 
-def spawn(launch, on_output, stdin=False, foreground=True, on_exit=None, grace=2.0):
+def spawn(launch, on_output, stdin=False, foreground=True, on_exit=None, grace=2.0, sandbox=None):
     """Start ``launch`` (a policy.Launch) in its own session; a Child.
 
-    ``stdin``: give the child a pipe as stdin (else /dev/null). Must be called on
-    the event loop. Raises SpawnError if the program cannot be started.
+    ``stdin``: give the child a pipe as stdin (else /dev/null); ``sandbox``: run it
+    confined (a security.sandbox.Sandbox). Must be called on the event loop. Raises
+    SpawnError if the program cannot be started.
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -524,7 +525,10 @@ def spawn(launch, on_output, stdin=False, foreground=True, on_exit=None, grace=2
         if not stdin:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             fds.append(in_r)
-        pid, popen = _start(launch, in_r, out_w, err_w)
+        if sandbox is None:
+            pid, popen = _start(launch, in_r, out_w, err_w)
+        else:
+            pid, popen = _start_confined(launch, in_r, out_w, err_w, sandbox)
     except OSError as exc:
         for fd in fds:
             os.close(fd)
@@ -563,19 +567,26 @@ def _env_list(env):
     return encoded
 
 
-def _start(launch, stdin_fd, out_w, err_w):
-    """Spawn the child with the given fds as 0, 1, 2; (pid, Popen or None)."""
+def _start(launch, stdin_fd, out_w, err_w, argv=None, executable=None, keep=()):
+    """Spawn the child with the given fds as 0, 1, 2; (pid, Popen or None).
+
+    ``argv`` and ``executable`` replace the launch's (the sandbox's helper runs it),
+    ``keep``: more descriptors the child inherits.
+    """
+    if argv is None:
+        argv, executable = launch.argv, launch.executable
     if _FORK_EXEC is None:
         popen = subprocess.Popen(
-            launch.argv, executable=launch.executable, cwd=launch.cwd, env=launch.env,
+            argv, executable=executable, cwd=launch.cwd, env=launch.env, pass_fds=keep,
             stdin=stdin_fd, stdout=out_w, stderr=err_w, close_fds=True, start_new_session=True)
         return popen.pid, popen
-    sys.audit("subprocess.Popen", launch.executable, launch.argv, launch.cwd, launch.env)
+    sys.audit("subprocess.Popen", executable, argv, launch.cwd, launch.env)
     report_r, report_w = os.pipe()   # the child reports a failure before exec here
     try:
         # The argument order of CPython 3.11-3.13 (subprocess.Popen._execute_child).
         pid = _FORK_EXEC(
-            launch.argv, (os.fsencode(launch.executable),), True, (report_w,), launch.cwd,
+            argv, (os.fsencode(executable),), True,
+            tuple(sorted((report_w, *keep))) if keep else (report_w,), launch.cwd,
             _env_list(launch.env), stdin_fd, -1, -1, out_w, -1, err_w, report_r, report_w,
             True, True, -1, None, None, None, -1, None, True)
     except BaseException:
@@ -597,8 +608,24 @@ def _start(launch, stdin_fd, out_w, err_w):
         _, hex_errno, detail = (report.split(b":", 2) + [b"", b""])[:3]
         code = int(hex_errno or b"0", 16)
         raise OSError(code, os.strerror(code) if code else detail.decode(errors="replace"),
-                      launch.cwd if detail == b"noexec" else launch.executable)   # noexec: chdir failed
+                      launch.cwd if detail == b"noexec" else executable)   # noexec: chdir failed
     return pid, None
+
+
+def _start_confined(launch, stdin_fd, out_w, err_w, sandbox):
+    """``_start`` inside ``sandbox``: the compiled spawner confines its vfork child and
+    execs the program, or (without it) the exec helper does. A confinement or exec that
+    fails is the command's own: a line on its stderr, exit status 126 (127: no such
+    program), as a shell reports it."""
+    if sandbox.spawn is not None:
+        sys.audit("subprocess.Popen", launch.executable, launch.argv, launch.cwd, launch.env)
+        pid = sandbox.spawn(os.fsencode(launch.executable), [os.fsencode(a) for a in launch.argv],
+                            _env_list(launch.env), os.fsencode(launch.cwd or ""), stdin_fd, out_w,
+                            err_w, sandbox.fd, sandbox.allow_net)
+        return pid, None
+    from .security.sandbox import HELPER
+    return _start(launch, stdin_fd, out_w, err_w, sandbox.command(launch.executable, launch.argv),
+                  HELPER, (sandbox.fd,))
 
 
 # -- output capture ---------------------------------------------------------------------
@@ -810,7 +837,7 @@ class ProcessRegistry:
                 f"(max_processes = {self.max_processes}). Wait for one to finish, or stop a "
                 f"background process with process_kill.")
         child = spawn(launch, on_output, stdin=stdin, foreground=foreground,
-                      on_exit=self.live.discard, grace=self.kill_grace)
+                      on_exit=self.live.discard, grace=self.kill_grace, sandbox=self.policy.sandbox)
         self.live.add(child)
         self.children.add(child)
         child.done.add_done_callback(lambda _: self._settled(child))
@@ -972,18 +999,32 @@ def register_process_tools(server):
     ``server.config``); stop every child when the server stops.
 
     Raises policy.PolicyConfigError for settings that cannot be honoured together
-    (``--shell`` with ``--allow``).
+    (``--shell`` with ``--allow``), and security.sandbox.SandboxError when ``--sandbox``
+    cannot be honoured here (never a command less confined than asked).
     """
     from . import Context, ToolError, ToolResult, text
 
     cfg = server.config
-    policy = Policy.from_config(cfg)
+    sandbox = None
+    if cfg.sandbox:
+        from .security.sandbox import Sandbox
+        sandbox = Sandbox.from_config(cfg)
+        server.on_shutdown(sandbox.close)   # after the children are stopped (callbacks run last first)
+        log.info("%s", sandbox.summary())
+    else:
+        log.info("commands run without a sandbox (--sandbox confines them to the roots)")
+        if cfg.sandbox_allow_net or cfg.sandbox_read:
+            log.warning("sandbox_allow_net and sandbox_read mean nothing without --sandbox")
+    server.sandbox = sandbox
+    policy = Policy.from_config(cfg, sandbox)
     for spec in policy.unresolved():
         log.warning("--allow %s: no such program on PATH at start; it will match nothing", spec)
     registry = ProcessRegistry(policy, cfg.max_processes, cfg.kill_grace)
     server.processes = registry
     server.on_start(registry.start_adopting)
     server.on_shutdown(registry.shutdown)
+    # What runs where, in the tasks.log record of each call that starts a program.
+    started = {"sandboxed": True} if sandbox is not None else None
 
     def prepare(command, cwd, env):
         try:
@@ -1060,7 +1101,8 @@ def register_process_tools(server):
                 progress.close()
         duration = (child.ended or time.monotonic()) - child.started
         if ctx is not None:
-            ctx.request.detail = {"exit_code": child.returncode}  # for tasks.log
+            ctx.request.detail = {"exit_code": child.returncode, **started} if started \
+                else {"exit_code": child.returncode}   # for tasks.log
         structured = {"exit_code": child.returncode, "stdout": out.text(), "stderr": err.text(),
                       "duration_ms": round(duration * 1000, 3), "timed_out": child.timed_out,
                       "truncated": out.truncated or err.truncated,
@@ -1076,7 +1118,7 @@ def register_process_tools(server):
 
     @server.tool(eager=True, annotations={"destructiveHint": True, "openWorldHint": True})
     async def process_start(command: list[str] | str, cwd: str | None = None,
-                            env: dict[str, str] | None = None) -> dict:
+                            env: dict[str, str] | None = None, ctx: Context = None) -> dict:
         """Start a program in the background and return its id; read its output with process_read.
 
         Same rules as run_command (no shell unless the server has --shell). Its stdin
@@ -1093,6 +1135,8 @@ def register_process_tools(server):
             entry = registry.start_background(launch)
         except (ProcessLimitError, SpawnError) as exc:
             raise ToolError(str(exc)) from None
+        if started and ctx is not None:
+            ctx.request.detail = started
         return {"id": entry.id, "pid": entry.child.pid}
 
     @server.tool(eager=True, annotations={"readOnlyHint": True, "openWorldHint": False})
@@ -1182,6 +1226,9 @@ def register_process_tools(server):
         return {"processes": [entry.info() for entry in registry.background.values()],
                 "running": registry.running, "limit": registry.max_processes}
 
+    if sandbox is not None:   # the model learns where the wall is before it hits it
+        for name in ("run_command", "process_start"):
+            server.tools[name].description += sandbox.tool_note()
     return registry
 
 

@@ -76,6 +76,7 @@ class Server:
         self.recorders = []            # f(kind, fields) for every forensics event
         self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
         self.tasks = TaskManager(self)
+        self.sandbox = None            # the commands' Sandbox, with --sandbox (processes.py)
         if self.config.watchdog:
             from .watchdog import Watchdog
             Watchdog(self)
@@ -487,7 +488,12 @@ class Server:
     def describe(self):
         """Facts for humans and crash reports: name, versions, core in use."""
         return {"name": self.name, "version": self.version, "bemcp": __version__,
-                "compiled_core": USE_EXTENSIONS, "python": sys.version.split()[0], "pid": os.getpid()}
+                "compiled_core": USE_EXTENSIONS, "python": sys.version.split()[0], "pid": os.getpid(),
+                "sandbox": self.sandbox_status()}
+
+    def sandbox_status(self):
+        """Whether the programs tools start run sandboxed, and how (server_status, logs)."""
+        return self.sandbox.describe() if self.sandbox is not None else {"sandboxed": False}
 
 
 def _exit_if_threads_are_stuck(code, grace=0.5):

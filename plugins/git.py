@@ -4,8 +4,8 @@ Runs the ``git`` command with argument lists (never a shell), no pager, no promp
 with the repository's external diff drivers, text conversions and fsmonitor hook turned
 off, so reading a repository cannot run code it names. The server's command policy applies
 as to run_command: ``--allow``/``--deny`` decide whether git may run, and git gets the
-filtered environment (no tokens or secrets). The repository's top level must be inside a
-root. Output is cut at ``max_bytes`` (default 256 KiB); a call stops after 30 s.
+filtered environment (no tokens or secrets); with ``--sandbox`` it runs confined like
+every command. The repository's top level must be inside a root. Output is cut at ``max_bytes`` (default 256 KiB); a call stops after 30 s.
 """
 
 import asyncio
@@ -33,7 +33,7 @@ MaxBytes = Annotated[int, {"minimum": 1024, "maximum": MAX_BYTES_CAP}]
 
 def setup(server):
     roots = Roots(server.config)
-    launcher = GitLauncher(server.config)
+    launcher = GitLauncher(server.config, getattr(server, "sandbox", None))
 
     async def repository(repo):
         """The top level of the repository holding ``repo``; ToolError if none or outside the roots."""
@@ -214,10 +214,11 @@ def _classify(result, xy, entry):
 
 
 class GitLauncher:
-    """git under the server's command policy (allow/deny lists, environment filter)."""
+    """git under the server's command policy (allow/deny lists, environment filter, sandbox)."""
 
-    def __init__(self, config):
+    def __init__(self, config, sandbox=None):
         self.config = config
+        self.sandbox = sandbox
         self._policy = None
 
     def prepare(self, cwd, argv):
@@ -225,7 +226,7 @@ class GitLauncher:
         if self._policy is None:
             cfg = self.config
             self._policy = Policy(allow=cfg.allow, deny=cfg.deny, env_allow=cfg.env_allow,
-                                  env_deny=cfg.env_deny)
+                                  env_deny=cfg.env_deny, sandbox=self.sandbox)
         try:
             launch = self._policy.prepare(argv, cwd)
         except PolicyError as exc:
@@ -238,19 +239,25 @@ class GitLauncher:
         """Run git in ``cwd``; (stdout up to max_bytes, cut?). ToolError when git fails."""
         argv = ["git", *SAFE_OPTIONS, *args]
         executable, env = self.prepare(cwd, argv)
-        return await run_git(executable, argv, cwd, env, max_bytes, timeout)
+        return await run_git(executable, argv, cwd, env, max_bytes, timeout, self.sandbox)
 
 
-async def run_git(executable, argv, cwd, env, max_bytes, timeout):
+async def run_git(executable, argv, cwd, env, max_bytes, timeout, sandbox=None):
     """Run ``argv`` (git); (stdout up to max_bytes, cut?). ToolError when git fails.
 
-    The child gets its own process group, killed on timeout or cancellation.
+    The child gets its own process group, killed on timeout or cancellation; with a
+    ``sandbox``, its exec helper starts git confined (a failure shows on git's stderr).
     """
     args = argv[len(SAFE_OPTIONS) + 1:]
+    keep = ()
+    if sandbox is not None:
+        from bemcp.security.sandbox import HELPER
+        argv, executable, keep = sandbox.command(executable, argv), HELPER, (sandbox.fd,)
     try:
         proc = await asyncio.create_subprocess_exec(
             executable, *argv[1:], cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            pass_fds=keep)
     except FileNotFoundError:
         raise ToolError("git is not installed (no `git` on PATH)") from None
     try:

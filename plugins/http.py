@@ -6,6 +6,9 @@ redirect leaves the origin). The body is read up to ``max_bytes`` (cap 10 MiB) a
 as JSON when the server says JSON, as text when it is text, else as base64. HTTP error
 statuses (4xx, 5xx) are results, not tool errors: the status and body are what a caller
 needs. Proxies from the environment (``https_proxy``, ``no_proxy``...) apply.
+
+With ``--sandbox`` and without ``--sandbox-allow-net`` the sandboxed programs have no
+network, and this tool, which runs inside the server, refuses every request the same way.
 """
 
 import functools
@@ -21,6 +24,9 @@ USER_AGENT = "bemcp-http/1"
 
 
 def setup(server):
+    sandbox = getattr(server, "sandbox", None)
+    offline = sandbox is not None and not sandbox.allow_net
+
     @server.tool(annotations={"readOnlyHint": False, "openWorldHint": True})
     def http_request(url: str,
                      method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET",
@@ -44,6 +50,10 @@ def setup(server):
             follow_redirects: Follow 3xx responses with a Location.
             max_redirects: At most this many redirects.
         """
+        if offline:
+            raise ToolError(f"Not sent: the server runs with --sandbox and without "
+                            f"--sandbox-allow-net, so neither its commands nor {method} {url} "
+                            f"may reach the network.")
         if body is not None and json is not None:
             raise ToolError("give either body or json, not both")
         data = None

@@ -50,13 +50,23 @@ def _has_build_tools():
     return int(version("setuptools").split(".")[0]) >= 69
 
 
+_BUILT = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.html",
+                                "tests", "benches", ".pytest_cache", ".venv", "bemcp-sandbox-exec")
+
+
+def _not_in_a_checkout(directory, names):
+    """Build products: what a clean checkout lacks (the sandbox helper's C source stays)."""
+    ignored = set(_BUILT(directory, names))
+    if os.path.basename(directory) == "_core":   # Cython's generated C
+        ignored.update(name for name in names if name.endswith(".c"))
+    return ignored
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("wheel")
     src = base / "src"
-    shutil.copytree(SOURCE, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.c", "*.html", "tests", "benches",
-        ".pytest_cache"))
+    shutil.copytree(SOURCE, src, ignore=_not_in_a_checkout)
     wheels = base / "wheels"
     # Build with this environment's Cython and setuptools when it has them (quick, offline);
     # otherwise (a CI venv made by `pip install -e .`) in pip's isolated build environment.
@@ -135,3 +145,25 @@ def test_every_plugin_answers_through_the_installed_server(installed):
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+def test_the_installed_sandbox_helper_confines_commands(installed, tmp_path):
+    """The wheel carries the exec helper, built from source, and `--sandbox` uses it."""
+    venv, work = installed
+    (helper,) = glob.glob(str(venv / "lib" / "python*" / "site-packages" / "bemcp" / "security" /
+                               "bemcp-sandbox-exec"))
+    assert os.access(helper, os.X_OK)
+    root = work / "sandboxed"
+    root.mkdir(exist_ok=True)
+    (tmp_path / "secret.txt").write_text("secret")
+    with ServerProcess(command=[str(venv / "bin" / "bemcp"), "serve", "--sandbox", "--root", str(root),
+                                "--no-plugins", "--no-log-files"], env=venv_env(venv), cwd=str(root)) as server:
+        server.initialize()
+        out = server.call_tool("run_command", {"command": ["cat", str(tmp_path / "secret.txt")]},
+                               timeout=30)["result"]["structuredContent"]
+        assert out["exit_code"] != 0 and "Permission denied" in out["stderr"], out
+        out = server.call_tool("run_command", {"command": ["ls"]}, timeout=30)["result"]["structuredContent"]
+        assert out["exit_code"] == 0, out
+        status = server.call_tool("server_status", {}, timeout=30)["result"]["structuredContent"]
+        assert status["sandbox"]["spawner"] == "vfork"   # the compiled spawner was built and shipped
+        assert server.close() == 0
