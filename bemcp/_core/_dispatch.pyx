@@ -781,7 +781,7 @@ cdef class Dispatcher:
     def send_request(self, method, params):
         """Send the peer a request of our own: ``(id, future)``; the future gets the
         response's result, or an RpcError for its error. Cancelling the future forgets
-        the request (a response that comes later is dropped)."""
+        the request: a response that comes later is one to no request of ours."""
         self._next_ask += 1
         id = self._next_ask
         future = self.loop.create_future()
