@@ -149,7 +149,8 @@ class Asker:
         if future is None or future.done():
             return
         result = {"resultType": "input_required", "inputRequests": self._round,
-                  "requestState": self.server.request_state.sign(self.req.params, self._used)}
+                  "requestState": self.server.request_state.sign(self.req.method, self.req.params,
+                                                                 self._used)}
         future.set_exception(InputRequired(result))
 
     def answers(self):
@@ -158,7 +159,7 @@ class Asker:
             answers = {}
             state = params.get("requestState")
             if state is not None:
-                answers.update(self.server.request_state.verify(params, state))
+                answers.update(self.server.request_state.verify(self.req.method, params, state))
             responses = params.get("inputResponses", {})
             if type(responses) is not dict:
                 raise RpcError(INVALID_PARAMS, "inputResponses must be an object of answers by key")
@@ -217,21 +218,22 @@ class RequestState:
         return cls(key)
 
     @staticmethod
-    def _binding(params):
+    def _binding(method, params):
         import hashlib
-        # What the state is good for: this method's target and arguments, nothing else.
+        # What the state is good for: this method, its target and arguments, nothing else.
         bound = {k: params.get(k) for k in ("name", "uri", "arguments")}
+        bound["method"] = method
         return hashlib.sha256(dumps(bound, option=OPT_SORT_KEYS)).hexdigest()[:32]
 
-    def sign(self, params, answers):
+    def sign(self, method, params, answers):
         import hashlib
         import hmac
-        payload = dumps({"v": _STATE_VERSION, "b": self._binding(params),
+        payload = dumps({"v": _STATE_VERSION, "b": self._binding(method, params),
                          "exp": int(time.time() + self.ttl), "a": answers})
         mac = hmac.new(self.key, payload, hashlib.sha256).digest()
         return _b64(payload) + "." + _b64(mac)
 
-    def verify(self, params, state):
+    def verify(self, method, params, state):
         """The answers ``state`` carries; -32602 for state that is forged, stale or foreign."""
         import hashlib
         import hmac
@@ -247,9 +249,9 @@ class RequestState:
         data = loads(payload)
         if data.get("exp", 0) < time.time():
             raise RpcError(INVALID_PARAMS, "requestState has expired; start the request again")
-        if data.get("b") != self._binding(params):
+        if data.get("b") != self._binding(method, params):
             raise RpcError(INVALID_PARAMS, "requestState belongs to another request "
-                                           "(a different name, uri or arguments)")
+                                           "(a different method, name, uri or arguments)")
         return data.get("a") or {}
 
 

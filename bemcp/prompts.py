@@ -29,7 +29,8 @@ def context_param(fn):
 
 
 async def call(fn, kwargs):
-    """Call a sync or async handler (a sync one runs on the loop: keep it short)."""
+    """Call a sync or async prompt, resource or completion function (a sync one runs on the
+    loop, where the watchdog sees it if it blocks: slow work belongs in an async function)."""
     value = fn(**kwargs)
     if inspect.isawaitable(value):
         value = await value

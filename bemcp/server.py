@@ -440,8 +440,10 @@ class Server:
     async def _run_handler(self, req, handler, kwargs, modern, to_result):
         """Run a prompt's or a resource's function for ``req``; its result, shaped by ``to_result``.
 
-        It may take a Context and ask the client: in 2026-07-28 an unanswered ask ends
-        it with an input_required result. Bounded by the default deadline.
+        A sync function runs on the loop (they read state the loop owns, like the server's
+        own status resources): slow ones should be async. It may take a Context and ask the
+        client: in 2026-07-28 an unanswered ask ends it with an input_required result.
+        Bounded by the default deadline.
         """
         from .asking import NeedInput, complete_or_ask
         from .prompts import call

@@ -171,9 +171,12 @@ def test_request_state_expires():
     params = {"name": "t", "arguments": {}}
     stale = RequestState(b"k" * 32, ttl=-5)
     with pytest.raises(RpcError, match="expired"):
-        stale.verify(params, stale.sign(params, {}))
+        stale.verify("tools/call", params, stale.sign("tools/call", params, {}))
     fresh = RequestState(b"k" * 32)
-    assert fresh.verify(params, fresh.sign(params, {"a": {"roots": []}})) == {"a": {"roots": []}}
+    state = fresh.sign("tools/call", params, {"a": {"roots": []}})
+    assert fresh.verify("tools/call", params, state) == {"a": {"roots": []}}
+    with pytest.raises(RpcError, match="another request"):
+        fresh.verify("prompts/get", params, state)   # same name and arguments, another method
 
 
 def test_listen_acknowledges_first_tags_notifications_and_ends_on_cancel(spawn):
