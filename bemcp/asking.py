@@ -93,8 +93,14 @@ class Asker:
 
     async def ask(self, method, params, key):
         capability = CAPABILITY[method]
-        if capability not in client_capabilities(self.server, self.req.params):
+        declared = client_capabilities(self.server, self.req.params).get(capability)
+        # Elicitation modes came with 2025-11-25: {} still means form; {"url": {}} alone does not.
+        if declared is None or (method == "elicitation/create" and type(declared) is dict
+                                and declared and "form" not in declared):
             raise MissingCapability(capability, method)
+        if method == "elicitation/create" and not self.modern and \
+                self.server.protocol_version != "2025-11-25":
+            params = {k: v for k, v in params.items() if k != "mode"}   # no modes before 2025-11-25
         self.count += 1
         if key is None:
             key = f"{capability}-{self.count}"

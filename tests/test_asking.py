@@ -284,3 +284,24 @@ def test_a_client_without_the_capability_gets_a_clear_error(spawn):
     error = server.call_tool("ask_model", {"prompt": "?"})["error"]
     assert error["code"] == -32021 and "'sampling' capability" in error["message"]
     assert server.close() == 0
+
+
+@pytest.mark.parametrize("version, caps, mode", [("2025-06-18", {"elicitation": {}}, None),
+                                                 ("2025-11-25", {"elicitation": {}}, "form"),
+                                                 ("2025-11-25", {"elicitation": {"form": {}, "url": {}}}, "form"),
+                                                 ("2025-11-25", {"elicitation": {"url": {}}}, "refused")])
+def test_elicitation_speaks_the_agreed_revision(spawn, version, caps, mode):
+    server = spawn(command=EVERYTHING)
+    server.request("initialize", {"protocolVersion": version, "capabilities": caps,
+                                  "clientInfo": {"name": "raw", "version": "0"}})
+    server.notify("notifications/initialized")
+    server.send({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                 "params": {"name": "test_elicitation", "arguments": {"message": "Who?"}}})
+    if mode == "refused":   # a client with URL mode only cannot fill in a form
+        assert server.wait_for(5)["error"]["code"] == -32021
+    else:
+        asked = server.read_message()
+        assert asked["method"] == "elicitation/create" and asked["params"].get("mode") == mode
+        server.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "decline"}})
+        assert "action=decline" in server.wait_for(5)["result"]["content"][0]["text"]
+    assert server.close() == 0
