@@ -60,6 +60,7 @@ class Prompt:
         if not self.description:
             raise ValueError(f"prompt {self.name!r} needs a description (a docstring or description=)")
         self.log = logging.getLogger(f"bemcp.prompt.{self.name}")
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.context_param = context_param(fn)
         self.arguments = []
         for pname, param in inspect.signature(fn).parameters.items():

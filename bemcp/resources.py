@@ -42,6 +42,7 @@ class Resource:
         self.annotations = annotations
         self.context_param = context_param(fn)
         self.log = logging.getLogger(f"bemcp.resource.{self.name}")
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.variables = [m.group(2).split(",") for m in _EXPRESSION.finditer(uri)]
         self.variables = [v for group in self.variables for v in group]
         self.template = bool(self.variables)

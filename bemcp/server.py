@@ -1,6 +1,7 @@
 """Server: the registries and MCP semantics (both protocol eras) above the core."""
 
 import asyncio
+import inspect
 import logging
 import os
 import sys
@@ -437,25 +438,36 @@ class Server:
             return result
         return self._run_handler(req, res, kwargs, modern, to_result)
 
-    async def _run_handler(self, req, handler, kwargs, modern, to_result):
+    def _run_handler(self, req, handler, kwargs, modern, to_result):
         """Run a prompt's or a resource's function for ``req``; its result, shaped by ``to_result``.
 
         A sync function runs on the loop (they read state the loop owns, like the server's
-        own status resources): slow ones should be async. It may take a Context and ask the
-        client: in 2026-07-28 an unanswered ask ends it with an input_required result.
+        own status resources): slow ones should be async. One that takes a Context may ask
+        the client: in 2026-07-28 an unanswered ask ends it with an input_required result.
         Bounded by the default deadline.
         """
-        from .asking import NeedInput, complete_or_ask
-        from .prompts import call
-        if self.config.timeout and not req.armed:
-            self.dispatcher.table.arm(req, self.config.timeout)
+        if handler.context_param is None and not handler.is_async:
+            value = handler.fn(**kwargs)     # fast path: answered now, no task
+            if not inspect.isawaitable(value):
+                return self._shaped(value, modern, to_result)
+            return self._run_async(req, value, modern, to_result)
         if handler.context_param is not None:
             kwargs = dict(kwargs)
             kwargs[handler.context_param] = Context(req, self, handler.log)
-        work = call(handler.fn, kwargs)
+        from .prompts import call
+        return self._run_async(req, call(handler.fn, kwargs), modern, to_result)
+
+    async def _run_async(self, req, work, modern, to_result):
+        from .asking import NeedInput, complete_or_ask
+        if self.config.timeout and not req.armed:
+            self.dispatcher.table.arm(req, self.config.timeout)
         value = await (complete_or_ask(work) if modern else work)
         if isinstance(value, NeedInput):
             return value.result
+        return self._shaped(value, modern, to_result)
+
+    @staticmethod
+    def _shaped(value, modern, to_result):
         result = to_result(value)
         if modern:
             result["resultType"] = "complete"
