@@ -24,6 +24,7 @@ from orjson import OPT_SORT_KEYS, dumps, loads
 from ._core import RpcError
 from ._core._errors import INVALID_PARAMS, MISSING_CLIENT_CAPABILITY
 from .protocol import CLIENT_CAPABILITIES_KEY, VERSION_KEY
+from .tools import ToolError
 
 # The client capability each request to the client needs.
 CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
@@ -46,6 +47,19 @@ class MissingCapability(RpcError):
                          f"which {method} needs",
                          {"requiredCapabilities": {capability: {}}})
         self.capability = capability
+
+
+class ClientError(ToolError):
+    """The client answered an ask with an error (the user declined sampling, ...).
+
+    Left uncaught in a tool, the call's result is an ``isError`` result saying so.
+    """
+
+    def __init__(self, method, error):
+        super().__init__(f"The client answered {method} with error {error.code}: {error.message}")
+        self.method = method
+        self.code = error.code
+        self.data = error.data
 
 
 class InputRequired(BaseException):
@@ -120,6 +134,8 @@ class Asker:
                 # Nothing waits forever: a request with no deadline of its own gets the default.
                 return await asyncio.wait_for(future, server.config.timeout or STATE_TTL)
             return await future
+        except RpcError as error:
+            raise ClientError(method, error) from None
         except (asyncio.CancelledError, asyncio.TimeoutError):
             conn.notify("notifications/cancelled",
                         {"requestId": id, "reason": "the request that asked was stopped"})
@@ -131,6 +147,9 @@ class Asker:
     # -- 2026-07-28: multi round-trip requests ----------------------------------------------
 
     async def _ask_in_rounds(self, method, params, key):
+        if self.req.sink is not None:
+            # A task's work has no request of its own to answer input_required on.
+            raise ToolError(f"{method}: asking the client from a 2026-07-28 task is not supported")
         answers = self.answers()
         if key in answers:
             answer = answers[key]

@@ -11,14 +11,15 @@ from orjson import Fragment, dumps
 
 from . import __version__
 from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot, interrupt_thread
-from ._core._errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND
+from ._core._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
+                            RESOURCE_NOT_FOUND)
 from .client_log import LOG_LEVELS, SENT
 from .config import Config
 from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .subscriptions import Subscriptions
 from .tasks import TaskManager
-from .tools import Context, Tool, ToolInterrupted
+from .tools import Context, Tool, ToolError, ToolInterrupted
 
 log = logging.getLogger("bemcp")
 
@@ -461,7 +462,10 @@ class Server:
         from .asking import NeedInput, complete_or_ask
         if self.config.timeout and not req.armed:
             self.dispatcher.table.arm(req, self.config.timeout)
-        value = await (complete_or_ask(work) if modern else work)
+        try:
+            value = await (complete_or_ask(work) if modern else work)
+        except ToolError as exc:   # e.g. the client declined an ask: say so, not "internal error"
+            raise RpcError(INTERNAL_ERROR, str(exc)) from None
         if isinstance(value, NeedInput):
             return value.result
         return self._shaped(value, modern, to_result)

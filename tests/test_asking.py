@@ -273,8 +273,9 @@ def test_answers_and_errors_from_the_client_reach_the_call(spawn):
                  "params": {"name": "ask_model", "arguments": {"prompt": "?"}}})
     asked = server.read_message()
     server.send({"jsonrpc": "2.0", "id": asked["id"], "error": {"code": -1, "message": "User rejected sampling"}})
-    failed = server.wait_for(10)
-    assert "User rejected sampling" in str(failed)
+    failed = server.wait_for(10)["result"]   # the tool's result says what the client answered
+    assert failed["isError"] is True
+    assert failed["content"][0]["text"] == "The client answered sampling/createMessage with error -1: User rejected sampling"
     assert server.close() == 0
 
 
