@@ -79,6 +79,8 @@ class Server:
         self.recorders = []            # f(kind, fields) for every forensics event
         self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
         self.tasks = TaskManager(self)
+        if self.config.state_key_file:
+            self.use_state_key_file(self.config.state_key_file)   # a bad key file fails here, at start
         if self.config.watchdog:
             from .watchdog import Watchdog
             Watchdog(self)
@@ -516,13 +518,19 @@ class Server:
         """
         return self.dispatcher
 
+    def use_state_key_file(self, path):
+        """Sign 2026-07-28 requestState with the key in ``path`` (at least 16 bytes), so a
+        retry may reach any process started with the same file. Raises OSError/ValueError."""
+        from .asking import RequestState
+        self._request_state = RequestState.from_file(path)
+        self.config.state_key_file = path
+
     @property
     def request_state(self):
-        """Signs 2026-07-28 requestState (key from ``config.state_key_file``, else random)."""
+        """Signs 2026-07-28 requestState: the key from ``use_state_key_file``, else random."""
         if self._request_state is None:
             from .asking import RequestState
-            path = self.config.state_key_file
-            self._request_state = RequestState.from_file(path) if path else RequestState()
+            self._request_state = RequestState()
         return self._request_state
 
     def stopping(self):

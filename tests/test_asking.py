@@ -334,3 +334,14 @@ async def test_a_2026_task_that_asks_ends_with_a_clear_error():
     await s.d.drain(0.5)
     await server.shutdown()
     s.d.close()
+
+
+def test_a_bad_state_key_file_fails_at_start(tmp_path):
+    import subprocess
+    short = tmp_path / "short.key"
+    short.write_bytes(b"tiny")
+    for path in (str(short), str(tmp_path / "missing.key")):
+        for argv in (EVERYTHING, [sys.executable, "-m", "bemcp", "serve", "--no-plugins"]):
+            done = subprocess.run(argv + ["--state-key-file", path], input=b"", capture_output=True, timeout=30)
+            assert done.returncode == 2 and done.stdout == b""
+            assert path.encode() in done.stderr or b"16 bytes" in done.stderr

@@ -332,7 +332,10 @@ def main(argv=None):
                         help="key signing 2026-07-28 requestState (default: random per process)")
     args = parser.parse_args(argv)
     if args.state_key_file:
-        server.config.state_key_file = args.state_key_file
+        try:
+            server.use_state_key_file(args.state_key_file)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     server.run()
 
 
