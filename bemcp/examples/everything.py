@@ -11,8 +11,8 @@ import asyncio
 import base64
 from typing import Annotated
 
-from bemcp import (Context, Server, ToolError, audio, embedded_resource, image, text,
-                   user)
+from bemcp import (Context, Server, ToolError, audio, embedded_resource, image,
+                   resource_link, text, user)
 
 # A 1x1 red PNG and a minimal WAV, as the suite expects them.
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -55,6 +55,13 @@ def test_multiple_content_types():
     return [text("Multiple content types test:"), image(IMAGE, "image/png"),
             embedded_resource("test://mixed-content-resource", '{"test": "data", "value": 123}',
                               mime_type="application/json")]
+
+
+@server.tool
+def test_resource_links():
+    """Point at resources instead of embedding them."""
+    return [resource_link("test://static-text", "static_text", "text/plain"),
+            resource_link("test://static-binary", "static_binary", "image/png")]
 
 
 @server.tool
