@@ -24,7 +24,7 @@ from orjson import OPT_SORT_KEYS, dumps, loads
 from ._core import RpcError
 from ._core._errors import INVALID_PARAMS, MISSING_CLIENT_CAPABILITY
 from .protocol import CLIENT_CAPABILITIES_KEY, VERSION_KEY
-from .tools import ToolError
+from .tools import NeedInput, ToolError
 
 # The client capability each request to the client needs.
 CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
@@ -212,15 +212,6 @@ async def complete_or_ask(awaitable):
         return await awaitable
     except InputRequired as need:
         return NeedInput(need.result)
-
-
-class NeedInput:
-    """A handler's outcome when a 2026-07-28 round ended for input."""
-
-    __slots__ = ("result",)
-
-    def __init__(self, result):
-        self.result = result
 
 
 class RequestState:

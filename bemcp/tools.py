@@ -37,6 +37,15 @@ class ToolResult:
         self.is_error = is_error
 
 
+class NeedInput:
+    """A handler's outcome when a 2026-07-28 round ended for input (see bemcp.asking)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result):
+        self.result = result   # the input_required result
+
+
 class Content(dict):
     """A content block (text, image, audio, embedded resource, resource link); see the helpers below."""
 
@@ -359,7 +368,7 @@ class Tool:
 
     def to_result(self, value, modern):
         """Map a tool's return value onto a CallToolResult."""
-        if type(value).__name__ == "NeedInput":
+        if type(value) is NeedInput:
             return value.result   # 2026-07-28: the client is asked, the call is not over
         if type(value) is str:
             result = {"content": [{"type": "text", "text": value}]}
