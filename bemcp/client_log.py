@@ -28,10 +28,11 @@ class RequestLog(logging.LoggerAdapter):
     ``data`` may be any JSON value; it goes to the client as it is.
     """
 
-    def __init__(self, logger, server, params):
+    def __init__(self, logger, server, request):
         super().__init__(logger, {})
         self.server = server
-        self.params = params
+        self.request = request
+        self.params = request.params if request is not None else None
 
     def __call__(self, level, data, logger=None):
         """Log ``data`` at MCP ``level`` ("debug" ... "emergency")."""
@@ -63,5 +64,6 @@ class RequestLog(logging.LoggerAdapter):
         if threshold is None or levelno < threshold:
             return False
         self.server.notify("notifications/message", {"level": level_name(levelno),
-                                                     "logger": logger or self.logger.name, "data": data})
+                                                     "logger": logger or self.logger.name, "data": data},
+                           self.request)
         return True

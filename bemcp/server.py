@@ -581,14 +581,15 @@ class Server:
 
     # -- talking to the client -------------------------------------------------------
 
-    def notify(self, method, params):
-        """Send a notification; safe from any thread."""
+    def notify(self, method, params, req=None):
+        """Send a notification (about request ``req``: on its connection); safe from any thread."""
         if self.dispatcher is None:
             return
+        conn = self.dispatcher if req is None else self.connection(req)
         if threading.get_ident() == self._loop_thread:
-            self.dispatcher.notify(method, params)
+            conn.notify(method, params)
         else:
-            self.loop.call_soon_threadsafe(self.dispatcher.notify, method, params)
+            self.loop.call_soon_threadsafe(conn.notify, method, params)
 
     def _install_log_forwarding(self):
         if self._log_handler is None:

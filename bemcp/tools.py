@@ -107,7 +107,7 @@ class Context:
         from .client_log import RequestLog
         self.request = request
         self.server = server
-        self.log = RequestLog(log, server, request.params)
+        self.log = RequestLog(log, server, request)
         self._last_progress = None
         self._asker = None
 
@@ -151,7 +151,7 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self.server.notify("notifications/progress", params)
+        self.server.notify("notifications/progress", params, self.request)
         return True
 
     # -- asking the client -----------------------------------------------------------
@@ -201,6 +201,7 @@ class Context:
         if not isinstance(schema, dict):
             from .schema import schema_for
             schema = schema_for(schema)
+        _check_elicitation_schema(schema)
         return await self._ask("elicitation/create", {"mode": "form", "message": message,
                                                       "requestedSchema": schema}, key)
 
@@ -208,6 +209,24 @@ class Context:
         """The client's roots (``roots/list``): a list of ``{"uri", "name"?}`` dicts."""
         result = await self._ask("roots/list", {}, key)
         return result.get("roots", []) if type(result) is dict else []
+
+
+_ELICIT_TYPES = ("string", "number", "integer", "boolean", "array")
+
+
+def _check_elicitation_schema(schema):
+    """Elicitation forms are flat: an object of primitive (or multi-select array) properties."""
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict):
+        raise ValueError("an elicitation schema is {'type': 'object', 'properties': {...}}")
+    for name, prop in props.items():
+        kind = prop.get("type") if isinstance(prop, dict) else None
+        if kind not in _ELICIT_TYPES:
+            raise ValueError(f"elicitation property {name!r}: type must be one of "
+                             f"{', '.join(_ELICIT_TYPES)} (forms are flat), not {kind!r}")
+        if kind == "array" and not isinstance(prop.get("items"), dict):
+            raise ValueError(f"elicitation property {name!r}: a multi-select array needs 'items' "
+                             "with 'enum' or 'anyOf' choices")
 
 
 def _sampling_messages(messages):
