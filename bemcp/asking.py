@@ -30,6 +30,7 @@ from .tools import NeedInput, ToolError
 CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
               "roots/list": "roots"}
 STATE_TTL = 600.0          # seconds a requestState stays valid
+ASK_TIMEOUT = 600.0        # a handshake-era ask from a request with no deadline of its own
 _STATE_VERSION = 1
 
 
@@ -132,7 +133,7 @@ class Asker:
         try:
             if not self.req.armed:
                 # Nothing waits forever: a request with no deadline of its own gets the default.
-                return await asyncio.wait_for(future, server.config.timeout or STATE_TTL)
+                return await asyncio.wait_for(future, server.config.timeout or ASK_TIMEOUT)
             return await future
         except RpcError as error:
             raise ClientError(method, error) from None
