@@ -17,6 +17,7 @@ class Config:
     timeout: float = 300.0                 # default deadline of a tool call, seconds
     tool_timeouts: dict = field(default_factory=dict)   # tool name -> seconds
     max_message_size: int = 64 * MiB
+    state_key_file: str = ""               # HMAC key of 2026-07-28 requestState (empty: random per process)
     # Commands and processes.
     shell: bool = False                    # strings run under /bin/sh -c
     allow: list = field(default_factory=list)   # executables allowed (empty: any)
@@ -95,6 +96,8 @@ def add_arguments(parser):
     a("--config", metavar="FILE", help="TOML settings file (also $BEMCP_CONFIG)")
     a("--timeout", type=float, metavar="SECONDS", help="default deadline of a tool call (300)")
     a("--max-message-size", type=int, metavar="BYTES", help="largest accepted message (64 MiB)")
+    a("--state-key-file", metavar="PATH",
+      help="key signing 2026-07-28 requestState, shared by servers behind one client (default: random)")
     g = parser.add_argument_group("commands")
     g.add_argument("--shell", action="store_true", default=None,
                    help="run string commands under /bin/sh -c (refused together with --allow)")

@@ -1,6 +1,7 @@
 """Server: the registries and MCP semantics (both protocol eras) above the core."""
 
 import asyncio
+import inspect
 import logging
 import os
 import sys
@@ -10,18 +11,17 @@ from orjson import Fragment, dumps
 
 from . import __version__
 from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot, interrupt_thread
-from ._core._errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND
+from ._core._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
+                            RESOURCE_NOT_FOUND)
+from .client_log import LOG_LEVELS, SENT
 from .config import Config
 from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
+from .subscriptions import Subscriptions
 from .tasks import TaskManager
-from .tools import Tool, ToolInterrupted
+from .tools import Context, Tool, ToolError, ToolInterrupted
 
 log = logging.getLogger("bemcp")
-
-# MCP log levels (RFC 5424 names) and the stdlib levels they map to.
-LOG_LEVELS = {"debug": 10, "info": 20, "notice": 25, "warning": 30, "error": 40,
-              "critical": 50, "alert": 50, "emergency": 50}
 
 # Methods the 2026-07-28 revision removed; a modern request for one is unknown.
 _REMOVED_IN_MODERN = frozenset(("ping", "logging/setLevel", "initialize",
@@ -49,7 +49,12 @@ class Server:
         self.worker_threads = worker_threads
         self.list_ttl_ms = list_ttl_ms
         self.tools = {}
-        self.resources = {}
+        self.prompts = {}
+        self.resources = {}            # fixed URI -> Resource
+        self.templates = {}            # URI template -> Resource
+        self.subscriptions = Subscriptions(self)
+        self.waiting_on_client = {}    # request -> (method, id) of the client request it awaits
+        self._request_state = None
         self.client_info = None
         self.client_capabilities = None
         self.protocol_version = None
@@ -68,8 +73,6 @@ class Server:
         self.tools_ready = asyncio.Event()
         self.tools_ready.set()
         self._waiting_calls = set()
-        self._list_changed_pending = False
-        self._tools_listed = False     # a handshake-era client holds a tools/list answer
         self._shutdown_callbacks = []
         self._log_handler = None
         # Observers the watchdog, logs and plugins attach to.
@@ -77,6 +80,8 @@ class Server:
         self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
         self.tasks = TaskManager(self)
         self.sandbox = None            # the commands' Sandbox, with --sandbox (processes.py)
+        if self.config.state_key_file:
+            self.use_state_key_file(self.config.state_key_file)   # a bad key file fails here, at start
         if self.config.watchdog:
             from .watchdog import Watchdog
             Watchdog(self)
@@ -109,16 +114,9 @@ class Server:
         self._list_cache.clear()
         if self.dispatcher is not None:
             self._sync_tools()
-            if self._tools_listed and not self._list_changed_pending:
-                # Only a client holding an older list needs telling, and once for a batch
-                # of changes (a plugin registers many tools at once).
-                self._list_changed_pending = True
-                self.loop.call_soon_threadsafe(self._send_list_changed)
-
-    def _send_list_changed(self):
-        self._list_changed_pending = False
-        self._tools_listed = False
-        self.notify("notifications/tools/list_changed", None)
+            # Only a client holding an older list (or listening) is told, once for a
+            # burst of changes (a plugin registers many tools at once).
+            self.subscriptions.list_changed("tools")
 
     def _sync_tools(self):
         table = self.dispatcher.tools
@@ -130,14 +128,63 @@ class Server:
             slot.route = self.tasks.route_for(tool)
             table[tool.name] = slot
 
-    def resource(self, uri, *, name=None, description=None, mime_type="application/json"):
-        """Register a resource read by calling the function (str, bytes or JSON value)."""
+    def prompt(self, fn=None, **options):
+        """Register a prompt: ``@server.prompt`` or ``@server.prompt(name=..., completions=...)``.
+
+        Its arguments are the function's parameters (strings; required unless they have
+        a default); its description is the docstring. It returns a string (one user
+        message), a content block, a ``{"role", "content"}`` message (see
+        ``bemcp.user``/``bemcp.assistant``), a list of them, or ``{"messages": [...]}``.
+        Options: name, title, description, completions ({argument: function}).
+        """
+        from .prompts import Prompt
+
         def register(fn):
-            self.resources[uri] = {"fn": fn, "name": name or fn.__name__,
-                                   "description": description or (fn.__doc__ or "").strip() or None,
-                                   "mimeType": mime_type}
+            prompt = Prompt(fn, **options)
+            if prompt.name in self.prompts:
+                raise ValueError(f"a prompt named {prompt.name!r} is already registered")
+            self.prompts[prompt.name] = prompt
+            self.subscriptions.list_changed("prompts")
+            return fn
+        return register(fn) if fn is not None else register
+
+    def remove_prompt(self, name):
+        del self.prompts[name]
+        self.subscriptions.list_changed("prompts")
+
+    def resource(self, uri, **options):
+        """Register a resource: ``@server.resource("scheme://fixed")`` or a URI template
+        (``@server.resource("users://{user_id}/profile")``, RFC 6570) whose variables
+        become the function's arguments.
+
+        The function returns text (``str``), binary (``bytes``, sent as base64) or any
+        JSON value. Options: name, title, description, mime_type, annotations,
+        completions ({template variable: function}).
+        """
+        from .resources import Resource
+
+        def register(fn):
+            res = Resource(uri, fn, **options)
+            table = self.templates if res.template else self.resources
+            if uri in table:
+                raise ValueError(f"a resource {uri!r} is already registered")
+            table[uri] = res
+            self.subscriptions.list_changed("resources")
             return fn
         return register
+
+    def remove_resource(self, uri):
+        (self.templates if uri in self.templates else self.resources).pop(uri)
+        self.subscriptions.list_changed("resources")
+
+    def notify_resource_updated(self, uri):
+        """Tell the clients subscribed to ``uri`` that it changed; safe from any thread."""
+        if self.dispatcher is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self.subscriptions.resource_updated(uri)
+        else:
+            self.loop.call_soon_threadsafe(self.subscriptions.resource_updated, uri)
 
     def on_start(self, callback):
         """Call ``callback()`` (sync or async) once the transport is serving."""
@@ -174,6 +221,12 @@ class Server:
             "resources/list": self._handle_resources_list,
             "resources/templates/list": self._handle_templates_list,
             "resources/read": self._handle_resources_read,
+            "resources/subscribe": self._modern_gone(self.subscriptions.subscribe),
+            "resources/unsubscribe": self._modern_gone(self.subscriptions.unsubscribe),
+            "subscriptions/listen": self.subscriptions.listen,
+            "prompts/list": self._handle_prompts_list,
+            "prompts/get": self._handle_prompts_get,
+            "completion/complete": self._handle_complete,
         })
         d.notifications.update({
             "notifications/initialized": self._handle_initialized,
@@ -247,15 +300,20 @@ class Server:
         return info
 
     def capabilities(self, modern):
-        caps = {"tools": {"listChanged": not modern}}
-        if self.resources:
-            caps["resources"] = {"listChanged": False} if not modern else {}
+        # listChanged: through subscriptions/listen in 2026-07-28, to a client holding a list before.
+        caps = {"tools": {"listChanged": True}, "logging": {}}
+        if self.prompts:
+            caps["prompts"] = {"listChanged": True}
+        if self.resources or self.templates:
+            caps["resources"] = {"subscribe": True, "listChanged": True}
+        if any(p.completions for p in self.prompts.values()) or \
+                any(r.completions for r in self.templates.values()):
+            caps["completions"] = {}
         tasks = any(t.task_support in ("optional", "required") for t in self.tools.values())
         if modern:
             if tasks:
                 caps["extensions"] = {TASKS_EXTENSION: {}}
         else:
-            caps["logging"] = {}
             if tasks:
                 caps["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
         return caps
@@ -265,7 +323,8 @@ class Server:
             return self._tools_list_when_ready(params, req)
         modern = request_version(params) is not None
         cursor = params.get("cursor") if type(params) is dict else None
-        self._tools_listed = self._tools_listed or not modern
+        if not modern:
+            self.subscriptions.listed.add("tools")
         key = (modern, cursor)
         cached = self._list_cache.get(key)
         if cached is None:
@@ -318,45 +377,166 @@ class Server:
                 return start
         raise RpcError(INVALID_PARAMS, f"Invalid cursor: {cursor!r}")
 
+    def _page(self, params, key, items, modern, kind):
+        """One page of a list result (deterministic order), with 2026-07-28 cache hints."""
+        cursor = params.get("cursor") if type(params) is dict else None
+        start = self._decode_cursor(cursor, len(items))
+        result = {key: items[start:start + self.page_size]}
+        if start + self.page_size < len(items):
+            result["nextCursor"] = f"offset:{start + self.page_size}"
+        if not modern:
+            self.subscriptions.listed.add(kind)
+        return self._list_result(result, modern)
+
+    def _handle_prompts_list(self, params, req):
+        modern = request_version(params) is not None
+        items = [p.definition() for _, p in sorted(self.prompts.items())]
+        return self._page(params, "prompts", items, modern, "prompts")
+
     def _handle_resources_list(self, params, req):
         modern = request_version(params) is not None
-        self._decode_cursor(params.get("cursor") if type(params) is dict else None, 0)
-        items = []
-        for uri, r in sorted(self.resources.items()):
-            item = {"uri": uri, "name": r["name"], "mimeType": r["mimeType"]}
-            if r["description"]:
-                item["description"] = r["description"]
-            items.append(item)
-        return self._list_result({"resources": items}, modern)
+        items = [r.definition() for _, r in sorted(self.resources.items())]
+        return self._page(params, "resources", items, modern, "resources")
 
     def _handle_templates_list(self, params, req):
         modern = request_version(params) is not None
-        return self._list_result({"resourceTemplates": []}, modern)
+        items = [r.definition() for _, r in sorted(self.templates.items())]
+        return self._page(params, "resourceTemplates", items, modern, "resources")
 
-    async def _handle_resources_read(self, params, req):
+    def _handle_prompts_get(self, params, req):
+        modern = request_version(params) is not None
+        name = params.get("name") if type(params) is dict else None
+        if type(name) is not str:
+            raise RpcError(INVALID_PARAMS, "prompts/get needs params {name, arguments?}")
+        prompt = self.prompts.get(name)
+        if prompt is None:
+            raise RpcError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
+        kwargs = prompt.bind(params.get("arguments"))
+        return self._run_handler(req, prompt, kwargs, modern, lambda value: prompt.to_result(value))
+
+    def _find_resource(self, uri):
+        res = self.resources.get(uri)
+        if res is not None:
+            return res, {}
+        for template in sorted(self.templates):
+            res = self.templates[template]
+            values = res.match(uri)
+            if values is not None:
+                return res, values
+        return None, None
+
+    def _handle_resources_read(self, params, req):
         modern = request_version(params) is not None
         uri = params.get("uri") if type(params) is dict else None
         if type(uri) is not str:
             raise RpcError(INVALID_PARAMS, "resources/read needs params {uri}")
-        entry = self.resources.get(uri)
-        if entry is None:
+        res, kwargs = self._find_resource(uri)
+        if res is None:
             raise RpcError(INVALID_PARAMS if modern else RESOURCE_NOT_FOUND,
                            f"Resource not found: {uri!r}", {"uri": uri})
-        value = entry["fn"]()
-        if asyncio.iscoroutine(value):
-            value = await value
-        content = {"uri": uri, "mimeType": entry["mimeType"]}
-        if isinstance(value, bytes):
-            import base64
-            content["blob"] = base64.b64encode(value).decode("ascii")
-        elif isinstance(value, str):
-            content["text"] = value
-        else:
-            content["text"] = dumps(value).decode()
-        result = {"contents": [content]}
+
+        def to_result(value):
+            result = {"contents": res.contents(uri, value)}
+            if modern:
+                result.update(ttlMs=0, cacheScope="private")
+            return result
+        return self._run_handler(req, res, kwargs, modern, to_result)
+
+    def _run_handler(self, req, handler, kwargs, modern, to_result):
+        """Run a prompt's or a resource's function for ``req``; its result, shaped by ``to_result``.
+
+        A sync function runs on the loop (they read state the loop owns, like the server's
+        own status resources): slow ones should be async. One that takes a Context may ask
+        the client: in 2026-07-28 an unanswered ask ends it with an input_required result.
+        Bounded by the default deadline.
+        """
+        if handler.context_param is None and not handler.is_async:
+            value = handler.fn(**kwargs)     # fast path: answered now, no task
+            if not inspect.isawaitable(value):
+                return self._shaped(value, modern, to_result)
+            return self._run_async(req, value, modern, to_result)
+        if handler.context_param is not None:
+            kwargs = dict(kwargs)
+            kwargs[handler.context_param] = Context(req, self, handler.log)
+        from .prompts import call
+        return self._run_async(req, call(handler.fn, kwargs), modern, to_result)
+
+    async def _run_async(self, req, work, modern, to_result):
+        from .asking import NeedInput, complete_or_ask
+        if self.config.timeout and not req.armed:
+            self.dispatcher.table.arm(req, self.config.timeout)
+        try:
+            value = await (complete_or_ask(work) if modern else work)
+        except ToolError as exc:   # e.g. the client declined an ask: say so, not "internal error"
+            raise RpcError(INTERNAL_ERROR, str(exc)) from None
+        if isinstance(value, NeedInput):
+            return value.result
+        return self._shaped(value, modern, to_result)
+
+    @staticmethod
+    def _shaped(value, modern, to_result):
+        result = to_result(value)
         if modern:
-            result.update(resultType="complete", ttlMs=0, cacheScope="private")
+            result["resultType"] = "complete"
         return result
+
+    async def _handle_complete(self, params, req):
+        modern = request_version(params) is not None
+        ref = params.get("ref") if type(params) is dict else None
+        argument = params.get("argument") if type(params) is dict else None
+        if type(ref) is not dict or type(argument) is not dict or type(argument.get("name")) is not str:
+            raise RpcError(INVALID_PARAMS, "completion/complete needs params {ref, argument: {name, value}}")
+        context = params.get("context")
+        given = context.get("arguments") if type(context) is dict else None
+        given = dict(given) if type(given) is dict else {}
+        if ref.get("type") == "ref/prompt":
+            owner = self.prompts.get(ref.get("name"))
+            if owner is None:
+                raise RpcError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')!r}")
+        elif ref.get("type") == "ref/resource":
+            uri = ref.get("uri")
+            owner = self.templates.get(uri) or self.resources.get(uri)
+            if owner is None:
+                raise RpcError(INVALID_PARAMS, f"Unknown resource template: {uri!r}")
+        else:
+            raise RpcError(INVALID_PARAMS, "ref.type must be 'ref/prompt' or 'ref/resource'")
+        fn = owner.completions.get(argument["name"])
+        completion = {"values": [], "total": 0, "hasMore": False}
+        if fn is not None:
+            from .prompts import complete_values
+            completion = await complete_values(fn, str(argument.get("value", "")), given)
+        result = {"completion": completion}
+        if modern:
+            result["resultType"] = "complete"
+        return result
+
+    # -- the request's connection -------------------------------------------------------
+
+    def connection(self, req):
+        """Where messages for ``req`` go (requests to the client, listen notifications).
+
+        Over stdio there is one connection, the dispatcher.
+        """
+        return self.dispatcher
+
+    def use_state_key_file(self, path):
+        """Sign 2026-07-28 requestState with the key in ``path`` (at least 16 bytes), so a
+        retry may reach any process started with the same file. Raises OSError/ValueError."""
+        from .asking import RequestState
+        self._request_state = RequestState.from_file(path)
+        self.config.state_key_file = path
+
+    @property
+    def request_state(self):
+        """Signs 2026-07-28 requestState: the key from ``use_state_key_file``, else random."""
+        if self._request_state is None:
+            from .asking import RequestState
+            self._request_state = RequestState()
+        return self._request_state
+
+    def stopping(self):
+        """The transport is about to stop: end open listen streams with their result."""
+        self.subscriptions.close()
 
     def _handle_cancelled(self, params):
         if type(params) is not dict:
@@ -367,10 +547,13 @@ class Server:
 
     def _timeout_result(self, req):
         seconds = f"{req.deadline - req.start:g}"
+        asked = self.waiting_on_client.get(req)
+        why = (f" while waiting for the client to answer its {asked[0]} request (id {asked[1]})"
+               if asked is not None else "")
         if req.tool is not None:
             return self.tools[req.tool].error_result(
-                f"Tool {req.tool!r} timed out after {seconds} s and was stopped", req)
-        raise RpcError(-32001, f"Request timed out after {seconds} s")
+                f"Tool {req.tool!r} timed out after {seconds} s{why} and was stopped", req)
+        raise RpcError(-32001, f"Request timed out after {seconds} s{why}")
 
     # -- events -----------------------------------------------------------------
 
@@ -399,14 +582,15 @@ class Server:
 
     # -- talking to the client -------------------------------------------------------
 
-    def notify(self, method, params):
-        """Send a notification; safe from any thread."""
+    def notify(self, method, params, req=None):
+        """Send a notification (about request ``req``: on its connection); safe from any thread."""
         if self.dispatcher is None:
             return
+        conn = self.dispatcher if req is None else self.connection(req)
         if threading.get_ident() == self._loop_thread:
-            self.dispatcher.notify(method, params)
+            conn.notify(method, params)
         else:
-            self.loop.call_soon_threadsafe(self.dispatcher.notify, method, params)
+            self.loop.call_soon_threadsafe(conn.notify, method, params)
 
     def _install_log_forwarding(self):
         if self._log_handler is None:
@@ -527,8 +711,8 @@ class _ClientLogHandler(logging.Handler):
         self.server = server
 
     def emit(self, record):
-        if record.name.startswith("bemcp.transport"):
-            return  # never echo the transport's own records back over it
+        if record.name.startswith("bemcp.transport") or getattr(record, SENT, False):
+            return  # never echo the transport's own records back; a request's log went already
         try:
             level = self._NAMES.get(record.levelno - record.levelno % 10, "info")
             self.server.notify("notifications/message",

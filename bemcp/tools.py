@@ -37,11 +37,21 @@ class ToolResult:
         self.is_error = is_error
 
 
+class NeedInput:
+    """A handler's outcome when a 2026-07-28 round ended for input (see bemcp.asking)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result):
+        self.result = result   # the input_required result
+
+
 class Content(dict):
-    """A content block (text, image, audio, resource link); see the helpers below."""
+    """A content block (text, image, audio, embedded resource, resource link); see the helpers below."""
 
 
 def text(value):
+    """A text block."""
     return Content(type="text", text=value)
 
 
@@ -51,7 +61,20 @@ def image(data, mime_type):
 
 
 def audio(data, mime_type):
+    """An audio block; ``data`` is bytes or base64 text."""
     return Content(type="audio", data=_b64(data), mimeType=mime_type)
+
+
+def embedded_resource(uri, text=None, *, blob=None, mime_type=None):
+    """A resource embedded in a result or a prompt: ``text``, or ``blob`` (bytes or base64)."""
+    resource = {"uri": uri}
+    if mime_type:
+        resource["mimeType"] = mime_type
+    if blob is not None:
+        resource["blob"] = _b64(blob)
+    else:
+        resource["text"] = text if text is not None else ""
+    return Content(type="resource", resource=resource)
 
 
 def resource_link(uri, name, mime_type=None, description=None):
@@ -71,19 +94,22 @@ def _b64(data):
 
 
 class Context:
-    """What a running tool may ask of the server: progress, cancellation, logging.
+    """What a running tool, prompt or resource may ask of the server and the client.
 
-    Declare a parameter annotated ``Context`` to receive one. Every method is safe
-    to call from a sync tool's worker thread.
+    Declare a parameter annotated ``Context`` to receive one. Progress, logging and
+    cancellation are safe to use from a sync tool's worker thread; the asks
+    (``sample``, ``elicit``, ``list_roots``) are coroutines for async handlers.
     """
 
-    __slots__ = ("request", "server", "_last_progress", "log")
+    __slots__ = ("request", "server", "_last_progress", "log", "_asker")
 
     def __init__(self, request, server, log):
+        from .client_log import RequestLog
         self.request = request
         self.server = server
-        self.log = log
+        self.log = RequestLog(log, server, request)
         self._last_progress = None
+        self._asker = None
 
     @property
     def request_id(self):
@@ -125,8 +151,95 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self.server.notify("notifications/progress", params)
+        self.server.notify("notifications/progress", params, self.request)
         return True
+
+    # -- asking the client -----------------------------------------------------------
+
+    @property
+    def client_capabilities(self):
+        """The capabilities the client declared (for this request, in 2026-07-28)."""
+        from .asking import client_capabilities
+        return client_capabilities(self.server, self.request.params)
+
+    def client_supports(self, capability):
+        """Whether the client declared ``capability`` ("sampling", "elicitation", "roots")."""
+        return capability in self.client_capabilities
+
+    def _ask(self, method, params, key):
+        if self._asker is None:
+            from .asking import Asker
+            self._asker = Asker(self.server, self.request)
+        return self._asker.ask(method, params, key)
+
+    async def sample(self, messages, *, max_tokens=1000, system_prompt=None, temperature=None,
+                     stop_sequences=None, model_preferences=None, include_context=None,
+                     metadata=None, key=None):
+        """Ask the client's model for a message (``sampling/createMessage``).
+
+        ``messages``: a string (one user message), or a list of strings, content
+        blocks or ``{"role", "content"}`` dicts. Returns the client's result dict
+        (``role``, ``content``, ``model``, ``stopReason``). ``key`` names the ask in a
+        2026-07-28 ``inputRequests`` (default ``sampling-N``).
+        """
+        params = {"messages": _sampling_messages(messages), "maxTokens": max_tokens}
+        for name, value in (("systemPrompt", system_prompt), ("temperature", temperature),
+                            ("stopSequences", stop_sequences), ("modelPreferences", model_preferences),
+                            ("includeContext", include_context), ("metadata", metadata)):
+            if value is not None:
+                params[name] = value
+        return await self._ask("sampling/createMessage", params, key)
+
+    async def elicit(self, message, schema, *, key=None):
+        """Ask the user for input (``elicitation/create``, form mode).
+
+        ``schema``: a JSON Schema object of flat properties (defaults, titled and
+        untitled enums, multi-select arrays), or a TypedDict or dataclass to derive
+        one from. Returns the client's result dict: ``action`` ("accept", "decline"
+        or "cancel") and, when accepted, ``content``.
+        """
+        if not isinstance(schema, dict):
+            from .schema import schema_for
+            schema = schema_for(schema)
+        _check_elicitation_schema(schema)
+        return await self._ask("elicitation/create", {"mode": "form", "message": message,
+                                                      "requestedSchema": schema}, key)
+
+    async def list_roots(self, *, key=None):
+        """The client's roots (``roots/list``): a list of ``{"uri", "name"?}`` dicts."""
+        result = await self._ask("roots/list", {}, key)
+        return result.get("roots", []) if type(result) is dict else []
+
+
+_ELICIT_TYPES = ("string", "number", "integer", "boolean", "array")
+
+
+def _check_elicitation_schema(schema):
+    """Elicitation forms are flat: an object of primitive (or multi-select array) properties."""
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict):
+        raise ValueError("an elicitation schema is {'type': 'object', 'properties': {...}}")
+    for name, prop in props.items():
+        kind = prop.get("type") if isinstance(prop, dict) else None
+        if kind not in _ELICIT_TYPES:
+            raise ValueError(f"elicitation property {name!r}: type must be one of "
+                             f"{', '.join(_ELICIT_TYPES)} (forms are flat), not {kind!r}")
+        if kind == "array" and not isinstance(prop.get("items"), dict):
+            raise ValueError(f"elicitation property {name!r}: a multi-select array needs 'items' "
+                             "with 'enum' or 'anyOf' choices")
+
+
+def _sampling_messages(messages):
+    if isinstance(messages, str):
+        messages = [messages]
+    out = []
+    for m in messages:
+        if isinstance(m, str):
+            m = {"role": "user", "content": text(m)}
+        elif isinstance(m, dict) and "role" not in m:
+            m = {"role": "user", "content": m}   # a bare content block
+        out.append(m)
+    return out
 
 
 class Tool:
@@ -232,6 +345,10 @@ class Tool:
         if self._converters or self.context_param is not None:
             args = self._prepare(args, req)
         if self.is_async:
+            if self.context_param is not None and _is_modern(req):
+                # It may ask the client: an unanswered ask ends the round with input_required.
+                from .asking import complete_or_ask
+                return complete_or_ask(self.fn(**args))
             return self.fn(**args)
         return self.server.run_in_thread(req, self.fn, args)
 
@@ -270,6 +387,8 @@ class Tool:
 
     def to_result(self, value, modern):
         """Map a tool's return value onto a CallToolResult."""
+        if type(value) is NeedInput:
+            return value.result   # 2026-07-28: the client is asked, the call is not over
         if type(value) is str:
             result = {"content": [{"type": "text", "text": value}]}
         elif isinstance(value, ToolResult):

@@ -95,18 +95,18 @@ def _check_twin(name, no_extensions):
 
 @pytest.fixture
 def spawn(twin_env):
-    """``spawn(*serve_args, script=None, env=None)``: a ServerProcess on real pipes.
+    """``spawn(*serve_args, script=None, env=None, command=None)``: a ServerProcess on real pipes.
 
     Without ``script`` it runs ``python -m bemcp serve *serve_args``; with one, the
-    named script under tests/servers/ gets the arguments. Closed at teardown.
+    named script under tests/servers/ gets the arguments; ``command`` runs a whole
+    command line instead. Closed at teardown.
     """
     started = []
 
-    def start(*args, script=None, env=None, **kwargs):
+    def start(*args, script=None, env=None, command=None, **kwargs):
         full_env = dict(twin_env)
         if env:
             full_env.update(env)
-        command = None
         if script is not None:
             command = [sys.executable, os.path.join(SERVERS, script), *args]
         server = ServerProcess(*args, command=command, env=full_env, **kwargs)

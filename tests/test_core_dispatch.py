@@ -447,6 +447,39 @@ def test_notify_and_send(core, run):
     run(body)
 
 
+def test_requests_to_the_peer_get_their_responses_by_id(core, run):
+    async def body():
+        w = Wire(core)
+        stray = []
+        w.d.on_client_response = stray.append
+        id1, first = w.d.send_request("roots/list", {})
+        id2, second = w.d.send_request("sampling/createMessage", None)
+        id3, dropped = w.d.send_request("roots/list", {})
+        await w.settle()
+        assert w.new() == [{"jsonrpc": "2.0", "id": id1, "method": "roots/list", "params": {}},
+                           {"jsonrpc": "2.0", "id": id2, "method": "sampling/createMessage"},
+                           {"jsonrpc": "2.0", "id": id3, "method": "roots/list", "params": {}}]
+        assert len({id1, id2, id3}) == 3
+        dropped.cancel()   # the waiter gave up: a late response is one to no request of ours
+        await asyncio.sleep(0)
+        w.send({"jsonrpc": "2.0", "id": id2, "error": {"code": -1, "message": "no", "data": {"why": 1}}},
+               {"jsonrpc": "2.0", "id": id1, "result": {"roots": []}},
+               {"jsonrpc": "2.0", "id": id3, "result": {}},
+               {"jsonrpc": "2.0", "id": 999, "result": {}})
+        assert await first == {"roots": []}
+        with pytest.raises(RpcError) as err:
+            await second
+        assert (err.value.code, err.value.message, err.value.data) == (-1, "no", {"why": 1})
+        assert [m["id"] for m in stray] == [id3, 999]   # not ours (any more): the hook sees them
+        assert w.new() == [] and w.exceptions == []
+        # Closing the connection fails whatever still waits for the peer.
+        _, waiting = w.d.send_request("roots/list", {})
+        w.d.close()
+        with pytest.raises(RpcError, match="Connection closed"):
+            await waiting
+    run(body)
+
+
 # -- tool slots ------------------------------------------------------------------------------
 
 

@@ -58,3 +58,15 @@ async def test_sdk_client_receives_progress(twin_env):
         assert result.content[0].text == "done"
     assert [u[0] for u in updates] == [1, 2, 3]
     assert updates[-1] == (3, 3, "step 3")
+
+
+async def test_every_builtin_and_bundled_tool_and_prompt_is_described(twin_env):
+    # What clients and the conformance suite check of every tool and prompt, not only fixtures.
+    async with Client(serve_params(twin_env), mode="legacy") as client:
+        tools = (await client.list_tools()).tools
+        assert {"echo", "run_command", "server_status"} <= {t.name for t in tools}
+        for tool in tools:
+            assert tool.description and tool.description.strip(), tool.name
+            assert tool.input_schema.get("type") == "object", tool.name
+        for prompt in (await client.list_prompts()).prompts:
+            assert prompt.description and prompt.description.strip(), prompt.name

@@ -82,6 +82,8 @@ cdef class Dispatcher:
     cdef dict _pending
     cdef set _tasks
     cdef object _idle
+    cdef dict _asked             # id of a request we sent the peer -> its future
+    cdef Py_ssize_t _next_ask
     cdef object _discard
     cdef object _done
 
@@ -99,6 +101,7 @@ cdef class Dispatcher:
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
     cdef _tool_outcome(self, Request req, object make, object arg)
     cdef _notification(self, str method, object params)
+    cdef _response(self, object id, dict msg)
     cdef _oversized(self, Oversized item)
     cdef bint _close(self, Request req, int state) except -1
     cdef _release(self, Request req)

@@ -161,6 +161,8 @@ cdef class Dispatcher:
         self._discard = self._tasks.discard
         self._done = self._on_done
         self._idle = None
+        self._asked = {}
+        self._next_ask = 0
 
     # -- input -------------------------------------------------------------
 
@@ -262,8 +264,7 @@ cdef class Dispatcher:
             return
         if method is None:
             if has_id and ("result" in m or "error" in m):
-                if self.on_client_response is not None:
-                    self.on_client_response(m)
+                self._response(id, m)
                 return
             self._send_error(id, INVALID_REQUEST, "Invalid request: no method")
             return
@@ -775,6 +776,41 @@ cdef class Dispatcher:
         PyMem_Free(self._rows)
         PyMem_Free(self._row_text)
 
+    # -- requests to the peer ------------------------------------------------------
+
+    def send_request(self, method, params):
+        """Send the peer a request of our own: ``(id, future)``; the future gets the
+        response's result, or an RpcError for its error. Cancelling the future forgets
+        the request: a response that comes later is one to no request of ours."""
+        self._next_ask += 1
+        id = self._next_ask
+        future = self.loop.create_future()
+        self._asked[id] = future
+        asked = self._asked
+        future.add_done_callback(lambda f: asked.pop(id, None))
+        message = {"jsonrpc": _JSONRPC, "id": id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self._emit(_dumps(message, option=_NL))
+        return id, future
+
+    cdef _response(self, object id, dict msg):
+        future = self._asked.pop(id, None)
+        if future is None:
+            if self.on_client_response is not None:
+                self.on_client_response(msg)
+            return
+        if future.done():
+            return
+        error = msg.get("error")
+        if error is None:
+            future.set_result(msg.get("result"))
+        elif type(error) is dict:
+            future.set_exception(_RpcError((<dict>error).get("code", INTERNAL_ERROR),
+                                           str((<dict>error).get("message", "")), (<dict>error).get("data")))
+        else:
+            future.set_exception(_RpcError(INTERNAL_ERROR, f"Malformed error response: {error!r}"))
+
     def notify(self, method, params):
         """Send a notification to the client."""
         self._emit(_dumps({"jsonrpc": _JSONRPC, "method": method, "params": params}, option=_NL))
@@ -829,6 +865,9 @@ cdef class Dispatcher:
         self.table.close_timer()
         for future in list(self._pending) + list(self._tasks):
             future.cancel()
+        for future in list(self._asked.values()):
+            if not future.done():
+                future.set_exception(_RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
 
 
 cdef bytes _batch_bytes(list lines):

@@ -129,7 +129,7 @@ class Dispatcher:
         self.on_cancelled = None           # (request) after its task was cancelled
         self.on_exception = None           # (request or None, exc) for crash reports
         self.on_protocol_error = None      # (kind, size) for malformed/oversized input
-        self.on_client_response = None    # (message) for answers to our own requests
+        self.on_client_response = None    # (message) for a response to no request of ours
         self.on_unknown_tool = None        # (id, params) -> True if it will answer the call itself
         self._line = None                  # the line being handled
         self.batches = False               # JSON-RPC batches accepted (the 2025-03-26 revision has them)
@@ -147,6 +147,8 @@ class Dispatcher:
         self._discard = self._tasks.discard
         self._done = self._on_done         # one bound method for every future
         self._idle = None
+        self._asked = {}                   # id of a request we sent the peer -> its future
+        self._next_ask = 0
 
     # -- input -------------------------------------------------------------
 
@@ -227,8 +229,7 @@ class Dispatcher:
             return
         if method is None:
             if has_id and ("result" in msg or "error" in msg):
-                if self.on_client_response is not None:
-                    self.on_client_response(msg)
+                self._response(id, msg)
                 return
             self._send_error(id, INVALID_REQUEST, "Invalid request: no method")
             return
@@ -693,6 +694,40 @@ class Dispatcher:
             self._row_text += b","
         self._row_text += line
 
+    # -- requests to the peer ------------------------------------------------------
+
+    def send_request(self, method, params):
+        """Send the peer a request of our own: ``(id, future)``; the future gets the
+        response's result, or an RpcError for its error. Cancelling the future forgets
+        the request: a response that comes later is one to no request of ours."""
+        self._next_ask += 1
+        id = self._next_ask
+        future = self.loop.create_future()
+        self._asked[id] = future
+        future.add_done_callback(lambda f: self._asked.pop(id, None))
+        message = {"jsonrpc": "2.0", "id": id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self._emit(dumps(message, option=OPT_APPEND_NEWLINE))
+        return id, future
+
+    def _response(self, id, msg):
+        future = self._asked.pop(id, None)
+        if future is None:
+            if self.on_client_response is not None:
+                self.on_client_response(msg)
+            return
+        if future.done():
+            return
+        error = msg.get("error")
+        if error is None:
+            future.set_result(msg.get("result"))
+        elif type(error) is dict:
+            future.set_exception(RpcError(error.get("code", INTERNAL_ERROR), str(error.get("message", "")),
+                                          error.get("data")))
+        else:
+            future.set_exception(RpcError(INTERNAL_ERROR, f"Malformed error response: {error!r}"))
+
     def notify(self, method, params):
         """Send a notification to the client."""
         self._emit(dumps({"jsonrpc": "2.0", "method": method, "params": params}, option=OPT_APPEND_NEWLINE))
@@ -747,6 +782,9 @@ class Dispatcher:
         self.table.close_timer()
         for future in list(self._pending) + list(self._tasks):
             future.cancel()
+        for future in list(self._asked.values()):
+            if not future.done():
+                future.set_exception(RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
 
 
 def _valid_id(id):

@@ -107,6 +107,7 @@ async def serve_stdio(server):
     watch.cancel()
     if rtransport is not None:
         rtransport.pause_reading()
+    server.stopping()
     # Answer what is in flight (bounded), then stop every child and task.
     await dispatcher.drain(DRAIN_SECONDS if reason == "eof" else 0.5)
     await server.shutdown()

@@ -164,6 +164,12 @@ def build(argv):
         return "logged"
 
     @server.tool
+    async def ask_model(prompt: str, ctx: Context) -> str:
+        """Ask the client's model (sampling) and return its text."""
+        answer = await ctx.sample(prompt, max_tokens=20)
+        return answer["content"]["text"]
+
+    @server.tool
     async def point(x: int, y: int) -> Point:
         """A dataclass result (structured content with an output schema)."""
         return Point(x, y)
