@@ -28,10 +28,10 @@ class RequestLog(logging.LoggerAdapter):
     ``data`` may be any JSON value; it goes to the client as it is.
     """
 
-    def __init__(self, logger, server, params):
+    def __init__(self, logger, server, request):
         super().__init__(logger, {})
         self.server = server
-        self.params = params
+        self.request = request
 
     def __call__(self, level, data, logger=None):
         """Log ``data`` at MCP ``level`` ("debug" ... "emergency")."""
@@ -51,17 +51,17 @@ class RequestLog(logging.LoggerAdapter):
 
     def threshold(self):
         """The lowest level the client wants from this request, or None for nothing."""
-        params = self.params
+        params = self.request.params
         meta = params.get("_meta") if type(params) is dict else None
         if type(meta) is dict and VERSION_KEY in meta:
             return LOG_LEVELS.get(meta.get(LOG_LEVEL_KEY))
-        level = self.server.log_level
+        level = self.server.connection(self.request).peer.log_level
         return LOG_LEVELS[level] if level is not None else None
 
     def to_client(self, levelno, data, logger=None):
         threshold = self.threshold()
         if threshold is None or levelno < threshold:
             return False
-        self.server.notify("notifications/message", {"level": level_name(levelno),
+        self.server.notify_for(self.request, "notifications/message", {"level": level_name(levelno),
                                                      "logger": logger or self.logger.name, "data": data})
         return True

@@ -15,6 +15,7 @@ from ._core._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, MET
                             RESOURCE_NOT_FOUND)
 from .client_log import LOG_LEVELS, SENT
 from .config import Config
+from .connection import Connection, Peer
 from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .subscriptions import Subscriptions
@@ -55,11 +56,9 @@ class Server:
         self.subscriptions = Subscriptions(self)
         self.waiting_on_client = {}    # request -> (method, id) of the client request it awaits
         self._request_state = None
-        self.client_info = None
-        self.client_capabilities = None
-        self.protocol_version = None
-        self.initialized = False
-        self.log_level = None          # set by logging/setLevel (handshake era)
+        self.pipe = None               # the stdio connection (the default one)
+        self.route = None              # (request) -> its Connection, set by a transport with many
+        self.broadcast = None          # (method, params): a notification for every client
         self.dispatcher = None
         self.loop = None
         self._loop_thread = None
@@ -230,6 +229,7 @@ class Server:
             "notifications/cancelled": self._handle_cancelled,
         })
         self.dispatcher = d
+        self.pipe = Connection(Peer(), d.notify, d.send_request)
         self.tasks.install(d)
         self._sync_tools()
         return d
@@ -245,10 +245,13 @@ class Server:
         if type(requested) is not str:
             raise RpcError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
         version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
-        self.protocol_version = version
-        self.dispatcher.batches = version in BATCH_VERSIONS
-        self.client_info = params.get("clientInfo")
-        self.client_capabilities = params.get("capabilities")
+        conn = self.connection(req)
+        peer = conn.peer
+        peer.protocol_version = version
+        if conn is self.pipe:
+            self.dispatcher.batches = version in BATCH_VERSIONS
+        peer.client_info = params.get("clientInfo")
+        peer.client_capabilities = params.get("capabilities")
         result = {"protocolVersion": version, "capabilities": self.capabilities(modern=False),
                   "serverInfo": self.server_info()}
         if self.instructions:
@@ -256,7 +259,7 @@ class Server:
         return result
 
     def _handle_initialized(self, params):
-        self.initialized = True
+        self.pipe.peer.initialized = True
 
     def _handle_ping(self, params, req):
         return {}
@@ -265,8 +268,12 @@ class Server:
         level = params.get("level") if type(params) is dict else None
         if level not in LOG_LEVELS:
             raise RpcError(INVALID_PARAMS, f"level must be one of {', '.join(LOG_LEVELS)}")
-        self.log_level = level
-        self._install_log_forwarding()
+        conn = self.connection(req)
+        conn.peer.log_level = level
+        if conn is self.pipe:
+            # The server's own log records follow, over stdio only: over HTTP a record
+            # may belong to another client's request.
+            self._install_log_forwarding(level)
         return {}
 
     def _modern_gone(self, handler):
@@ -510,11 +517,29 @@ class Server:
     # -- the request's connection -------------------------------------------------------
 
     def connection(self, req):
-        """Where messages for ``req`` go (requests to the client, listen notifications).
+        """The Connection of ``req``: where its notifications and asks go, and its Peer."""
+        if self.route is not None:
+            conn = self.route(req)
+            if conn is not None:
+                return conn
+        return self.pipe
 
-        Over stdio there is one connection, the dispatcher.
-        """
-        return self.dispatcher
+    def notify_for(self, req, method, params):
+        """Send a notification related to ``req`` on its connection; safe from any thread."""
+        if self.dispatcher is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self.connection(req).notify(method, params)
+        else:
+            self.loop.call_soon_threadsafe(self._notify_for, req, method, params)
+
+    def _notify_for(self, req, method, params):
+        self.connection(req).notify(method, params)
+
+    # What the stdio client agreed at initialize.
+    protocol_version = property(lambda self: self.pipe.peer.protocol_version if self.pipe else None)
+    client_capabilities = property(lambda self: self.pipe.peer.client_capabilities if self.pipe else None)
+    log_level = property(lambda self: self.pipe.peer.log_level if self.pipe else None)
 
     @property
     def request_state(self):
@@ -574,19 +599,20 @@ class Server:
     # -- talking to the client -------------------------------------------------------
 
     def notify(self, method, params):
-        """Send a notification; safe from any thread."""
+        """Send a notification to every client; safe from any thread."""
         if self.dispatcher is None:
             return
+        send = self.broadcast if self.broadcast is not None else self.dispatcher.notify
         if threading.get_ident() == self._loop_thread:
-            self.dispatcher.notify(method, params)
+            send(method, params)
         else:
-            self.loop.call_soon_threadsafe(self.dispatcher.notify, method, params)
+            self.loop.call_soon_threadsafe(send, method, params)
 
-    def _install_log_forwarding(self):
+    def _install_log_forwarding(self, level):
         if self._log_handler is None:
             self._log_handler = _ClientLogHandler(self)
             logging.getLogger().addHandler(self._log_handler)
-        level = LOG_LEVELS[self.log_level]
+        level = LOG_LEVELS[level]
         self._log_handler.setLevel(level)
         # The root logger's own level (WARNING by default) would drop records the
         # client asked for before any handler saw them; lower it, never raise it.
@@ -634,10 +660,31 @@ class Server:
             del self._thread_owner[ident]  # never a second time for this call
             return interrupt_thread(ident, exc_type)
 
+    def asgi_app(self, **options):
+        """An ASGI application serving this server over Streamable HTTP (both eras) at ``/mcp``.
+
+        Mount it in Starlette or FastAPI, or run it under any ASGI server. Options:
+        path, token (bearer token required on every request), allowed_hosts (host
+        names the Host header may carry; None: any), allowed_origins, max_body,
+        session_idle (seconds), max_sessions, node (prefix of session ids).
+        """
+        from .transports.http import HttpTransport
+        return HttpTransport(self, **options)
+
     def run(self):
-        """Serve MCP over stdio until stdin closes or a signal arrives."""
-        from .transports.stdio import run_stdio
-        code = run_stdio(self)
+        """Serve MCP over stdio until stdin closes or a signal arrives; or, with
+        ``config.http`` set (``[HOST:]PORT``), over Streamable HTTP until SIGTERM."""
+        cfg = self.config
+        if cfg.http:
+            from .transports.http import run_http
+            try:
+                code = run_http(self, cfg.http, cfg.http_token_file, cfg.http_allow_origin)
+            except (OSError, ValueError) as exc:
+                print(f"bemcp: {exc}", file=sys.stderr)
+                code = 2
+        else:
+            from .transports.stdio import run_stdio
+            code = run_stdio(self)
         _exit_if_threads_are_stuck(code)
         sys.exit(code)
 

@@ -98,7 +98,7 @@ class Context:
         from .client_log import RequestLog
         self.request = request
         self.server = server
-        self.log = RequestLog(log, server, request.params)
+        self.log = RequestLog(log, server, request)
         self._last_progress = None
         self._asker = None
 
@@ -142,7 +142,7 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self.server.notify("notifications/progress", params)
+        self.server.notify_for(self.request, "notifications/progress", params)
         return True
 
     # -- asking the client -----------------------------------------------------------
@@ -151,7 +151,7 @@ class Context:
     def client_capabilities(self):
         """The capabilities the client declared (for this request, in 2026-07-28)."""
         from .asking import client_capabilities
-        return client_capabilities(self.server, self.request.params)
+        return client_capabilities(self.server, self.request)
 
     def client_supports(self, capability):
         """Whether the client declared ``capability`` ("sampling", "elicitation", "roots")."""
