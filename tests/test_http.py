@@ -378,3 +378,19 @@ def test_handshake_stream_resumes_with_last_event_id(http_server):
         messages = sse_messages(r)
         assert [m["params"]["progress"] for m in messages if "method" in m] == [50, 100]
         assert messages[-1]["id"] == 5 and "result" in messages[-1]
+
+
+def test_a_silent_client_is_let_go(http_server):
+    """A connection that never sends its headers is closed; others are served meanwhile."""
+    import socket
+    server = http_server("--no-plugins")
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    half = socket.create_connection(("127.0.0.1", server.port))
+    half.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    with httpx.Client(timeout=10) as c:
+        r = modern_post(c, server.url, "tools/call", {"name": "echo", "arguments": {"text": "served"}})
+        assert r.json()["result"]["content"][0]["text"] == "served"
+    for sock in (silent, half):
+        sock.settimeout(30)
+        assert sock.recv(100) == b""     # closed by the server
+        sock.close()

@@ -36,6 +36,7 @@ log = logging.getLogger("bemcp.transport.http")
 PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
 BODY_SECONDS = 30.0              # a client gets this long to send its whole body
+STALL_SECONDS = 60.0             # ... and to take an SSE event off the server's hands
 SESSION_IDLE_SECONDS = 1800.0
 MAX_SESSIONS = 4096
 KEPT_STREAMS = 32                # finished SSE streams a session keeps for resumption
@@ -701,7 +702,13 @@ class HttpTransport:
                 i = len(frames)
                 pending = b"".join(parts)
             if pending:
-                await send({"type": "http.response.body", "body": pending, "more_body": True})
+                try:
+                    # A client that stops reading its stream is let go, not waited on.
+                    await asyncio.wait_for(send({"type": "http.response.body", "body": pending,
+                                                 "more_body": True}), STALL_SECONDS)
+                except (TimeoutError, asyncio.TimeoutError):
+                    gone.append(True)
+                    return
                 pending = b""
                 continue
             if stream.finished or gone:
@@ -903,6 +910,51 @@ def app_for(server, bind, token_file=None, origins=()):
                          node=str(port)), host, port
 
 
+HEADER_SECONDS = 10.0      # a client gets this long to send a request's headers
+
+
+def _slow_header_guard():
+    """uvicorn's httptools protocol, closing connections whose headers do not arrive in time.
+
+    uvicorn has no such limit: a client that connects and sends nothing (or half a
+    request line) would keep its connection, and enough of them the server's slots.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self):
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().on_headers_complete()
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(HEADER_SECONDS, self._too_slow)
+
+        def _too_slow(self):
+            self._header_timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+    return Protocol
+
+
 def run_http(server, bind, token_file=None, origins=()):
     """Serve ``server`` over Streamable HTTP under uvicorn (uvloop, httptools); the exit code."""
     try:
@@ -924,7 +976,7 @@ def run_http(server, bind, token_file=None, origins=()):
             # raise the signal again once it has shut down.
             getattr(self, "_captured_signals", []).clear()
 
-    config = uvicorn.Config(transport, host=host, port=port, loop="uvloop", http="httptools",
+    config = uvicorn.Config(transport, host=host, port=port, loop="uvloop", http=_slow_header_guard(),
                             lifespan="on", log_level="warning", access_log=False,
                             timeout_keep_alive=5, timeout_graceful_shutdown=3,
                             server_header=False, limit_concurrency=4096)
