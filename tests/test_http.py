@@ -394,3 +394,34 @@ def test_a_silent_client_is_let_go(http_server):
         sock.settimeout(30)
         assert sock.recv(100) == b""     # closed by the server
         sock.close()
+
+
+MOUNTED = '''
+import sys
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from bemcp import Server
+
+server = Server("mounted")
+
+
+@server.tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+app = Starlette(routes=[Mount("/mcp", app=server.asgi_app())])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+'''
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+async def test_asgi_app_mounts_in_starlette(http_server, tmp_path, mode):
+    script = tmp_path / "mounted.py"
+    script.write_text(MOUNTED)
+    server = http_server(script=str(script))
+    async with Client(server.url + "/", mode=mode) as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["add"]
+        assert (await client.call_tool("add", {"a": 2, "b": 3})).content[0].text == "5"

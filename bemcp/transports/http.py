@@ -35,7 +35,8 @@ log = logging.getLogger("bemcp.transport.http")
 
 PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
-BODY_SECONDS = 30.0              # a client gets this long to send its whole body
+HEADER_SECONDS = 10.0            # a client gets this long to send a request's headers,
+BODY_SECONDS = 30.0              # ... and this long for its body
 STALL_SECONDS = 60.0             # ... and to take an SSE event off the server's hands
 SESSION_IDLE_SECONDS = 1800.0
 MAX_SESSIONS = 4096
@@ -50,7 +51,6 @@ _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")
         (b"x-accel-buffering", b"no")]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _NO_PRIMING = HANDSHAKE_VERSIONS[:-1]   # priming events came with 2025-11-25
-_NO_TIMEOUT_CM = not hasattr(asyncio, "timeout")   # Python 3.10
 
 
 def is_loopback(host):
@@ -190,6 +190,7 @@ class HttpTransport:
         self.max_sessions = max_sessions
         # Session ids start with the node name: a load balancer can send a session home.
         self.node = node or secrets.token_hex(4)
+        self._good_hosts = set()  # Host headers that passed the check
         self.dispatcher = None
         self.loop = None
         self.routes = {}          # internal request id / our request id -> Exchange
@@ -310,10 +311,8 @@ class HttpTransport:
     async def handle(self, scope, receive, send):
         if self.dispatcher is None:
             await self.start()     # mounted in an app that does not pass lifespan on
-        path, root = scope["path"], scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]     # mounted under a prefix
-        if path.rstrip("/") != self.path.rstrip("/") and not (root and path in ("", "/")):
+        path = scope["path"]
+        if path != self.path and not self._mounted_here(path, scope.get("root_path", "")):
             await _reply(send, 404, None, "Not found: the MCP endpoint is " + self.path)
             return
         headers = {}
@@ -342,6 +341,11 @@ class HttpTransport:
             await _reply(send, 405, None, f"Method not allowed: {method}",
                          extra=[(b"allow", b"GET, POST, DELETE")])
 
+    def _mounted_here(self, path, root):
+        if root and path.startswith(root):
+            path = path[len(root):]     # mounted under a prefix
+        return path.rstrip("/") == self.path.rstrip("/") or (root and path in ("", "/"))
+
     def _check_security(self, headers):
         """(status, message, extra headers) to refuse the request with, or None."""
         if self.token is not None:
@@ -351,10 +355,15 @@ class HttpTransport:
                 challenge = b'Bearer realm="bemcp"' + (b', error="invalid_token"' if given else b"")
                 return 401, "Unauthorized: send Authorization: Bearer <token>", \
                     [(b"www-authenticate", challenge)]
-        host = headers.get(b"host", b"").decode("latin-1").lower()
+        raw_host = headers.get(b"host", b"")
+        origin = headers.get(b"origin")
+        if origin is None and raw_host in self._good_hosts:
+            return None        # fast path: a Host seen before, no Origin
+        host = raw_host.decode("latin-1").lower()
         if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
             return 421, f"Invalid Host header: {host!r}", None
-        origin = headers.get(b"origin")
+        if origin is None and len(self._good_hosts) < 64:
+            self._good_hosts.add(raw_host)
         if origin is not None:
             text = origin.decode("latin-1").lower().rstrip("/")
             if text not in self.allowed_origins and not self._own_origin(text, host):
@@ -413,16 +422,8 @@ class HttpTransport:
             await _reply(send, 413, None, f"Message of {int(size)} bytes exceeds the limit of {limit} bytes",
                          code=INVALID_REQUEST)
             return None
-        try:
-            return await asyncio.wait_for(self._read_body(receive, send, limit), BODY_SECONDS) \
-                if _NO_TIMEOUT_CM else await self._read_body_bounded(receive, send, limit)
-        except (TimeoutError, asyncio.TimeoutError):
-            await _reply(send, 408, None, f"Request Timeout: the body took over {BODY_SECONDS:g} s")
-            return None
-
-    async def _read_body_bounded(self, receive, send, limit):
-        async with asyncio.timeout(BODY_SECONDS):
-            return await self._read_body(receive, send, limit)
+        # Slow bodies are the server's to bound (bemcp serve --http: see _request_guard).
+        return await self._read_body(receive, send, limit)
 
     async def _read_body(self, receive, send, limit):
         chunks = []
@@ -910,47 +911,52 @@ def app_for(server, bind, token_file=None, origins=()):
                          node=str(port)), host, port
 
 
-HEADER_SECONDS = 10.0      # a client gets this long to send a request's headers
+def _request_guard():
+    """uvicorn's httptools protocol, closing connections whose request does not arrive in time.
 
-
-def _slow_header_guard():
-    """uvicorn's httptools protocol, closing connections whose headers do not arrive in time.
-
-    uvicorn has no such limit: a client that connects and sends nothing (or half a
-    request line) would keep its connection, and enough of them the server's slots.
+    uvicorn has no such limit: a client that connects and sends nothing, half a request
+    line or half a body would keep its connection, and enough of them the server's
+    slots. A request gets HEADER_SECONDS for its headers, then BODY_SECONDS for its body.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class Protocol(HttpToolsProtocol):
-        _header_timer = None
+        _timer = None
+        _waiting = True      # a request has begun (or may begin) and has not fully arrived
 
         def connection_made(self, transport):
             super().connection_made(transport)
-            self._arm()
+            self._arm(HEADER_SECONDS)
 
         def on_message_begin(self):
             super().on_message_begin()
-            self._arm()
+            self._waiting = True
+            self._arm(HEADER_SECONDS)
 
         def on_headers_complete(self):
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
             super().on_headers_complete()
+            self._arm(BODY_SECONDS)
+
+        def on_message_complete(self):
+            super().on_message_complete()
+            self._waiting = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
         def connection_lost(self, exc):
-            if self._header_timer is not None:
-                self._header_timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             super().connection_lost(exc)
 
-        def _arm(self):
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(HEADER_SECONDS, self._too_slow)
+        def _arm(self, seconds):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(seconds, self._too_slow)
 
         def _too_slow(self):
-            self._header_timer = None
-            if self.cycle is None or self.cycle.response_complete:
+            self._timer = None
+            if self._waiting:
                 self.transport.close()
     return Protocol
 
@@ -976,7 +982,7 @@ def run_http(server, bind, token_file=None, origins=()):
             # raise the signal again once it has shut down.
             getattr(self, "_captured_signals", []).clear()
 
-    config = uvicorn.Config(transport, host=host, port=port, loop="uvloop", http=_slow_header_guard(),
+    config = uvicorn.Config(transport, host=host, port=port, loop="uvloop", http=_request_guard(),
                             lifespan="on", log_level="warning", access_log=False,
                             timeout_keep_alive=5, timeout_graceful_shutdown=3,
                             server_header=False, limit_concurrency=4096)
