@@ -41,6 +41,7 @@ STALL_SECONDS = 60.0             # ... and to take an SSE event off the server's
 SESSION_IDLE_SECONDS = 1800.0
 MAX_SESSIONS = 4096
 KEPT_STREAMS = 32                # finished SSE streams a session keeps for resumption
+REPLAY = 1024                    # events a stream keeps for resumption
 RETRY_MS = 1000
 _PREFIX = b'{"jsonrpc":"2.0","id":'
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
@@ -65,16 +66,23 @@ def is_loopback(host):
 class Stream:
     """Messages waiting for an SSE response (an exchange's, or a session's GET stream)."""
 
-    __slots__ = ("frames", "finished", "_changed", "no")
+    __slots__ = ("frames", "base", "finished", "_changed", "no")
 
     def __init__(self, no=0):
         self.frames = []          # JSON lines, in order; a resumed stream replays from here
+        self.base = 0             # how many older frames were dropped (kept: the last REPLAY)
         self.finished = False
         self._changed = None
         self.no = no              # its number in the session (event ids are "no-index")
 
     def push(self, line):
-        self.frames.append(line)
+        frames = self.frames
+        frames.append(line)
+        if len(frames) > REPLAY:
+            # A long stream (a GET stream, a listen) keeps only its recent events.
+            drop = len(frames) - REPLAY // 2
+            del frames[:drop]
+            self.base += drop
         self.wake()
 
     def finish(self):
@@ -132,9 +140,10 @@ class Exchange(Stream):
             self.transport.routes.pop(key, None)   # a request to the client
             self.push(line)
             return
-        self.answer = _PREFIX + self.id_json + line[end:]
+        self.answer = answer = _PREFIX + self.id_json + line[end:]
         self.error = line.startswith(b'"error"', end + 1)
-        self.push(self.answer)
+        if self.sse or self.frames:
+            self.push(answer)     # the last event of its stream; alone, it goes out as JSON
         self.close()
 
     def close(self):
@@ -315,14 +324,11 @@ class HttpTransport:
         if path != self.path and not self._mounted_here(path, scope.get("root_path", "")):
             await _reply(send, 404, None, "Not found: the MCP endpoint is " + self.path)
             return
-        headers = {}
+        raw = scope["headers"]
+        headers = dict(raw)
         dup = None
-        for name, value in scope["headers"]:
-            if name in headers:
-                dup = name
-                headers[name] = headers[name] + b", " + value
-            else:
-                headers[name] = value
+        if len(headers) != len(raw):
+            headers, dup = _joined(raw)
         refusal = self._check_security(headers)
         if refusal is not None:
             await _reply(send, refusal[0], None, refusal[1], extra=refusal[2])
@@ -392,9 +398,12 @@ class HttpTransport:
             await _reply(send, 406, None,
                          "Not Acceptable: Accept must list application/json and text/event-stream")
             return
-        body = await self._body(headers, receive, send)
-        if body is None:
-            return
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body") or message["type"] != "http.request" or len(body) > self.max_body:
+            body = await self._body(headers, body, message, receive, send)
+            if body is None:
+                return
         try:
             msg = loads(body)
         except JSONDecodeError as exc:
@@ -415,21 +424,21 @@ class HttpTransport:
         else:
             await self._handshake(headers, version, session_id, msg, body, receive, send)
 
-    async def _body(self, headers, receive, send):
+    async def _body(self, headers, first, message, receive, send):
+        """The rest of a body that did not come in one piece (``first``, from ``message``);
+        None if the client left or the body is too large (answered 413).
+
+        Slow bodies are the ASGI server's to bound (bemcp serve --http: _request_guard).
+        """
         size = headers.get(b"content-length")
         limit = self.max_body
         if size is not None and size.isdigit() and int(size) > limit:
             await _reply(send, 413, None, f"Message of {int(size)} bytes exceeds the limit of {limit} bytes",
                          code=INVALID_REQUEST)
             return None
-        # Slow bodies are the server's to bound (bemcp serve --http: see _request_guard).
-        return await self._read_body(receive, send, limit)
-
-    async def _read_body(self, receive, send, limit):
         chunks = []
         total = 0
         while True:
-            message = await receive()
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -441,7 +450,8 @@ class HttpTransport:
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            message = await receive()
+        return b"".join(chunks)
 
     # -- 2026-07-28 -------------------------------------------------------------------------
 
@@ -615,6 +625,11 @@ class HttpTransport:
             if exchange is None:
                 return
             msg = dict(msg, params=dict(params, requestId=exchange.iid))
+            self.dispatcher.handle_message(msg)
+            self.dispatcher.flush()
+            if self.dispatcher.table.get(exchange.iid) is None and exchange.answer is None:
+                exchange.close()       # cancelled: no answer comes, its stream ends
+            return
         self.dispatcher.handle_message(msg)
         self.dispatcher.flush()
 
@@ -628,6 +643,8 @@ class HttpTransport:
         self._next_iid -= 1
         iid = self._next_iid
         exchange = Exchange(self, session, msg_id, iid, peer, modern)
+        # A session's requests always stream (resumable, primed); see _respond.
+        exchange.sse = session is not None and msg.get("method") != "initialize"
         msg["id"] = iid
         self.routes[iid] = exchange
         return exchange
@@ -643,7 +660,7 @@ class HttpTransport:
         A handshake-era session's requests always stream: the stream is resumable
         (Last-Event-ID), and from 2025-11-25 on it starts with a priming event.
         """
-        if session is None and exchange.answer is not None and len(exchange.frames) == 1:
+        if session is None and exchange.answer is not None and not exchange.frames:
             await self._send_answer(exchange, send, session)
             return
         if session is not None:
@@ -656,7 +673,7 @@ class HttpTransport:
             if gone:
                 self._abandon(exchange)
                 return
-            if not exchange.sse and exchange.answer is not None and len(exchange.frames) == 1:
+            if not exchange.sse and exchange.answer is not None and not exchange.frames:
                 await self._send_answer(exchange, send, session)
                 return
             exchange.sse = True
@@ -690,17 +707,18 @@ class HttpTransport:
 
     async def _pump(self, stream, send, start, with_ids, gone, first=b""):
         """Send ``stream``'s frames from ``start`` as SSE events until it finishes or the client goes."""
-        i = start
+        i = start         # the next frame to send, counted from the stream's first
         pending = first
         while True:
             frames = stream.frames
-            if i < len(frames):
+            end = stream.base + len(frames)
+            if i < end:
                 parts = [pending]
-                for k in range(i, len(frames)):
+                for k in range(max(i, stream.base), end):
                     if with_ids:
                         parts.append(b"id: %d-%d\n" % (stream.no, k + 1))
-                    parts.append(b"data: " + frames[k] + b"\n\n")
-                i = len(frames)
+                    parts.append(b"data: " + frames[k - stream.base] + b"\n\n")
+                i = end
                 pending = b"".join(parts)
             if pending:
                 try:
@@ -781,6 +799,19 @@ class HttpTransport:
 
 
 _MODERN_PEER = Peer()   # nothing is agreed at initialize in 2026-07-28; per-request _meta says it
+
+
+def _joined(raw):
+    """Headers sent more than once, joined with commas (RFC 9110); and one such name."""
+    headers = {}
+    dup = None
+    for name, value in raw:
+        if name in headers:
+            dup = name
+            headers[name] = headers[name] + b", " + value
+        else:
+            headers[name] = value
+    return headers, dup
 
 
 async def _watch_disconnect(receive, stream, gone):
