@@ -611,7 +611,7 @@ class HttpTransport:
                          code=INVALID_REQUEST)
             return
         session.asks.discard(id)
-        self.dispatcher.handle_message(msg)
+        self.dispatcher.dispatch(msg)
         await _empty(send, 202)
 
     def _notification(self, session, msg, body):
@@ -625,13 +625,11 @@ class HttpTransport:
             if exchange is None:
                 return
             msg = dict(msg, params=dict(params, requestId=exchange.iid))
-            self.dispatcher.handle_message(msg)
-            self.dispatcher.flush()
+            self.dispatcher.dispatch(msg)
             if self.dispatcher.table.get(exchange.iid) is None and exchange.answer is None:
                 exchange.close()       # cancelled: no answer comes, its stream ends
             return
-        self.dispatcher.handle_message(msg)
-        self.dispatcher.flush()
+        self.dispatcher.dispatch(msg)
 
     # -- both eras --------------------------------------------------------------------------
 
@@ -650,9 +648,7 @@ class HttpTransport:
         return exchange
 
     def _dispatch(self, msg, body):
-        dispatcher = self.dispatcher
-        dispatcher.handle_message(msg)
-        dispatcher.flush()
+        self.dispatcher.dispatch(msg, body)
 
     async def _respond(self, exchange, receive, send, session):
         """Answer as JSON if nothing came before the answer, else stream it as SSE.
