@@ -226,6 +226,10 @@ class HttpTransport:
         server.broadcast = self._broadcast
         self._sweeper = loop.call_later(60.0, self._sweep)
         await server.started()
+        # What start-up built lives as long as the process: keep the collector's full
+        # passes, which every few thousand requests would otherwise walk it all, off it.
+        import gc
+        gc.freeze()
 
     def begin_shutdown(self):
         """Stop taking requests, end every open stream, and answer what is in flight
