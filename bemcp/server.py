@@ -524,6 +524,15 @@ class Server:
                 return conn
         return self.pipe
 
+    def client_id(self, id):
+        """The id the client gave the request the core knows as ``id`` (HTTP renumbers them)."""
+        if self.route is not None:
+            req = self.dispatcher.table.get(id)
+            conn = self.route(req) if req is not None else None
+            if conn is not None and hasattr(conn, "id"):
+                return conn.id
+        return id
+
     def notify_for(self, req, method, params):
         """Send a notification related to ``req`` on its connection; safe from any thread."""
         if self.dispatcher is None:

@@ -271,6 +271,25 @@ def test_deadline_answers_with_the_timeout(http_server):
             assert result["isError"] is True and "timed out after 1 s" in result["content"][0]["text"]
 
 
+def test_server_status_sees_http_requests_by_their_own_ids(http_server):
+    server = http_server("--no-plugins")
+    params = {"name": "run_command", "arguments": {"command": ["sleep", "30"]}}
+
+    async def run():
+        async with httpx.AsyncClient(timeout=30) as c:
+            body = {"jsonrpc": "2.0", "id": "long-one", "method": "tools/call",
+                    "params": dict(params, _meta=MODERN_META)}
+            task = asyncio.ensure_future(c.post(server.url, json=body, headers=modern_headers("tools/call", params)))
+            await asyncio.to_thread(_wait_for, lambda: _sleepers(server.proc.pid))
+            r = await c.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "server_status", "arguments": {}, "_meta": MODERN_META}},
+                headers=modern_headers("tools/call", {"name": "server_status"}))
+            task.cancel()
+            return r.json()["result"]["structuredContent"]["in_flight"]
+    in_flight = asyncio.run(run())
+    assert {(e["id"], e.get("tool")) for e in in_flight} >= {("long-one", "run_command"), (1, "server_status")}
+
+
 def test_modern_client_disconnecting_kills_the_process_tree(http_server):
     server = http_server("--no-plugins")
     params = {"name": "run_command", "arguments": {"command": ["sh", "-c", "sleep 300 & sleep 301; wait"]}}
