@@ -11,9 +11,12 @@ session; a 2026-07-28 request carries all of it in its ``_meta`` instead.
 class Peer:
     """What one handshake-era client declared at initialize, and the log level it set."""
 
-    __slots__ = ("protocol_version", "client_capabilities", "client_info", "log_level", "initialized")
+    __slots__ = ("protocol_version", "client_capabilities", "client_info", "log_level", "initialized",
+                 "resources", "listed")
 
     def __init__(self):
+        self.resources = set()    # URIs it subscribed to
+        self.listed = set()       # kinds of list it holds (told once when one changes)
         self.protocol_version = None
         self.client_capabilities = None
         self.client_info = None

@@ -59,6 +59,7 @@ class Server:
         self.pipe = None               # the stdio connection (the default one)
         self.route = None              # (request) -> its Connection, set by a transport with many
         self.broadcast = None          # (method, params): a notification for every client
+        self.peers_of_transport = None # () -> [(Peer, notify)] for a transport with many clients
         self.dispatcher = None
         self.loop = None
         self._loop_thread = None
@@ -328,7 +329,7 @@ class Server:
         modern = request_version(params) is not None
         cursor = params.get("cursor") if type(params) is dict else None
         if not modern:
-            self.subscriptions.listed.add("tools")
+            self.connection(req).peer.listed.add("tools")
         key = (modern, cursor)
         cached = self._list_cache.get(key)
         if cached is None:
@@ -381,7 +382,7 @@ class Server:
                 return start
         raise RpcError(INVALID_PARAMS, f"Invalid cursor: {cursor!r}")
 
-    def _page(self, params, key, items, modern, kind):
+    def _page(self, req, params, key, items, modern, kind):
         """One page of a list result (deterministic order), with 2026-07-28 cache hints."""
         cursor = params.get("cursor") if type(params) is dict else None
         start = self._decode_cursor(cursor, len(items))
@@ -389,23 +390,23 @@ class Server:
         if start + self.page_size < len(items):
             result["nextCursor"] = f"offset:{start + self.page_size}"
         if not modern:
-            self.subscriptions.listed.add(kind)
+            self.connection(req).peer.listed.add(kind)
         return self._list_result(result, modern)
 
     def _handle_prompts_list(self, params, req):
         modern = request_version(params) is not None
         items = [p.definition() for _, p in sorted(self.prompts.items())]
-        return self._page(params, "prompts", items, modern, "prompts")
+        return self._page(req, params, "prompts", items, modern, "prompts")
 
     def _handle_resources_list(self, params, req):
         modern = request_version(params) is not None
         items = [r.definition() for _, r in sorted(self.resources.items())]
-        return self._page(params, "resources", items, modern, "resources")
+        return self._page(req, params, "resources", items, modern, "resources")
 
     def _handle_templates_list(self, params, req):
         modern = request_version(params) is not None
         items = [r.definition() for _, r in sorted(self.templates.items())]
-        return self._page(params, "resourceTemplates", items, modern, "resources")
+        return self._page(req, params, "resourceTemplates", items, modern, "resources")
 
     def _handle_prompts_get(self, params, req):
         modern = request_version(params) is not None
@@ -606,6 +607,12 @@ class Server:
         self.report_crash(exc, req, f"tool {tool.name!r}")
 
     # -- talking to the client -------------------------------------------------------
+
+    def peers(self):
+        """Every handshake-era client (one over stdio; an HTTP session each): (Peer, notify)."""
+        if self.peers_of_transport is not None:
+            return self.peers_of_transport()
+        return [(self.pipe.peer, self.dispatcher.notify)] if self.pipe is not None else []
 
     def notify(self, method, params):
         """Send a notification to every client; safe from any thread."""

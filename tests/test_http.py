@@ -444,3 +444,24 @@ async def test_asgi_app_mounts_in_starlette(http_server, tmp_path, mode):
     async with Client(server.url + "/", mode=mode) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["add"]
         assert (await client.call_tool("add", {"a": 2, "b": 3})).content[0].text == "5"
+
+
+async def test_resource_updates_reach_only_the_session_that_subscribed(http_server):
+    server = everything(http_server)
+    seen = {"a": [], "b": []}
+
+    def handler(name):
+        async def on_message(message):
+            if isinstance(message, types.ResourceUpdatedNotification):
+                seen[name].append(str(message.params.uri))
+        return on_message
+    async with Client(server.url, mode="legacy", message_handler=handler("a")) as a, \
+            Client(server.url, mode="legacy", message_handler=handler("b")) as b:
+        await a.subscribe_resource("test://watched-resource")
+        await b.call_tool("test_update_watched_resource", {"content": "changed"})
+        for _ in range(100):
+            if seen["a"]:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert seen == {"a": ["test://watched-resource"], "b": []}

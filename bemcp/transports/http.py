@@ -168,6 +168,11 @@ class Session:
         self.last = time.monotonic()
         self.next_no = 0
 
+    def notify(self, method, params):
+        """A notification unrelated to any request: on the GET stream, if one is open."""
+        if self.get_stream is not None and not self.get_stream.finished:
+            self.get_stream.push(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+
     def new_stream_no(self):
         self.next_no += 1
         return self.next_no
@@ -224,6 +229,7 @@ class HttpTransport:
         self.dispatcher.write = self._write
         server.route = self._route
         server.broadcast = self._broadcast
+        server.peers_of_transport = self._peers
         self._sweeper = loop.call_later(60.0, self._sweep)
         await server.started()
         # What start-up built lives as long as the process: keep the collector's full
@@ -278,6 +284,10 @@ class HttpTransport:
         for session in self.sessions.values():
             if session.get_stream is not None and session.peer.initialized:
                 session.get_stream.push(line)
+
+    def _peers(self):
+        """Each session's Peer, with a notify that reaches its GET stream (if it keeps one)."""
+        return [(session.peer, session.notify) for session in self.sessions.values()]
 
     def _sweep(self):
         now = time.monotonic()
