@@ -432,8 +432,10 @@ class HttpTransport:
         if version is not None:
             version = version.decode("latin-1")
         session_id = headers.get(b"mcp-session-id")
-        if session_id is None and (version in MODERN_VERSIONS or (
-                msg.get("method") != "initialize" and _meta_version(msg) is not None)):
+        # 2026-07-28 by its header (a stray Mcp-Session-Id is ignored, as the spec asks),
+        # or by its _meta when the header is missing (then answered -32020).
+        if version in MODERN_VERSIONS or (session_id is None and msg.get("method") != "initialize"
+                                          and _meta_version(msg) is not None):
             await self._modern(headers, dup, version, msg, body, receive, send)
         else:
             await self._handshake(headers, version, session_id, msg, body, receive, send)
