@@ -24,12 +24,13 @@ from orjson import OPT_SORT_KEYS, dumps, loads
 from ._core import RpcError
 from ._core._errors import INVALID_PARAMS, MISSING_CLIENT_CAPABILITY
 from .protocol import CLIENT_CAPABILITIES_KEY, VERSION_KEY
-from .tools import ToolError
+from .tools import NeedInput, ToolError
 
 # The client capability each request to the client needs.
 CAPABILITY = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
               "roots/list": "roots"}
 STATE_TTL = 600.0          # seconds a requestState stays valid
+ASK_TIMEOUT = 600.0        # a handshake-era ask from a request with no deadline of its own
 _STATE_VERSION = 1
 
 
@@ -133,7 +134,7 @@ class Asker:
         try:
             if not self.req.armed:
                 # Nothing waits forever: a request with no deadline of its own gets the default.
-                return await asyncio.wait_for(future, server.config.timeout or STATE_TTL)
+                return await asyncio.wait_for(future, server.config.timeout or ASK_TIMEOUT)
             return await future
         except RpcError as error:
             raise ClientError(method, error) from None
@@ -213,15 +214,6 @@ async def complete_or_ask(awaitable):
         return await awaitable
     except InputRequired as need:
         return NeedInput(need.result)
-
-
-class NeedInput:
-    """A handler's outcome when a 2026-07-28 round ended for input."""
-
-    __slots__ = ("result",)
-
-    def __init__(self, result):
-        self.result = result
 
 
 class RequestState:

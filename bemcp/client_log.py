@@ -32,6 +32,7 @@ class RequestLog(logging.LoggerAdapter):
         super().__init__(logger, {})
         self.server = server
         self.request = request
+        self.params = request.params if request is not None else None
 
     def __call__(self, level, data, logger=None):
         """Log ``data`` at MCP ``level`` ("debug" ... "emergency")."""
@@ -51,17 +52,19 @@ class RequestLog(logging.LoggerAdapter):
 
     def threshold(self):
         """The lowest level the client wants from this request, or None for nothing."""
-        params = self.request.params
+        params = self.params
         meta = params.get("_meta") if type(params) is dict else None
         if type(meta) is dict and VERSION_KEY in meta:
             return LOG_LEVELS.get(meta.get(LOG_LEVEL_KEY))
-        level = self.server.connection(self.request).peer.log_level
+        peer = self.server.connection(self.request).peer if self.request is not None else None
+        level = peer.log_level if peer is not None else self.server.log_level
         return LOG_LEVELS[level] if level is not None else None
 
     def to_client(self, levelno, data, logger=None):
         threshold = self.threshold()
         if threshold is None or levelno < threshold:
             return False
-        self.server.notify_for(self.request, "notifications/message", {"level": level_name(levelno),
-                                                     "logger": logger or self.logger.name, "data": data})
+        self.server.notify("notifications/message", {"level": level_name(levelno),
+                                                     "logger": logger or self.logger.name, "data": data},
+                           self.request)
         return True

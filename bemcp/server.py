@@ -79,6 +79,8 @@ class Server:
         self.recorders = []            # f(kind, fields) for every forensics event
         self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
         self.tasks = TaskManager(self)
+        if self.config.state_key_file:
+            self.use_state_key_file(self.config.state_key_file)   # a bad key file fails here, at start
         if self.config.watchdog:
             from .watchdog import Watchdog
             Watchdog(self)
@@ -534,30 +536,24 @@ class Server:
                 return conn.id
         return id
 
-    def notify_for(self, req, method, params):
-        """Send a notification related to ``req`` on its connection; safe from any thread."""
-        if self.dispatcher is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            self.connection(req).notify(method, params)
-        else:
-            self.loop.call_soon_threadsafe(self._notify_for, req, method, params)
-
-    def _notify_for(self, req, method, params):
-        self.connection(req).notify(method, params)
-
     # What the stdio client agreed at initialize.
     protocol_version = property(lambda self: self.pipe.peer.protocol_version if self.pipe else None)
     client_capabilities = property(lambda self: self.pipe.peer.client_capabilities if self.pipe else None)
     log_level = property(lambda self: self.pipe.peer.log_level if self.pipe else None)
 
+    def use_state_key_file(self, path):
+        """Sign 2026-07-28 requestState with the key in ``path`` (at least 16 bytes), so a
+        retry may reach any process started with the same file. Raises OSError/ValueError."""
+        from .asking import RequestState
+        self._request_state = RequestState.from_file(path)
+        self.config.state_key_file = path
+
     @property
     def request_state(self):
-        """Signs 2026-07-28 requestState (key from ``config.state_key_file``, else random)."""
+        """Signs 2026-07-28 requestState: the key from ``use_state_key_file``, else random."""
         if self._request_state is None:
             from .asking import RequestState
-            path = self.config.state_key_file
-            self._request_state = RequestState.from_file(path) if path else RequestState()
+            self._request_state = RequestState()
         return self._request_state
 
     def stopping(self):
@@ -614,15 +610,23 @@ class Server:
             return self.peers_of_transport()
         return [(self.pipe.peer, self.dispatcher.notify)] if self.pipe is not None else []
 
-    def notify(self, method, params):
-        """Send a notification to every client; safe from any thread."""
+    def notify(self, method, params, req=None):
+        """Send a notification: about request ``req``, on its connection; without one, to
+        every client. Safe from any thread."""
         if self.dispatcher is None:
             return
-        send = self.broadcast if self.broadcast is not None else self.dispatcher.notify
         if threading.get_ident() == self._loop_thread:
-            send(method, params)
+            self._notify(method, params, req)
         else:
-            self.loop.call_soon_threadsafe(send, method, params)
+            self.loop.call_soon_threadsafe(self._notify, method, params, req)
+
+    def _notify(self, method, params, req):
+        if req is not None:
+            self.connection(req).notify(method, params)
+        elif self.broadcast is not None:
+            self.broadcast(method, params)
+        else:
+            self.dispatcher.notify(method, params)
 
     def _install_log_forwarding(self, level):
         if self._log_handler is None:

@@ -37,6 +37,15 @@ class ToolResult:
         self.is_error = is_error
 
 
+class NeedInput:
+    """A handler's outcome when a 2026-07-28 round ended for input (see bemcp.asking)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result):
+        self.result = result   # the input_required result
+
+
 class Content(dict):
     """A content block (text, image, audio, embedded resource, resource link); see the helpers below."""
 
@@ -142,7 +151,7 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self.server.notify_for(self.request, "notifications/progress", params)
+        self.server.notify("notifications/progress", params, self.request)
         return True
 
     # -- asking the client -----------------------------------------------------------
@@ -192,6 +201,7 @@ class Context:
         if not isinstance(schema, dict):
             from .schema import schema_for
             schema = schema_for(schema)
+        _check_elicitation_schema(schema)
         return await self._ask("elicitation/create", {"mode": "form", "message": message,
                                                       "requestedSchema": schema}, key)
 
@@ -199,6 +209,24 @@ class Context:
         """The client's roots (``roots/list``): a list of ``{"uri", "name"?}`` dicts."""
         result = await self._ask("roots/list", {}, key)
         return result.get("roots", []) if type(result) is dict else []
+
+
+_ELICIT_TYPES = ("string", "number", "integer", "boolean", "array")
+
+
+def _check_elicitation_schema(schema):
+    """Elicitation forms are flat: an object of primitive (or multi-select array) properties."""
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict):
+        raise ValueError("an elicitation schema is {'type': 'object', 'properties': {...}}")
+    for name, prop in props.items():
+        kind = prop.get("type") if isinstance(prop, dict) else None
+        if kind not in _ELICIT_TYPES:
+            raise ValueError(f"elicitation property {name!r}: type must be one of "
+                             f"{', '.join(_ELICIT_TYPES)} (forms are flat), not {kind!r}")
+        if kind == "array" and not isinstance(prop.get("items"), dict):
+            raise ValueError(f"elicitation property {name!r}: a multi-select array needs 'items' "
+                             "with 'enum' or 'anyOf' choices")
 
 
 def _sampling_messages(messages):
@@ -359,7 +387,7 @@ class Tool:
 
     def to_result(self, value, modern):
         """Map a tool's return value onto a CallToolResult."""
-        if type(value).__name__ == "NeedInput":
+        if type(value) is NeedInput:
             return value.result   # 2026-07-28: the client is asked, the call is not over
         if type(value) is str:
             result = {"content": [{"type": "text", "text": value}]}

@@ -306,3 +306,42 @@ def test_elicitation_speaks_the_agreed_revision(spawn, version, caps, mode):
         server.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "decline"}})
         assert "action=decline" in server.wait_for(5)["result"]["content"][0]["text"]
     assert server.close() == 0
+
+
+async def test_a_2026_task_that_asks_ends_with_a_clear_error():
+    import asyncio
+
+    from bemcp import Context, Server
+    from test_tools_api import Session
+    server = Server("t")
+
+    @server.tool(task_support="optional")
+    async def needs_input(ctx: Context) -> str:
+        """Ask the user something."""
+        await ctx.elicit("Sure?", {"type": "object", "properties": {"ok": {"type": "boolean"}}})
+        return "done"
+    s = Session(server)
+    caps = {"elicitation": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}}
+    created = await s.call("needs_input", meta=meta(caps))
+    assert created["resultType"] == "task"
+    for _ in range(200):
+        task = (await s.request("tasks/get", {"taskId": created["taskId"], "_meta": meta(caps)}))["result"]
+        if task["status"] != "working":
+            break
+        await asyncio.sleep(0.01)
+    assert task["status"] == "completed" and task["result"]["isError"] is True, task
+    assert "asking the client from a 2026-07-28 task is not supported" in str(task["result"])
+    await s.d.drain(0.5)
+    await server.shutdown()
+    s.d.close()
+
+
+def test_a_bad_state_key_file_fails_at_start(tmp_path):
+    import subprocess
+    short = tmp_path / "short.key"
+    short.write_bytes(b"tiny")
+    for path in (str(short), str(tmp_path / "missing.key")):
+        for argv in (EVERYTHING, [sys.executable, "-m", "bemcp", "serve", "--no-plugins"]):
+            done = subprocess.run(argv + ["--state-key-file", path], input=b"", capture_output=True, timeout=30)
+            assert done.returncode == 2 and done.stdout == b""
+            assert path.encode() in done.stderr or b"16 bytes" in done.stderr

@@ -189,5 +189,12 @@ async def test_every_tool_and_prompt_is_described(twin_env, mode, version):
                                                         "capabilities")}
         assert fixtures <= {t.name for t in tools}
         assert all(t.description and t.input_schema.get("type") == "object" for t in tools)
+        links = (await client.call_tool("test_resource_links", {})).content
+        assert [(c.type, str(c.uri)) for c in links] == [("resource_link", "test://static-text"),
+                                                         ("resource_link", "test://static-binary")]
+        audio = (await client.call_tool("test_audio_content", {})).content[0]
+        assert audio.type == "audio" and audio.mime_type == "audio/wav"
+        embedded = (await client.call_tool("test_embedded_resource", {})).content[0]
+        assert embedded.resource.text == "This is an embedded resource content."
         schema = next(t for t in tools if t.name == "json_schema_2020_12_tool").input_schema
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema" and "$defs" in schema

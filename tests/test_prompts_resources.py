@@ -270,4 +270,25 @@ async def test_modern_requests_log_to_the_client_only_at_the_level_they_carry(ma
     assert all(n["logger"] == "bemcp.tool.chatty" for n in notes)
     from bemcp.client_log import RequestLog
     with pytest.raises(ValueError, match="level must be one of"):
-        RequestLog(server.tools["chatty"].log, server, {})("loud", "x")
+        RequestLog(server.tools["chatty"].log, server, None)("loud", "x")
+
+
+@pytest.mark.parametrize("schema, says", [
+    ({"properties": {}}, "'type': 'object'"),
+    ({"type": "object", "properties": {"address": {"type": "object"}}}, "forms are flat"),
+    ({"type": "object", "properties": {"tags": {"type": "array"}}}, "multi-select"),
+])
+async def test_elicitation_schemas_are_checked_before_asking(make_session, schema, says):
+    server = Server("t")
+
+    @server.tool
+    async def ask(ctx: Context) -> str:
+        """Ask with a bad form."""
+        await ctx.elicit("?", schema)
+        return "asked"
+    s = Session(server)
+    await s.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
+                                   "clientInfo": {"name": "c", "version": "0"}})
+    result = await s.call("ask")
+    assert result["isError"] is True and says in result["content"][0]["text"]
+    assert not [m for m in s.messages if m.get("method") == "elicitation/create"]

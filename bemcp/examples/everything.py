@@ -11,8 +11,8 @@ import asyncio
 import base64
 from typing import Annotated
 
-from bemcp import (Context, Server, ToolError, audio, embedded_resource, image, text,
-                   user)
+from bemcp import (Context, Server, ToolError, audio, embedded_resource, image,
+                   resource_link, text, user)
 from bemcp.config import add_http_arguments
 
 # A 1x1 red PNG and a minimal WAV, as the suite expects them.
@@ -56,6 +56,13 @@ def test_multiple_content_types():
     return [text("Multiple content types test:"), image(IMAGE, "image/png"),
             embedded_resource("test://mixed-content-resource", '{"test": "data", "value": 123}',
                               mime_type="application/json")]
+
+
+@server.tool
+def test_resource_links():
+    """Point at resources instead of embedding them."""
+    return [resource_link("test://static-text", "static_text", "text/plain"),
+            resource_link("test://static-binary", "static_binary", "image/png")]
 
 
 @server.tool
@@ -358,7 +365,10 @@ def main(argv=None):
     add_http_arguments(parser)
     args = parser.parse_args(argv)
     if args.state_key_file:
-        server.config.state_key_file = args.state_key_file
+        try:
+            server.use_state_key_file(args.state_key_file)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     if args.max_message_size:
         server.config.max_message_size = args.max_message_size
     server.config.update({k: v for k, v in vars(args).items() if k.startswith("http") and v},
