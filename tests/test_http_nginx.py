@@ -124,3 +124,21 @@ def test_multi_round_retries_complete_on_any_process(farm, tmp_path):
     nginx, _ = farm(2, module=("bemcp.examples.everything",))
     refused = [o for o in _mrtr_round_trips(nginx.url, 12) if "error" in o]
     assert refused and all("integrity" in o["error"]["message"] for o in refused)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_sdk_client_gets_prompts_and_asks_through_nginx(farm, tmp_path, mode):
+    key = tmp_path / "state.key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    nginx, _ = farm(2, "--state-key-file", str(key), module=("bemcp.examples.everything",))
+    cb = Callbacks()
+    async with Client(nginx.url, mode=mode, sampling_callback=cb.sampling,
+                      elicitation_callback=cb.elicitation, list_roots_callback=cb.roots) as client:
+        prompt = await client.get_prompt("test_prompt_with_arguments", {"arg1": "a1", "arg2": "a2"})
+        assert "arg1='a1'" in prompt.messages[0].content.text
+        asked = await client.get_prompt("test_input_required_result_prompt")
+        assert "the release notes" in asked.messages[0].content.text
+        rounds = await client.call_tool("test_input_required_result_multi_round", {})
+        assert rounds.content[0].text == "Alice likes green."
+        static = (await client.read_resource("test://static-text")).contents[0]
+        assert static.text == "This is the content of the static text resource."
