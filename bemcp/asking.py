@@ -79,13 +79,14 @@ def is_modern(params):
     return type(meta) is dict and VERSION_KEY in meta
 
 
-def client_capabilities(server, params):
-    """The capabilities the client declared: per request (2026-07-28) or at initialize."""
+def client_capabilities(server, req):
+    """The capabilities the client of ``req`` declared: per request (2026-07-28) or at initialize."""
+    params = req.params
     meta = params.get("_meta") if type(params) is dict else None
     if type(meta) is dict and VERSION_KEY in meta:
         caps = meta.get(CLIENT_CAPABILITIES_KEY)
     else:
-        caps = server.client_capabilities
+        caps = server.connection(req).peer.client_capabilities
     return caps if type(caps) is dict else {}
 
 
@@ -108,13 +109,13 @@ class Asker:
 
     async def ask(self, method, params, key):
         capability = CAPABILITY[method]
-        declared = client_capabilities(self.server, self.req.params).get(capability)
+        declared = client_capabilities(self.server, self.req).get(capability)
         # Elicitation modes came with 2025-11-25: {} still means form; {"url": {}} alone does not.
         if declared is None or (method == "elicitation/create" and type(declared) is dict
                                 and declared and "form" not in declared):
             raise MissingCapability(capability, method)
         if method == "elicitation/create" and not self.modern and \
-                self.server.protocol_version != "2025-11-25":
+                self.server.connection(self.req).peer.protocol_version != "2025-11-25":
             params = {k: v for k, v in params.items() if k != "mode"}   # no modes before 2025-11-25
         self.count += 1
         if key is None:

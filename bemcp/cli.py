@@ -17,7 +17,7 @@ def build_parser():
 
     def command(name, help):
         return sub.add_parser(name, help=help, formatter_class=config.help_formatter)
-    serve = command("serve", "serve MCP over stdio (what MCP clients spawn)")
+    serve = command("serve", "serve MCP over stdio (what MCP clients spawn), or over HTTP with --http")
     tools = command("tools", "list the tools `bemcp serve` would offer")
     tools.add_argument("--json", action="store_true", help="print the tools/list entries as JSON")
     plugins = command("plugins", "list plugins: loaded, failed (with reasons), their tools")

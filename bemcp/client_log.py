@@ -56,7 +56,8 @@ class RequestLog(logging.LoggerAdapter):
         meta = params.get("_meta") if type(params) is dict else None
         if type(meta) is dict and VERSION_KEY in meta:
             return LOG_LEVELS.get(meta.get(LOG_LEVEL_KEY))
-        level = self.server.log_level
+        peer = self.server.connection(self.request).peer if self.request is not None else None
+        level = peer.log_level if peer is not None else self.server.log_level
         return LOG_LEVELS[level] if level is not None else None
 
     def to_client(self, levelno, data, logger=None):

@@ -18,6 +18,10 @@ class Config:
     tool_timeouts: dict = field(default_factory=dict)   # tool name -> seconds
     max_message_size: int = 64 * MiB
     state_key_file: str = ""               # HMAC key of 2026-07-28 requestState (empty: random per process)
+    # Streamable HTTP (empty: stdio).
+    http: str = ""                         # [HOST:]PORT
+    http_token_file: str = ""              # bearer token required on every request
+    http_allow_origin: list = field(default_factory=list)   # browser origins allowed besides our own
     # Commands and processes.
     shell: bool = False                    # strings run under /bin/sh -c
     allow: list = field(default_factory=list)   # executables allowed (empty: any)
@@ -132,6 +136,19 @@ def add_arguments(parser):
     g.add_argument("--log-dir", metavar="DIR", help="where log files go (default: the user state directory)")
     g.add_argument("--no-log-files", action="store_false", dest="log_files", default=None)
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="stderr level (warning)")
+    add_http_arguments(parser)
+
+
+def add_http_arguments(parser):
+    """Streamable HTTP instead of stdio (needs the extra: pip install "bemcp[http]")."""
+    g = parser.add_argument_group("http")
+    g.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve MCP over Streamable HTTP at http://HOST:PORT/mcp (host 127.0.0.1)")
+    g.add_argument("--http-token-file", metavar="PATH",
+                   help="require Authorization: Bearer <the file's token> (also $BEMCP_HTTP_TOKEN); "
+                        "needed to bind a non-loopback address")
+    g.add_argument("--http-allow-origin", action="append", metavar="ORIGIN",
+                   help="a browser Origin allowed besides the server's own host (repeatable)")
 
 
 def help_formatter(prog):

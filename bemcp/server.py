@@ -15,6 +15,7 @@ from ._core._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, MET
                             RESOURCE_NOT_FOUND)
 from .client_log import LOG_LEVELS, SENT
 from .config import Config
+from .connection import Connection, Peer
 from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .subscriptions import Subscriptions
@@ -55,11 +56,10 @@ class Server:
         self.subscriptions = Subscriptions(self)
         self.waiting_on_client = {}    # request -> (method, id) of the client request it awaits
         self._request_state = None
-        self.client_info = None
-        self.client_capabilities = None
-        self.protocol_version = None
-        self.initialized = False
-        self.log_level = None          # set by logging/setLevel (handshake era)
+        self.pipe = None               # the stdio connection (the default one)
+        self.route = None              # (request) -> its Connection, set by a transport with many
+        self.broadcast = None          # (method, params): a notification for every client
+        self.peers_of_transport = None # () -> [(Peer, notify)] for a transport with many clients
         self.dispatcher = None
         self.loop = None
         self._loop_thread = None
@@ -233,6 +233,7 @@ class Server:
             "notifications/cancelled": self._handle_cancelled,
         })
         self.dispatcher = d
+        self.pipe = Connection(Peer(), d.notify, d.send_request)
         self.tasks.install(d)
         self._sync_tools()
         return d
@@ -248,10 +249,13 @@ class Server:
         if type(requested) is not str:
             raise RpcError(INVALID_PARAMS, "initialize: protocolVersion must be a string")
         version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
-        self.protocol_version = version
-        self.dispatcher.batches = version in BATCH_VERSIONS
-        self.client_info = params.get("clientInfo")
-        self.client_capabilities = params.get("capabilities")
+        conn = self.connection(req)
+        peer = conn.peer
+        peer.protocol_version = version
+        if conn is self.pipe:
+            self.dispatcher.batches = version in BATCH_VERSIONS
+        peer.client_info = params.get("clientInfo")
+        peer.client_capabilities = params.get("capabilities")
         result = {"protocolVersion": version, "capabilities": self.capabilities(modern=False),
                   "serverInfo": self.server_info()}
         if self.instructions:
@@ -259,7 +263,7 @@ class Server:
         return result
 
     def _handle_initialized(self, params):
-        self.initialized = True
+        self.pipe.peer.initialized = True
 
     def _handle_ping(self, params, req):
         return {}
@@ -268,8 +272,12 @@ class Server:
         level = params.get("level") if type(params) is dict else None
         if level not in LOG_LEVELS:
             raise RpcError(INVALID_PARAMS, f"level must be one of {', '.join(LOG_LEVELS)}")
-        self.log_level = level
-        self._install_log_forwarding()
+        conn = self.connection(req)
+        conn.peer.log_level = level
+        if conn is self.pipe:
+            # The server's own log records follow, over stdio only: over HTTP a record
+            # may belong to another client's request.
+            self._install_log_forwarding(level)
         return {}
 
     def _modern_gone(self, handler):
@@ -324,7 +332,7 @@ class Server:
         modern = request_version(params) is not None
         cursor = params.get("cursor") if type(params) is dict else None
         if not modern:
-            self.subscriptions.listed.add("tools")
+            self.connection(req).peer.listed.add("tools")
         key = (modern, cursor)
         cached = self._list_cache.get(key)
         if cached is None:
@@ -377,7 +385,7 @@ class Server:
                 return start
         raise RpcError(INVALID_PARAMS, f"Invalid cursor: {cursor!r}")
 
-    def _page(self, params, key, items, modern, kind):
+    def _page(self, req, params, key, items, modern, kind):
         """One page of a list result (deterministic order), with 2026-07-28 cache hints."""
         cursor = params.get("cursor") if type(params) is dict else None
         start = self._decode_cursor(cursor, len(items))
@@ -385,23 +393,23 @@ class Server:
         if start + self.page_size < len(items):
             result["nextCursor"] = f"offset:{start + self.page_size}"
         if not modern:
-            self.subscriptions.listed.add(kind)
+            self.connection(req).peer.listed.add(kind)
         return self._list_result(result, modern)
 
     def _handle_prompts_list(self, params, req):
         modern = request_version(params) is not None
         items = [p.definition() for _, p in sorted(self.prompts.items())]
-        return self._page(params, "prompts", items, modern, "prompts")
+        return self._page(req, params, "prompts", items, modern, "prompts")
 
     def _handle_resources_list(self, params, req):
         modern = request_version(params) is not None
         items = [r.definition() for _, r in sorted(self.resources.items())]
-        return self._page(params, "resources", items, modern, "resources")
+        return self._page(req, params, "resources", items, modern, "resources")
 
     def _handle_templates_list(self, params, req):
         modern = request_version(params) is not None
         items = [r.definition() for _, r in sorted(self.templates.items())]
-        return self._page(params, "resourceTemplates", items, modern, "resources")
+        return self._page(req, params, "resourceTemplates", items, modern, "resources")
 
     def _handle_prompts_get(self, params, req):
         modern = request_version(params) is not None
@@ -513,11 +521,26 @@ class Server:
     # -- the request's connection -------------------------------------------------------
 
     def connection(self, req):
-        """Where messages for ``req`` go (requests to the client, listen notifications).
+        """The Connection of ``req``: where its notifications and asks go, and its Peer."""
+        if self.route is not None:
+            conn = self.route(req)
+            if conn is not None:
+                return conn
+        return self.pipe
 
-        Over stdio there is one connection, the dispatcher.
-        """
-        return self.dispatcher
+    def client_id(self, id):
+        """The id the client gave the request the core knows as ``id`` (HTTP renumbers them)."""
+        if self.route is not None:
+            req = self.dispatcher.table.get(id)
+            conn = self.route(req) if req is not None else None
+            if conn is not None and hasattr(conn, "id"):
+                return conn.id
+        return id
+
+    # What the stdio client agreed at initialize.
+    protocol_version = property(lambda self: self.pipe.peer.protocol_version if self.pipe else None)
+    client_capabilities = property(lambda self: self.pipe.peer.client_capabilities if self.pipe else None)
+    log_level = property(lambda self: self.pipe.peer.log_level if self.pipe else None)
 
     def use_state_key_file(self, path):
         """Sign 2026-07-28 requestState with the key in ``path`` (at least 16 bytes), so a
@@ -582,21 +605,35 @@ class Server:
 
     # -- talking to the client -------------------------------------------------------
 
+    def peers(self):
+        """Every handshake-era client (one over stdio; an HTTP session each): (Peer, notify)."""
+        if self.peers_of_transport is not None:
+            return self.peers_of_transport()
+        return [(self.pipe.peer, self.dispatcher.notify)] if self.pipe is not None else []
+
     def notify(self, method, params, req=None):
-        """Send a notification (about request ``req``: on its connection); safe from any thread."""
+        """Send a notification: about request ``req``, on its connection; without one, to
+        every client. Safe from any thread."""
         if self.dispatcher is None:
             return
-        conn = self.dispatcher if req is None else self.connection(req)
         if threading.get_ident() == self._loop_thread:
-            conn.notify(method, params)
+            self._notify(method, params, req)
         else:
-            self.loop.call_soon_threadsafe(conn.notify, method, params)
+            self.loop.call_soon_threadsafe(self._notify, method, params, req)
 
-    def _install_log_forwarding(self):
+    def _notify(self, method, params, req):
+        if req is not None:
+            self.connection(req).notify(method, params)
+        elif self.broadcast is not None:
+            self.broadcast(method, params)
+        else:
+            self.dispatcher.notify(method, params)
+
+    def _install_log_forwarding(self, level):
         if self._log_handler is None:
             self._log_handler = _ClientLogHandler(self)
             logging.getLogger().addHandler(self._log_handler)
-        level = LOG_LEVELS[self.log_level]
+        level = LOG_LEVELS[level]
         self._log_handler.setLevel(level)
         # The root logger's own level (WARNING by default) would drop records the
         # client asked for before any handler saw them; lower it, never raise it.
@@ -644,10 +681,31 @@ class Server:
             del self._thread_owner[ident]  # never a second time for this call
             return interrupt_thread(ident, exc_type)
 
+    def asgi_app(self, **options):
+        """An ASGI application serving this server over Streamable HTTP (both eras) at ``/mcp``.
+
+        Mount it in Starlette or FastAPI, or run it under any ASGI server. Options:
+        path, token (bearer token required on every request), allowed_hosts (host
+        names the Host header may carry; None: any), allowed_origins, max_body,
+        session_idle (seconds), max_sessions, node (prefix of session ids).
+        """
+        from .transports.http import HttpTransport
+        return HttpTransport(self, **options)
+
     def run(self):
-        """Serve MCP over stdio until stdin closes or a signal arrives."""
-        from .transports.stdio import run_stdio
-        code = run_stdio(self)
+        """Serve MCP over stdio until stdin closes or a signal arrives; or, with
+        ``config.http`` set (``[HOST:]PORT``), over Streamable HTTP until SIGTERM."""
+        cfg = self.config
+        if cfg.http:
+            from .transports.http import run_http
+            try:
+                code = run_http(self, cfg.http, cfg.http_token_file, cfg.http_allow_origin)
+            except (OSError, ValueError) as exc:
+                print(f"bemcp: {exc}", file=sys.stderr)
+                code = 2
+        else:
+            from .transports.stdio import run_stdio
+            code = run_stdio(self)
         _exit_if_threads_are_stuck(code)
         sys.exit(code)
 

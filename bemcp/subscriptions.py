@@ -39,8 +39,6 @@ class Subscriptions:
 
     def __init__(self, server):
         self.server = server
-        self.resources = set()        # handshake era: subscribed URIs
-        self.listed = set()           # handshake era: kinds of list the client holds
         self.listeners = {}           # 2026-07-28: listen request id -> Listener
         self._pending = set()
 
@@ -52,12 +50,14 @@ class Subscriptions:
             raise RpcError(INVALID_PARAMS, f"{method} needs params {{uri}}")
         return uri
 
+    # Each client's subscriptions and lists live in its Peer (server.connection(req).peer).
+
     def subscribe(self, params, req):
-        self.resources.add(self._uri(params, req.method))
+        self.server.connection(req).peer.resources.add(self._uri(params, req.method))
         return {}
 
     def unsubscribe(self, params, req):
-        self.resources.discard(self._uri(params, req.method))
+        self.server.connection(req).peer.resources.discard(self._uri(params, req.method))
         return {}
 
     # -- 2026-07-28 -------------------------------------------------------------------------
@@ -99,11 +99,13 @@ class Subscriptions:
 
     def wants(self, kind):
         flag = LIST_FLAGS[kind]
-        return kind in self.listed or any(flag in l.honored for l in self.listeners.values())
+        return any(kind in peer.listed for peer, _ in self.server.peers()) or \
+            any(flag in l.honored for l in self.listeners.values())
 
     def resource_updated(self, uri):
-        if uri in self.resources:
-            self.server.notify("notifications/resources/updated", {"uri": uri})
+        for peer, notify in self.server.peers():
+            if uri in peer.resources:
+                notify("notifications/resources/updated", {"uri": uri})
         for listener in list(self.listeners.values()):
             if uri in listener.uris:
                 listener.send("notifications/resources/updated", {"uri": uri})
@@ -118,9 +120,10 @@ class Subscriptions:
     def _send_list_changed(self, kind):
         self._pending.discard(kind)
         method = f"notifications/{kind}/list_changed"
-        if kind in self.listed:
-            self.listed.discard(kind)   # told once; a new list re-arms it
-            self.server.notify(method, None)
+        for peer, notify in self.server.peers():
+            if kind in peer.listed:
+                peer.listed.discard(kind)   # told once; a new list re-arms it
+                notify(method, None)
         flag = LIST_FLAGS[kind]
         for listener in list(self.listeners.values()):
             if flag in listener.honored:

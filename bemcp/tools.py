@@ -160,7 +160,7 @@ class Context:
     def client_capabilities(self):
         """The capabilities the client declared (for this request, in 2026-07-28)."""
         from .asking import client_capabilities
-        return client_capabilities(self.server, self.request.params)
+        return client_capabilities(self.server, self.request)
 
     def client_supports(self, capability):
         """Whether the client declared ``capability`` ("sampling", "elicitation", "roots")."""

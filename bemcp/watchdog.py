@@ -256,7 +256,7 @@ class Watchdog:
         counts = dict(zip(STATE_NAMES, table.counts))
         counts.pop("running", None)
         return {
-            "in_flight": table.snapshot(),
+            "in_flight": [dict(entry, id=self.server.client_id(entry["id"])) for entry in table.snapshot()],
             "queued": len(self.dispatcher.queue),
             "requests": counts,
             "watchdog": dict(self.counts),

@@ -255,6 +255,24 @@ def test_batch_members_are_logged_each_with_its_own_bytes(core, run):
     run(body)
 
 
+def test_dispatch_answers_a_parsed_message_at_once_and_logs_its_bytes(core, run):
+    """What a transport that parses its own messages (HTTP) hands the core."""
+    async def body():
+        w = Wire(core)
+        w.d.keep_finished(True)
+        w.slot("quick", lambda args, req: args["text"])
+        line = orjson.dumps(call(-3, "quick", {"text": "now"}))
+        w.d.dispatch(orjson.loads(line), line)
+        assert [text_of(m) for m in w.out] == ["now"]     # written before any loop turn
+        w.d.dispatch(request(4, "ping"))
+        assert w.out[-1] == {"jsonrpc": "2.0", "id": 4, "result": {}}
+        from bemcp.logs.sink import RECORD
+        count, records, lines, details = w.d.take_finished()
+        assert count == 1 and lines == line
+        assert [row[3] for row in RECORD.iter_unpack(records)] == [len(line) + 1]
+    run(body)
+
+
 @pytest.mark.parametrize("id", [1.5, -2.25, 1e2, 0, -7, "", "x" * 300])
 def test_any_string_or_number_is_an_id_and_comes_back_as_sent(core, run, id):
     async def body():

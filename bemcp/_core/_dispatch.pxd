@@ -88,6 +88,7 @@ cdef class Dispatcher:
     cdef object _done
 
     cpdef feed(self, bytes data)
+    cpdef dispatch(self, object msg, object line=*)
     cpdef handle_line(self, object line)
     cdef inline void _remember(self, object method, object id, Py_ssize_t size)
     cpdef handle_message(self, object msg)

@@ -179,6 +179,18 @@ cdef class Dispatcher:
             self._reading = False
         self.flush()
 
+    cpdef dispatch(self, object msg, object line=None):
+        """One message a transport already parsed (``line``: its bytes, for the logs):
+        dispatch it, then write what it produced at once, as feed() does."""
+        self._reading = True
+        self._line = line
+        try:
+            self.handle_message(msg)
+        finally:
+            self._line = None
+            self._reading = False
+        self.flush()
+
     cpdef handle_line(self, object line):
         try:
             msg = _loads(line)

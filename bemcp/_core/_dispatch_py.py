@@ -165,6 +165,18 @@ class Dispatcher:
             self._reading = False
         self.flush()
 
+    def dispatch(self, msg, line=None):
+        """One message a transport already parsed (``line``: its bytes, for the logs):
+        dispatch it, then write what it produced at once, as feed() does."""
+        self._reading = True
+        self._line = line
+        try:
+            self.handle_message(msg)
+        finally:
+            self._line = None
+            self._reading = False
+        self.flush()
+
     def handle_line(self, line):
         try:
             msg = loads(line)

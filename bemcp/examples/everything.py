@@ -13,6 +13,7 @@ from typing import Annotated
 
 from bemcp import (Context, Server, ToolError, audio, embedded_resource, image,
                    resource_link, text, user)
+from bemcp.config import add_http_arguments
 
 # A 1x1 red PNG and a minimal WAV, as the suite expects them.
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -73,14 +74,21 @@ def test_error_handling() -> str:
 @server.tool(input_schema={
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "$defs": {"address": {"type": "object",
+    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
                           "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
     "additionalProperties": False,
 })
-def json_schema_2020_12_tool(name: str = "", address: dict = None) -> str:
+def json_schema_2020_12_tool(name: str = "", address: dict = None, contactMethod: str = None,
+                             phone: str = None, email: str = None) -> str:
     """Keep a hand-written JSON Schema 2020-12 input schema as it is."""
-    return f"name={name!r}, address={address!r}"
+    return f"name={name!r}, address={address!r}, contact={contactMethod or ''}:{phone or email or ''}"
 
 
 @server.tool
@@ -113,6 +121,13 @@ async def test_tool_with_progress(ctx: Context) -> str:
     return str(ctx.progress_token)
 
 
+@server.tool
+async def test_logging_tool(ctx: Context) -> str:
+    """Log one message: a 2026-07-28 request without _meta logLevel gets none of it."""
+    ctx.log("info", "test_logging_tool ran")
+    return "logged"
+
+
 # -- tools: asking the client --------------------------------------------------------------------
 
 @server.tool
@@ -131,6 +146,15 @@ async def test_elicitation(message: str, ctx: Context) -> str:
                        "email": {"type": "string", "description": "Your email address"}},
         "required": ["username", "email"]})
     return f"User response: action={answer['action']}, content={answer.get('content')}"
+
+
+@server.tool
+async def test_streaming_elicitation(ctx: Context) -> str:
+    """Ask the user one question: a request to the client in the handshake era, an
+    input_required result in 2026-07-28 (never a request on the response stream)."""
+    answer = await ctx.elicit("What is your name?", {
+        "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}, key="name")
+    return f"Hello, {(answer.get('content') or {}).get('name', 'stranger')}!"
 
 
 @server.tool
@@ -334,15 +358,21 @@ async def test_input_required_result_prompt(ctx: Context) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bemcp.examples.everything",
-                                     description="Serve every conformance fixture over stdio.")
+                                     description="Serve every conformance fixture over stdio or HTTP.")
     parser.add_argument("--state-key-file", metavar="PATH",
                         help="key signing 2026-07-28 requestState (default: random per process)")
+    parser.add_argument("--max-message-size", type=int, metavar="BYTES", help="largest accepted message")
+    add_http_arguments(parser)
     args = parser.parse_args(argv)
     if args.state_key_file:
         try:
             server.use_state_key_file(args.state_key_file)
         except (OSError, ValueError) as exc:
             parser.error(str(exc))
+    if args.max_message_size:
+        server.config.max_message_size = args.max_message_size
+    server.config.update({k: v for k, v in vars(args).items() if k.startswith("http") and v},
+                         source="command line")
     server.run()
 
 

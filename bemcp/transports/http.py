@@ -1,0 +1,1034 @@
+"""Streamable HTTP: an ASGI application serving both MCP eras on one endpoint.
+
+No JSON-RPC logic lives here: the dispatcher every connection shares answers the
+requests. This module owns what HTTP adds: the endpoint, sessions, which response
+stream a message goes on, the headers each era requires, and the security checks.
+
+- Each request's id is swapped for a process-unique internal one (a negative int)
+  before it reaches the dispatcher, so the in-flight table serves every client
+  without id clashes; its answer comes back through ``write`` and is routed to its
+  exchange by that id, which then gets the client's own id back.
+- The era is chosen per request: an ``initialize`` or a ``Mcp-Session-Id`` means the
+  handshake era (sessions, the GET stream, resumable SSE, requests to the client);
+  ``MCP-Protocol-Version: 2026-07-28`` means a stateless exchange.
+- An answer with nothing before it goes out as ``application/json``; the first
+  notification or request to the client for an open request turns its response into
+  an SSE stream.
+"""
+
+import asyncio
+import base64
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+
+from orjson import JSONDecodeError, dumps, loads
+
+from .._core._errors import (HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+                             METHOD_NOT_FOUND, PARSE_ERROR, UNSUPPORTED_PROTOCOL_VERSION)
+from ..connection import Peer
+from ..protocol import CLIENT_CAPABILITIES_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, SUPPORTED_VERSIONS, VERSION_KEY
+
+log = logging.getLogger("bemcp.transport.http")
+
+PATH = "/mcp"
+KEEPALIVE_SECONDS = 15.0
+HEADER_SECONDS = 10.0            # a client gets this long to send a request's headers,
+BODY_SECONDS = 30.0              # ... and this long for its body
+STALL_SECONDS = 60.0             # ... and to take an SSE event off the server's hands
+SESSION_IDLE_SECONDS = 1800.0
+MAX_SESSIONS = 4096
+KEPT_STREAMS = 32                # finished SSE streams a session keeps for resumption
+REPLAY = 1024                    # events a stream keeps for resumption
+RETRY_MS = 1000
+_PREFIX = b'{"jsonrpc":"2.0","id":'
+_NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# 2026-07-28: the HTTP status of a JSON-RPC error.
+_STATUS = {PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400, HEADER_MISMATCH: 400,
+           -32021: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404}
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no")]
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+_NO_PRIMING = HANDSHAKE_VERSIONS[:-1]   # priming events came with 2025-11-25
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Stream:
+    """Messages waiting for an SSE response (an exchange's, or a session's GET stream)."""
+
+    __slots__ = ("frames", "base", "finished", "_changed", "no")
+
+    def __init__(self, no=0):
+        self.frames = []          # JSON lines, in order; a resumed stream replays from here
+        self.base = 0             # how many older frames were dropped (kept: the last REPLAY)
+        self.finished = False
+        self._changed = None
+        self.no = no              # its number in the session (event ids are "no-index")
+
+    def push(self, line):
+        frames = self.frames
+        frames.append(line)
+        if len(frames) > REPLAY:
+            # A long stream (a GET stream, a listen) keeps only its recent events.
+            drop = len(frames) - REPLAY // 2
+            del frames[:drop]
+            self.base += drop
+        self.wake()
+
+    def finish(self):
+        self.finished = True
+        self.wake()
+
+    def wake(self):
+        changed = self._changed
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def changed(self, loop):
+        if self._changed is None or self._changed.done():
+            self._changed = loop.create_future()
+        return self._changed
+
+
+class Exchange(Stream):
+    """One client request in flight: a Connection for the server (its messages go here)."""
+
+    __slots__ = ("transport", "session", "id", "id_json", "iid", "peer", "modern", "answer", "error",
+                 "sse", "asks")
+
+    def __init__(self, transport, session, msg_id, iid, peer, modern):
+        super().__init__()
+        self.transport = transport
+        self.session = session
+        self.id = msg_id
+        self.id_json = dumps(msg_id)
+        self.iid = iid
+        self.peer = peer
+        self.modern = modern
+        self.answer = None        # the final JSON line, with the client's id
+        self.error = False
+        self.sse = False          # committed to an SSE response
+        self.asks = None
+
+    # -- Connection ------------------------------------------------------------------
+
+    def notify(self, method, params):
+        if self.answer is None:
+            self.push(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    def send_request(self, method, params):
+        id, future = self.transport.dispatcher.send_request(method, params)
+        self.transport.routes[id] = self        # its line is on its way through write()
+        if self.session is not None:
+            self.session.asks.add(id)
+        return id, future
+
+    # -- from the dispatcher ---------------------------------------------------------
+
+    def deliver(self, key, line, end):
+        if key != self.iid:
+            self.transport.routes.pop(key, None)   # a request to the client
+            self.push(line)
+            return
+        self.answer = answer = _PREFIX + self.id_json + line[end:]
+        self.error = line.startswith(b'"error"', end + 1)
+        if self.sse or self.frames:
+            self.push(answer)     # the last event of its stream; alone, it goes out as JSON
+        self.close()
+
+    def close(self):
+        self.transport.routes.pop(self.iid, None)
+        if self.session is not None:
+            self.session.exchanges.pop(self.id, None)
+        self.finish()
+
+
+class Session:
+    """A handshake-era client: what it agreed at initialize, its streams and its asks."""
+
+    __slots__ = ("id", "peer", "exchanges", "asks", "streams", "get_stream", "last", "next_no")
+
+    def __init__(self, id):
+        self.id = id
+        self.peer = Peer()
+        self.exchanges = {}       # client request id -> Exchange in flight
+        self.asks = set()         # ids of our requests to this client not yet answered
+        self.streams = {}         # stream number -> Stream (for Last-Event-ID)
+        self.get_stream = None
+        self.last = time.monotonic()
+        self.next_no = 0
+
+    def notify(self, method, params):
+        """A notification unrelated to any request: on the GET stream, if one is open."""
+        if self.get_stream is not None and not self.get_stream.finished:
+            self.get_stream.push(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    def new_stream_no(self):
+        self.next_no += 1
+        return self.next_no
+
+    def keep(self, stream):
+        self.streams[stream.no] = stream
+        if len(self.streams) > KEPT_STREAMS:
+            for no in list(self.streams):
+                if self.streams[no].finished:
+                    del self.streams[no]
+                    if len(self.streams) <= KEPT_STREAMS:
+                        break
+
+
+class HttpTransport:
+    """The ASGI application (``server.asgi_app()`` makes one)."""
+
+    def __init__(self, server, *, path=PATH, token=None, allowed_hosts=None, allowed_origins=None,
+                 max_body=None, session_idle=SESSION_IDLE_SECONDS, max_sessions=MAX_SESSIONS,
+                 node=None):
+        self.server = server
+        self.path = path
+        self.token = token.encode() if isinstance(token, str) else token
+        # None: any Host (behind a proxy that checks it); a list: only these host names.
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        self.allowed_origins = {o.lower().rstrip("/") for o in (allowed_origins or ())}
+        self.max_body = max_body or server.config.max_message_size
+        self.session_idle = session_idle
+        self.max_sessions = max_sessions
+        # Session ids start with the node name: a load balancer can send a session home.
+        self.node = node or secrets.token_hex(4)
+        self._good_hosts = set()  # Host headers that passed the check
+        self.dispatcher = None
+        self.loop = None
+        self.routes = {}          # internal request id / our request id -> Exchange
+        self.sessions = {}
+        self._next_iid = 0
+        self._starting = None
+        self._sweeper = None
+        self._draining = None
+        self.closing = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self):
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await self._starting
+
+    async def _start(self):
+        loop = self.loop = asyncio.get_running_loop()
+        server = self.server
+        self.dispatcher = server.build_dispatcher(loop)
+        self.dispatcher.write = self._write
+        server.route = self._route
+        server.broadcast = self._broadcast
+        server.peers_of_transport = self._peers
+        self._sweeper = loop.call_later(60.0, self._sweep)
+        await server.started()
+        # What start-up built lives as long as the process: keep the collector's full
+        # passes, which every few thousand requests would otherwise walk it all, off it.
+        import gc
+        gc.freeze()
+
+    def begin_shutdown(self):
+        """Stop taking requests, end every open stream, and answer what is in flight
+        (within half a second) while the connections are still there (SIGTERM)."""
+        if self.closing or self.dispatcher is None:
+            return
+        self.closing = True
+        for session in list(self.sessions.values()):
+            if session.get_stream is not None:
+                session.get_stream.finish()
+        self.server.stopping()
+        self._draining = self.loop.create_task(self.dispatcher.drain(0.5))
+
+    async def stop(self):
+        if self.dispatcher is None:
+            return
+        self.begin_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self._draining
+        await self.server.shutdown()
+        self.dispatcher.close()
+        self.dispatcher.flush()
+
+    # -- routing what the dispatcher writes --------------------------------------------
+
+    def _route(self, req):
+        return self.routes.get(req.id)
+
+    def _write(self, data):
+        routes = self.routes
+        for line in data.split(b"\n"):
+            if not line.startswith(_PREFIX):
+                continue      # a notification for everyone goes through _broadcast instead
+            end = line.find(b",", 22)
+            try:
+                key = int(line[22:end])
+            except ValueError:
+                continue
+            exchange = routes.get(key)
+            if exchange is not None:
+                exchange.deliver(key, line, end)
+
+    def _broadcast(self, method, params):
+        line = dumps({"jsonrpc": "2.0", "method": method, "params": params})
+        for session in self.sessions.values():
+            if session.get_stream is not None and session.peer.initialized:
+                session.get_stream.push(line)
+
+    def _peers(self):
+        """Each session's Peer, with a notify that reaches its GET stream (if it keeps one)."""
+        return [(session.peer, session.notify) for session in self.sessions.values()]
+
+    def _sweep(self):
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if now - session.last > self.session_idle and not session.exchanges \
+                    and session.get_stream is None:
+                self._end_session(session)
+        self._sweeper = self.loop.call_later(60.0, self._sweep)
+
+    def _end_session(self, session):
+        self.sessions.pop(session.id, None)
+        for exchange in list(session.exchanges.values()):
+            self.dispatcher.cancel(exchange.iid)
+            exchange.close()
+        if session.get_stream is not None:
+            session.get_stream.finish()
+        for id in session.asks:
+            self.routes.pop(id, None)
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope, receive, send):
+        if self.dispatcher is None:
+            await self.start()     # mounted in an app that does not pass lifespan on
+        path = scope["path"]
+        if path != self.path and not self._mounted_here(path, scope.get("root_path", "")):
+            await _reply(send, 404, None, "Not found: the MCP endpoint is " + self.path)
+            return
+        raw = scope["headers"]
+        headers = dict(raw)
+        dup = None
+        if len(headers) != len(raw):
+            headers, dup = _joined(raw)
+        refusal = self._check_security(headers)
+        if refusal is not None:
+            await _reply(send, refusal[0], None, refusal[1], extra=refusal[2])
+            return
+        if self.closing:
+            await _reply(send, 503, None, "The server is shutting down")
+            return
+        method = scope["method"]
+        if method == "POST":
+            await self._post(headers, dup, receive, send)
+        elif method == "GET":
+            await self._get(headers, receive, send)
+        elif method == "DELETE":
+            await self._delete(headers, send)
+        else:
+            await _reply(send, 405, None, f"Method not allowed: {method}",
+                         extra=[(b"allow", b"GET, POST, DELETE")])
+
+    def _mounted_here(self, path, root):
+        if root and path.startswith(root):
+            path = path[len(root):]     # mounted under a prefix
+        return path.rstrip("/") == self.path.rstrip("/") or (root and path in ("", "/"))
+
+    def _check_security(self, headers):
+        """(status, message, extra headers) to refuse the request with, or None."""
+        if self.token is not None:
+            given = headers.get(b"authorization", b"")
+            scheme, _, credential = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
+                challenge = b'Bearer realm="bemcp"' + (b', error="invalid_token"' if given else b"")
+                return 401, "Unauthorized: send Authorization: Bearer <token>", \
+                    [(b"www-authenticate", challenge)]
+        raw_host = headers.get(b"host", b"")
+        origin = headers.get(b"origin")
+        if origin is None and raw_host in self._good_hosts:
+            return None        # fast path: a Host seen before, no Origin
+        host = raw_host.decode("latin-1").lower()
+        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+            return 421, f"Invalid Host header: {host!r}", None
+        if origin is None and len(self._good_hosts) < 64:
+            self._good_hosts.add(raw_host)
+        if origin is not None:
+            text = origin.decode("latin-1").lower().rstrip("/")
+            if text not in self.allowed_origins and not self._own_origin(text, host):
+                return 403, f"Forbidden: Origin {text!r} is not allowed", None
+        return None
+
+    def _own_origin(self, origin, host):
+        # A page served from this server's own host name (a loopback one unless configured).
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https"):
+            return False
+        name = _host_name(rest)
+        if self.allowed_hosts is not None:
+            return name in self.allowed_hosts
+        return name == _host_name(host)
+
+    # -- POST ------------------------------------------------------------------------------
+
+    async def _post(self, headers, dup, receive, send):
+        ctype = headers.get(b"content-type", b"")
+        if not ctype.startswith(b"application/json"):
+            await _reply(send, 415, None, "Unsupported Media Type: the body must be application/json")
+            return
+        accept = headers.get(b"accept", b"")
+        if not (b"*/*" in accept or (b"application/json" in accept and b"text/event-stream" in accept)):
+            await _reply(send, 406, None,
+                         "Not Acceptable: Accept must list application/json and text/event-stream")
+            return
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body") or message["type"] != "http.request" or len(body) > self.max_body:
+            body = await self._body(headers, body, message, receive, send)
+            if body is None:
+                return
+        try:
+            msg = loads(body)
+        except JSONDecodeError as exc:
+            await _reply(send, 400, None, f"Parse error: {exc}", code=PARSE_ERROR)
+            return
+        if type(msg) is not dict:
+            what = "a batch" if type(msg) is list else "not a JSON object"
+            await _reply(send, 400, None, f"Invalid request: the body is {what}; send one message per POST",
+                         code=INVALID_REQUEST)
+            return
+        version = headers.get(b"mcp-protocol-version")
+        if version is not None:
+            version = version.decode("latin-1")
+        session_id = headers.get(b"mcp-session-id")
+        # 2026-07-28 by its header (a stray Mcp-Session-Id is ignored, as the spec asks),
+        # or by its _meta when the header is missing (then answered -32020).
+        if version in MODERN_VERSIONS or (session_id is None and msg.get("method") != "initialize"
+                                          and _meta_version(msg) is not None):
+            await self._modern(headers, dup, version, msg, body, receive, send)
+        else:
+            await self._handshake(headers, version, session_id, msg, body, receive, send)
+
+    async def _body(self, headers, first, message, receive, send):
+        """The rest of a body that did not come in one piece (``first``, from ``message``);
+        None if the client left or the body is too large (answered 413).
+
+        Slow bodies are the ASGI server's to bound (bemcp serve --http: _request_guard).
+        """
+        size = headers.get(b"content-length")
+        limit = self.max_body
+        if size is not None and size.isdigit() and int(size) > limit:
+            await _reply(send, 413, None, f"Message of {int(size)} bytes exceeds the limit of {limit} bytes",
+                         code=INVALID_REQUEST)
+            return None
+        chunks = []
+        total = 0
+        while True:
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                await _reply(send, 413, None, f"Message exceeds the limit of {limit} bytes",
+                             code=INVALID_REQUEST)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+            message = await receive()
+        return b"".join(chunks)
+
+    # -- 2026-07-28 -------------------------------------------------------------------------
+
+    async def _modern(self, headers, dup, version, msg, body, receive, send):
+        method = msg.get("method")
+        msg_id = msg.get("id")
+        if method is None:
+            await _reply(send, 400, msg_id, "Invalid request: a 2026-07-28 client sends requests and "
+                                            "notifications only", code=INVALID_REQUEST)
+            return
+        if "id" not in msg:
+            await _empty(send, 202)       # no notification means anything over HTTP here
+            return
+        error = self._check_modern(headers, dup, version, msg)
+        if error is not None:
+            await _reply(send, 404 if error[0] == METHOD_NOT_FOUND else 400, msg_id, error[1],
+                         code=error[0], data=error[2])
+            return
+        listen = method == "subscriptions/listen"
+        if listen and b"text/event-stream" not in headers.get(b"accept", b""):
+            await _reply(send, 406, msg_id, "Not Acceptable: subscriptions/listen answers with an SSE stream")
+            return
+        exchange = self._exchange(None, msg, _MODERN_PEER, True)
+        if exchange is None:
+            await _reply(send, 400, msg_id, "Invalid request: id must be a string or a number",
+                         code=INVALID_REQUEST)
+            return
+        if listen:
+            exchange.sse = True
+        self._dispatch(msg, body)
+        await self._respond(exchange, receive, send, None)
+
+    def _check_modern(self, headers, dup, version, msg):
+        """(code, message, data) if the request's headers do not match its body."""
+        if dup in (b"mcp-method", b"mcp-name", b"mcp-protocol-version") or \
+                (dup is not None and dup.startswith(b"mcp-param-")):
+            return HEADER_MISMATCH, f"Header {dup.decode()} appears more than once", None
+        method = msg.get("method")
+        if type(method) is not str:
+            return INVALID_REQUEST, "Invalid request: method must be a string", None
+        if version is None:
+            return HEADER_MISMATCH, "The MCP-Protocol-Version header is required", None
+        if version not in SUPPORTED_VERSIONS:
+            return UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version: {version!r}", \
+                {"supported": list(MODERN_VERSIONS), "requested": version}
+        params = msg.get("params")
+        body_version = _meta_version(msg)
+        if body_version is None:
+            return INVALID_PARAMS, (f"params._meta must carry {VERSION_KEY} "
+                                    "(and the client's capabilities) in 2026-07-28"), None
+        if type(params["_meta"].get(CLIENT_CAPABILITIES_KEY)) is not dict:
+            return INVALID_PARAMS, f"params._meta must carry {CLIENT_CAPABILITIES_KEY} in 2026-07-28", None
+        if body_version != version:
+            return HEADER_MISMATCH, (f"MCP-Protocol-Version {version!r} does not match "
+                                     f"{VERSION_KEY} {body_version!r} in the body"), None
+        if body_version not in MODERN_VERSIONS:
+            return UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version: {body_version!r}", \
+                {"supported": list(MODERN_VERSIONS), "requested": body_version}
+        given = headers.get(b"mcp-method")
+        if given is None or given.decode("latin-1") != method:
+            return HEADER_MISMATCH, f"The Mcp-Method header does not match the body's method {method!r}", None
+        key = _NAMED.get(method)
+        if key is not None:
+            value = params.get(key)
+            name = _header_value(headers.get(b"mcp-name"))
+            if name is None or name != value:
+                return HEADER_MISMATCH, f"The Mcp-Name header does not match the body's {key} {value!r}", None
+            if method == "tools/call":
+                return self._check_params(headers, params)
+        if method == "initialize" or method not in self.dispatcher.methods and method != "tools/call":
+            return METHOD_NOT_FOUND, f"Method not found: {method}", None
+        return None
+
+    def _check_params(self, headers, params):
+        """Mcp-Param-* headers against the arguments a tool marked with x-mcp-header."""
+        tool = self.server.tools.get(params.get("name"))
+        if tool is None:
+            return None
+        args = params.get("arguments")
+        args = args if type(args) is dict else {}
+        for header, arg, kind in _mirrored(tool):
+            value = args.get(arg)
+            given = _header_value(headers.get(b"mcp-param-" + header))
+            if value is None:
+                if given is None:
+                    continue
+                return HEADER_MISMATCH, f"Mcp-Param-{header.decode()} is sent but {arg!r} is not", None
+            if given is None or not _same(value, given, kind):
+                return HEADER_MISMATCH, f"Mcp-Param-{header.decode()} does not match the argument {arg!r}", None
+        return None
+
+    # -- handshake era ----------------------------------------------------------------------
+
+    async def _handshake(self, headers, version, session_id, msg, body, receive, send):
+        msg_id = msg.get("id")
+        if version is not None and version not in SUPPORTED_VERSIONS:
+            await _reply(send, 400, msg_id, f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
+                         code=UNSUPPORTED_PROTOCOL_VERSION,
+                         data={"supported": list(SUPPORTED_VERSIONS), "requested": version})
+            return
+        method = msg.get("method")
+        if session_id is None:
+            if method != "initialize":
+                await _reply(send, 400, msg_id, "Bad Request: no Mcp-Session-Id (initialize first)",
+                             code=INVALID_REQUEST)
+                return
+            if len(self.sessions) >= self.max_sessions:
+                await _reply(send, 503, msg_id, f"Too many open sessions ({self.max_sessions}); "
+                                                "retry later", code=-32000)
+                return
+            session = Session(f"{self.node}.{secrets.token_urlsafe(24)}")
+            exchange = self._exchange(session, msg, session.peer, False)
+            if exchange is None or "id" not in msg:
+                await _reply(send, 400, msg_id, "Invalid request: initialize needs an id", code=INVALID_REQUEST)
+                return
+            self._dispatch(msg, body)
+            if exchange.answer is not None and not exchange.error:
+                self.sessions[session.id] = session
+                await _send_json(send, 200, exchange.answer, [(b"mcp-session-id", session.id.encode())])
+                return
+            await self._respond(exchange, receive, send, None)
+            return
+        session = self.sessions.get(session_id.decode("latin-1"))
+        if session is None:
+            await _reply(send, 404, msg_id, "Not Found: no such session (it ended or expired); "
+                                            "initialize again", code=INVALID_REQUEST)
+            return
+        session.last = time.monotonic()
+        if method is None:
+            await self._client_answer(session, msg, send)
+            return
+        if "id" not in msg:
+            self._notification(session, msg, body)
+            await _empty(send, 202)
+            return
+        if method == "initialize":
+            await _reply(send, 400, msg_id, "Invalid request: this session is initialized already",
+                         code=INVALID_REQUEST)
+            return
+        if msg_id in session.exchanges:
+            await _reply(send, 400, msg_id, f"Invalid request: request id {msg_id!r} is already in use",
+                         code=INVALID_REQUEST)
+            return
+        exchange = self._exchange(session, msg, session.peer, False)
+        if exchange is None:
+            await _reply(send, 400, None, "Invalid request: id must be a string or a number",
+                         code=INVALID_REQUEST)
+            return
+        session.exchanges[msg_id] = exchange
+        self._dispatch(msg, body)
+        await self._respond(exchange, receive, send, session)
+
+    async def _client_answer(self, session, msg, send):
+        id = msg.get("id")
+        if ("result" not in msg and "error" not in msg) or id not in session.asks:
+            await _reply(send, 400, id, "Invalid request: not an answer to a request of this session",
+                         code=INVALID_REQUEST)
+            return
+        session.asks.discard(id)
+        self.dispatcher.dispatch(msg)
+        await _empty(send, 202)
+
+    def _notification(self, session, msg, body):
+        method = msg.get("method")
+        if method == "notifications/initialized":
+            session.peer.initialized = True
+            return
+        params = msg.get("params")
+        if method == "notifications/cancelled" and type(params) is dict:
+            exchange = session.exchanges.get(params.get("requestId"))
+            if exchange is None:
+                return
+            msg = dict(msg, params=dict(params, requestId=exchange.iid))
+            self.dispatcher.dispatch(msg)
+            if self.dispatcher.table.get(exchange.iid) is None and exchange.answer is None:
+                exchange.close()       # cancelled: no answer comes, its stream ends
+            return
+        self.dispatcher.dispatch(msg)
+
+    # -- both eras --------------------------------------------------------------------------
+
+    def _exchange(self, session, msg, peer, modern):
+        msg_id = msg.get("id")
+        t = type(msg_id)
+        if t is not str and t is not int and t is not float:
+            return None
+        self._next_iid -= 1
+        iid = self._next_iid
+        exchange = Exchange(self, session, msg_id, iid, peer, modern)
+        # A session's requests always stream (resumable, primed); see _respond.
+        exchange.sse = session is not None and msg.get("method") != "initialize"
+        msg["id"] = iid
+        self.routes[iid] = exchange
+        return exchange
+
+    def _dispatch(self, msg, body):
+        self.dispatcher.dispatch(msg, body)
+
+    async def _respond(self, exchange, receive, send, session):
+        """Answer as JSON if nothing came before the answer, else stream it as SSE.
+
+        A handshake-era session's requests always stream: the stream is resumable
+        (Last-Event-ID), and from 2025-11-25 on it starts with a priming event.
+        """
+        if session is None and exchange.answer is not None and not exchange.frames:
+            await self._send_answer(exchange, send, session)
+            return
+        if session is not None:
+            exchange.sse = True
+        gone = []
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, exchange, gone))
+        try:
+            while exchange.answer is None and not exchange.sse and not exchange.frames and not gone:
+                await exchange.changed(self.loop)
+            if gone:
+                self._abandon(exchange)
+                return
+            if not exchange.sse and exchange.answer is not None and not exchange.frames:
+                await self._send_answer(exchange, send, session)
+                return
+            exchange.sse = True
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            first = b""
+            if session is not None:
+                exchange.no = session.new_stream_no()
+                session.keep(exchange)
+                if session.peer.protocol_version not in _NO_PRIMING:
+                    # A priming event: an id to resume from, and how soon to come back.
+                    first = b"id: %d-0\nretry: %d\ndata: \n\n" % (exchange.no, RETRY_MS)
+            await self._pump(exchange, send, 0, session is not None, gone, first)
+            if gone:
+                self._abandon(exchange)
+        finally:
+            watcher.cancel()
+
+    async def _send_answer(self, exchange, send, session):
+        status = 200
+        if exchange.error and exchange.modern:
+            status = _STATUS.get(loads(exchange.answer)["error"].get("code"), 200)
+        await _send_json(send, status, exchange.answer)
+
+    def _abandon(self, exchange):
+        # 2026-07-28: closing the response stream cancels the request. A handshake-era
+        # client may come back for its answer (Last-Event-ID); the stream keeps filling.
+        if exchange.modern and exchange.answer is None:
+            self.dispatcher.cancel(exchange.iid)
+            self.dispatcher.flush()
+            exchange.close()
+
+    async def _pump(self, stream, send, start, with_ids, gone, first=b""):
+        """Send ``stream``'s frames from ``start`` as SSE events until it finishes or the client goes."""
+        i = start         # the next frame to send, counted from the stream's first
+        pending = first
+        while True:
+            frames = stream.frames
+            end = stream.base + len(frames)
+            if i < end:
+                parts = [pending]
+                for k in range(max(i, stream.base), end):
+                    if with_ids:
+                        parts.append(b"id: %d-%d\n" % (stream.no, k + 1))
+                    parts.append(b"data: " + frames[k - stream.base] + b"\n\n")
+                i = end
+                pending = b"".join(parts)
+            if pending:
+                try:
+                    # A client that stops reading its stream is let go, not waited on.
+                    await asyncio.wait_for(send({"type": "http.response.body", "body": pending,
+                                                 "more_body": True}), STALL_SECONDS)
+                except (TimeoutError, asyncio.TimeoutError):
+                    gone.append(True)
+                    return
+                pending = b""
+                continue
+            if stream.finished or gone:
+                break
+            try:
+                await asyncio.wait_for(asyncio.shield(stream.changed(self.loop)), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                pending = b": keep-alive\n\n"
+        if not gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- GET and DELETE -------------------------------------------------------------------------
+
+    def _session_of(self, headers):
+        session_id = headers.get(b"mcp-session-id")
+        if session_id is None:
+            return None, (400, "Bad Request: no Mcp-Session-Id")
+        session = self.sessions.get(session_id.decode("latin-1"))
+        if session is None:
+            return None, (404, "Not Found: no such session (it ended or expired)")
+        session.last = time.monotonic()
+        return session, None
+
+    async def _get(self, headers, receive, send):
+        version = headers.get(b"mcp-protocol-version", b"").decode("latin-1")
+        if version in MODERN_VERSIONS or b"mcp-session-id" not in headers:
+            await _reply(send, 405, None, "Method not allowed: a 2026-07-28 client POSTs its requests; "
+                                          "listen with subscriptions/listen", extra=[(b"allow", b"POST")])
+            return
+        if b"text/event-stream" not in headers.get(b"accept", b""):
+            await _reply(send, 406, None, "Not Acceptable: a GET stream is text/event-stream")
+            return
+        session, refusal = self._session_of(headers)
+        if refusal is not None:
+            await _reply(send, refusal[0], None, refusal[1], code=INVALID_REQUEST)
+            return
+        last = headers.get(b"last-event-id")
+        stream, start = None, 0
+        if last is not None:
+            no, _, index = last.decode("latin-1").partition("-")
+            if no.isdigit() and index.isdigit():
+                stream = session.streams.get(int(no))
+                start = int(index)
+        if stream is None:
+            if session.get_stream is not None and not session.get_stream.finished:
+                await _reply(send, 409, None, "Conflict: this session's GET stream is open already")
+                return
+            stream = session.get_stream = Stream(session.new_stream_no())
+            session.keep(stream)
+        gone = []
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, stream, gone))
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": _SSE + [(b"mcp-session-id", session.id.encode())]})
+            await self._pump(stream, send, start, True, gone)
+        finally:
+            watcher.cancel()
+            if session.get_stream is stream and gone:
+                session.get_stream = None
+
+    async def _delete(self, headers, send):
+        session, refusal = self._session_of(headers)
+        if refusal is not None:
+            await _reply(send, refusal[0], None, refusal[1], code=INVALID_REQUEST)
+            return
+        self._end_session(session)
+        self.dispatcher.flush()
+        await _empty(send, 204)
+
+
+_MODERN_PEER = Peer()   # nothing is agreed at initialize in 2026-07-28; per-request _meta says it
+
+
+def _joined(raw):
+    """Headers sent more than once, joined with commas (RFC 9110); and one such name."""
+    headers = {}
+    dup = None
+    for name, value in raw:
+        if name in headers:
+            dup = name
+            headers[name] = headers[name] + b", " + value
+        else:
+            headers[name] = value
+    return headers, dup
+
+
+async def _watch_disconnect(receive, stream, gone):
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.append(True)
+            stream.wake()
+            return
+
+
+def _meta_version(msg):
+    params = msg.get("params")
+    meta = params.get("_meta") if type(params) is dict else None
+    return meta.get(VERSION_KEY) if type(meta) is dict else None
+
+
+def _host_name(host):
+    # "127.0.0.1:3001" -> "127.0.0.1"; "[::1]:80" -> "[::1]"
+    if host.startswith("["):
+        return host[:host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _header_value(raw):
+    """A header's text; ``=?base64?...?=`` carries a value headers cannot (2026-07-28)."""
+    if raw is None:
+        return None
+    text = raw.decode("latin-1")
+    if text.startswith("=?base64?") and text.endswith("?="):
+        try:
+            return base64.b64decode(text[9:-2], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return "\x00invalid"
+    return text.strip()
+
+
+_mirror_cache = {}
+
+
+def _mirrored(tool):
+    """(header name lowered, argument, JSON type) of each argument marked x-mcp-header."""
+    schema = tool.input_schema
+    cached = _mirror_cache.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    found = []
+    for arg, prop in (schema.get("properties") or {}).items():
+        if type(prop) is dict and type(prop.get("x-mcp-header")) is str:
+            found.append((prop["x-mcp-header"].lower().encode("latin-1"), arg, prop.get("type")))
+    _mirror_cache[id(schema)] = (schema, found)
+    return found
+
+
+def _same(value, given, kind):
+    if type(value) is bool:
+        return given == ("true" if value else "false")
+    if type(value) in (int, float):
+        try:
+            return float(given) == float(value)
+        except ValueError:
+            return False
+    return given == str(value)
+
+
+async def _send_json(send, status, body, extra=None):
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _empty(send, status):
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _reply(send, status, id, message, code=INVALID_REQUEST, data=None, extra=None):
+    """An HTTP error with a JSON-RPC error body."""
+    error = {"code": code if status != 500 else INTERNAL_ERROR, "message": message}
+    if data is not None:
+        error["data"] = data
+    body = dumps({"jsonrpc": "2.0", "id": id, "error": error})
+    await _send_json(send, status, body, extra)
+
+
+# -- running under uvicorn ---------------------------------------------------------------------
+
+MISSING_EXTRA = 'bemcp: serving over HTTP needs the HTTP extra: pip install "bemcp[http]"'
+
+
+def parse_bind(text):
+    """``[HOST:]PORT`` -> (host, port); the host defaults to loopback."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--http {text!r}: expected [HOST:]PORT, e.g. 8000 or 127.0.0.1:8000")
+    return host or "127.0.0.1", int(port)
+
+
+def read_token(path):
+    """The bearer token: from ``path`` (its first line), else $BEMCP_HTTP_TOKEN; None if neither."""
+    import os
+    if path:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+        if len(token) < 16:
+            raise ValueError(f"--http-token-file {path}: the token must be at least 16 characters")
+        return token
+    token = os.environ.get("BEMCP_HTTP_TOKEN", "").strip()
+    if token and len(token) < 16:
+        raise ValueError("BEMCP_HTTP_TOKEN: the token must be at least 16 characters")
+    return token.encode() if token else None
+
+
+def app_for(server, bind, token_file=None, origins=()):
+    """The transport `bemcp serve --http` runs: its security follows from where it binds."""
+    host, port = parse_bind(bind)
+    token = read_token(token_file)
+    loopback = is_loopback(host)
+    if not loopback and token is None:
+        raise ValueError(f"refusing to serve {host} (not a loopback address) without a token: "
+                         "pass --http-token-file PATH or set BEMCP_HTTP_TOKEN")
+    # On loopback, only loopback host names: a DNS-rebound name never reaches the server.
+    hosts = set(LOOPBACK_HOSTS) | {host if ":" not in host else f"[{host}]"} if loopback else None
+    return HttpTransport(server, token=token, allowed_hosts=hosts, allowed_origins=origins,
+                         node=str(port)), host, port
+
+
+def _request_guard():
+    """uvicorn's httptools protocol, closing connections whose request does not arrive in time.
+
+    uvicorn has no such limit: a client that connects and sends nothing, half a request
+    line or half a body would keep its connection, and enough of them the server's
+    slots. A request gets HEADER_SECONDS for its headers, then BODY_SECONDS for its body.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        _timer = None
+        _waiting = True      # a request has begun (or may begin) and has not fully arrived
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm(HEADER_SECONDS)
+
+        def on_message_begin(self):
+            super().on_message_begin()
+            self._waiting = True
+            self._arm(HEADER_SECONDS)
+
+        def on_headers_complete(self):
+            super().on_headers_complete()
+            self._arm(BODY_SECONDS)
+
+        def on_message_complete(self):
+            super().on_message_complete()
+            self._waiting = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def connection_lost(self, exc):
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self, seconds):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _too_slow(self):
+            self._timer = None
+            if self._waiting:
+                self.transport.close()
+    return Protocol
+
+
+def run_http(server, bind, token_file=None, origins=()):
+    """Serve ``server`` over Streamable HTTP under uvicorn (uvloop, httptools); the exit code."""
+    try:
+        import httptools  # noqa: F401  (uvicorn would fall back to h11 silently)
+        import uvicorn
+    except ImportError:
+        import sys
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
+    transport, host, port = app_for(server, bind, token_file, origins)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # Open SSE streams end now, so the graceful shutdown does not wait on them.
+            if transport.loop is not None:
+                transport.loop.call_soon_threadsafe(transport.begin_shutdown)
+            super().handle_exit(sig, frame)
+            # A stop asked for is a clean exit (status 0, as over stdio): uvicorn would
+            # raise the signal again once it has shut down.
+            getattr(self, "_captured_signals", []).clear()
+
+    config = uvicorn.Config(transport, host=host, port=port, loop="uvloop", http=_request_guard(),
+                            lifespan="on", log_level="warning", access_log=False,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=3,
+                            server_header=False, limit_concurrency=4096)
+    userver = Server(config)
+    userver.run()
+    return 0 if userver.started else 1
