@@ -1,4 +1,4 @@
-"""A plain-Python uvloop echo server: the reference point issue 2 sets for the compiled core.
+"""The `uvloop` reference: a plain-Python uvloop echo server, the yardstick for the compiled core.
 
 No validation, no in-flight table, no deadlines, no MCP beyond answering
 initialize and tools/call. Each request runs a coroutine handler, either
