@@ -217,3 +217,28 @@ def test_a_fast_wrong_answer_under_load_is_caught(tmp_path):
 def test_bad_arguments_are_refused_with_a_clear_error(tmp_path, args, message):
     proc, _, _ = bench(tmp_path, *args, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_a_peer_that_cannot_be_installed_is_listed_as_skipped_with_the_reason(tmp_path):
+    env_path = os.path.dirname(sys.executable)   # no node, no npm
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bemcp", "bench", "--out", str(out), *TINY,
+                           "--peers", "floor,ts", "--sections", "cold-start"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": env_path, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert "node and npm are needed" in results["skipped"]["ts"]
+    assert list(results["targets"]) == ["floor"]
+    assert "- `ts`: skipped, node and npm are needed" in (out / "report.md").read_text()
+    assert "skipping peer ts" in proc.stderr
+
+
+def test_a_peer_that_does_not_start_is_found_before_the_run():
+    from bemcp.bench.peers import Target
+    from bemcp.bench.runner import probe
+    why = probe(Target("dies", argv=[sys.executable, "-c", "import sys; print('no', file=sys.stderr); sys.exit(4)"]),
+                timeout=10)
+    assert why.startswith("cannot be started") and "status 4" in why and "no" in why
+    assert probe(Target("fine", argv=[sys.executable, "-m", "bemcp", "serve", "--no-plugins", "--no-log-files"]),
+                 timeout=30) is None

@@ -84,10 +84,17 @@ def run(args):
     targets, skipped = [], {}
     for name in wanted_peers:
         try:
-            targets.append(P.resolve(name, cache_dir, log))
+            target = P.resolve(name, cache_dir, log)
         except P.Unavailable as why:
             skipped[name] = str(why)
-            log(f"skipping peer {name}: {why}")
+        else:   # a peer that does not start is skipped; a --target that does not is reported failed
+            why = runner.probe(target, opts.timeout)
+            if why is None:
+                targets.append(target)
+            else:
+                skipped[name] = why
+        if name in skipped:
+            log(f"skipping peer {name}: {skipped[name]}")
     targets += custom
     if not targets:
         log("bemcp bench: no target to measure")

@@ -146,6 +146,12 @@ class AnswerCheck:
             if line:
                 self.message(line)
 
+    def fail(self, error):
+        """An answer that could not even be read as one (HTTP status, body)."""
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = str(error)
+
     def message(self, raw, msg=None):
         if self.canned:
             self.good += 1
@@ -797,10 +803,9 @@ class HttpSession(Session):
                         answered += 1
                         status, headers, body = answer
                         try:
-                            msg = self._answer(status, headers, body, what)
+                            check.message(body, self._answer(status, headers, body, what))
                         except TargetError as exc:
-                            msg = {"error": str(exc)}
-                        check.message(body, msg)
+                            check.fail(exc)
                         if sending:
                             self._send(conn, self._encode(ring.bodies[sent % ring.size]))
                             conn.inflight.append(ring.id_at(sent))

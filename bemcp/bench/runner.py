@@ -130,6 +130,23 @@ def run(targets, chosen, opts, log):
     return rounds
 
 
+def probe(target, timeout):
+    """None if ``target`` starts and answers initialize and tools/list, else why not."""
+    try:
+        session = open_session(target)
+    except (TargetError, OSError) as exc:
+        return f"cannot be started: {exc}"
+    try:
+        session.initialize(timeout)
+        if not target.canned:
+            session.list_tools(timeout)
+        return None
+    except Exception as exc:   # noqa: BLE001
+        return f"cannot be started: {_error(exc, session)['message']}"
+    finally:
+        session.close(1.0)
+
+
 def _rotated(targets, r):
     shift = r % len(targets) if targets else 0
     return targets[shift:] + targets[:shift]
