@@ -198,14 +198,18 @@ def test_targets_that_crash_answer_wrongly_or_hang_are_reported_and_the_others_f
         assert f"{name} failed in echo latency" in proc.stdout
 
 
-def test_a_fast_wrong_answer_under_load_is_caught(tmp_path):
+@pytest.mark.parametrize("section", ["concurrency", "stress"])
+def test_a_fast_wrong_answer_under_load_is_caught(tmp_path, section):
     """Right one call at a time, wrong only when many are in flight: the pipelined check finds it."""
     (tmp_path / "bad.py").write_text(textwrap.dedent(BAD_SERVER))
-    proc, out, results = bench(tmp_path, "--peers", "none", "--sections", "echo,concurrency",
+    proc, out, results = bench(tmp_path, "--peers", "none", "--sections", f"echo,{section}",
                                "--target", f"wrong={sys.executable} {tmp_path / 'bad.py'} wrong 1000")
     assert proc.returncode == 1
-    err = results["summary"]["wrong"]["errors"]["concurrency"]
+    summary = results["summary"]["wrong"]
+    err = summary["errors"][section]
     assert err["kind"] == "wrong answer" and "should echo" in err["message"]
+    if section == "stress":   # counted, not stopped: the run's figures say how much was wrong
+        assert summary["stress"]["errors"] > 0 and summary["stress"]["completion_pct"] < 100
 
 
 @pytest.mark.parametrize("args, message", [

@@ -463,13 +463,15 @@ class StdioSession(Session):
         Returns (sent, answered, wall, client CPU). Answers are counted by newline while
         timed; ``check`` (an AnswerCheck) sees every byte afterwards, or each ``tick``
         when ``on_tick(elapsed, answered)`` is given (the stress run: bounded memory).
+        A canned target's answers are counted only (a floor's millions a second would
+        otherwise be kept).
         """
         readv, write, rfd, wfd = os.readv, os.write, self.rfd, self.wfd
         buf, view = self.buffer, self.view
         target = (buf,)
         count = buf.count
         chunks = []
-        keep = chunks.append
+        keep = None if check.canned else chunks.append   # canned answers are only counted
         sent = answered = 0
         cpu0 = client_cpu_seconds()
         now = time.perf_counter
@@ -493,15 +495,17 @@ class StdioSession(Session):
                 if not n:
                     raise self.crashed("the pipelined calls")
                 answered += count(b"\n", 0, n)
-                keep(view[:n].tobytes())
+                if keep is not None:
+                    keep(view[:n].tobytes())
                 if sending or on_tick:
                     t = now()
                     if t >= next_tick:
-                        data = partial + b"".join(chunks)
-                        chunks.clear()
-                        cut = data.rfind(b"\n") + 1
-                        partial = data[cut:]
-                        check.lines(data[:cut])
+                        if keep is not None:
+                            data = partial + b"".join(chunks)
+                            chunks.clear()
+                            cut = data.rfind(b"\n") + 1
+                            partial = data[cut:]
+                            check.lines(data[:cut])
                         on_tick(t - t0, answered)
                         next_tick += tick
                     if sending and t >= stop_at:
@@ -510,7 +514,10 @@ class StdioSession(Session):
             raise self.crashed("the pipelined calls") from None
         wall = now() - t0
         cpu = client_cpu_seconds() - cpu0
-        check.lines(partial + b"".join(chunks))
+        if keep is None:
+            check.good += answered
+        else:
+            check.lines(partial + b"".join(chunks))
         return sent, answered, wall, cpu
 
     def _close_wire(self, deadline):

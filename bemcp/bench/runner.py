@@ -187,7 +187,9 @@ def run_target(target, wanted, opts, rings, progress, r):
                 continue
             progress.step(f"{label} · {S.TITLES[section]}", opts.seconds(section, target))
             try:
-                out["sections"][section] = S.SECTIONS[section](ctx)
+                figures = out["sections"][section] = S.SECTIONS[section](ctx)
+                if figures.get("first_error"):   # the stress run counts bad answers rather than stopping
+                    out["errors"][section] = {"kind": "wrong answer", "message": figures["first_error"]}
             except S.Skip as why:
                 out["skipped"][section] = str(why)
             except Exception as exc:   # noqa: BLE001
