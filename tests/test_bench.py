@@ -85,9 +85,10 @@ SDK_SERVER = """
         await anyio.sleep(seconds)
         return "slept"
 
-    if len(sys.argv) > 1:   # Streamable HTTP on this port
+    if len(sys.argv) > 1:   # Streamable HTTP on this port: stateless with JSON answers, or sessions and SSE
         import uvicorn
-        uvicorn.run(server.streamable_http_app(stateless_http=True, json_response=True),
+        json_mode = sys.argv[2] == "json"
+        uvicorn.run(server.streamable_http_app(stateless_http=json_mode, json_response=json_mode),
                     host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
     else:
         server.run()
@@ -112,10 +113,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_a_streamable_http_server_is_measured_at_its_url(tmp_path):
+@pytest.mark.parametrize("mode", ["json", "sse"])
+def test_a_streamable_http_server_is_measured_at_its_url(tmp_path, mode):
     (tmp_path / "my_server.py").write_text(textwrap.dedent(SDK_SERVER))
     port = _free_port()
-    server = subprocess.Popen([sys.executable, str(tmp_path / "my_server.py"), str(port)],
+    server = subprocess.Popen([sys.executable, str(tmp_path / "my_server.py"), str(port), mode],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -246,3 +248,11 @@ def test_a_peer_that_does_not_start_is_found_before_the_run():
     assert why.startswith("cannot be started") and "status 4" in why and "no" in why
     assert probe(Target("fine", argv=[sys.executable, "-m", "bemcp", "serve", "--no-plugins", "--no-log-files"]),
                  timeout=30) is None
+
+
+def test_the_bench_stays_off_the_serve_start_path():
+    """`bemcp serve` builds the same parser; only the bench's light command-line module comes with it."""
+    code = ("import sys, bemcp.cli; bemcp.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith('bemcp.bench') or m in ('matplotlib', 'psutil')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "['bemcp.bench']"

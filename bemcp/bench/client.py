@@ -218,12 +218,15 @@ class ProcessTree:
         return total / 2**20
 
     def cpu_seconds(self):
-        """CPU time (user + system) of the tree so far, children that have exited and been waited for included."""
+        """CPU time of the tree so far: every thread's run time from the scheduler (ns; the
+        clock-tick counters are too coarse for an idle server), plus children that have
+        exited and been waited for."""
         total = 0.0
         for p in self.processes():
+            ran = _schedstat_seconds(p.pid)
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
+                total += (t.user + t.system) if ran is None else ran
                 if p is self.root:
                     total += t.children_user + t.children_system
             except psutil.Error:
@@ -232,6 +235,22 @@ class ProcessTree:
 
     def count(self):
         return len(self.processes())
+
+
+def _schedstat_seconds(pid):
+    """Seconds the threads of ``pid`` have run (Linux /proc/PID/task/*/schedstat), or None."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    ns = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                ns += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass   # a thread that has just exited
+    return ns / 1e9
 
 
 class Sampler(threading.Thread):
@@ -830,6 +849,14 @@ class HttpSession(Session):
         return sent, answered, now() - t0, client_cpu_seconds() - cpu0
 
     def _close_wire(self, deadline):
+        if "Mcp-Session-Id" in self.headers:   # end the session: the server need not keep it until it idles out
+            with contextlib.suppress(TargetError, OSError):
+                conn = self._connection()
+                head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items() if k != "Content-Type")
+                self._send(conn, f"DELETE {self.path} HTTP/1.1\r\n{head}Content-Length: 0\r\n\r\n".encode("latin-1"))
+                if select.select([conn.sock], [], [], 2.0)[0]:
+                    conn.sock.recv(1 << 16)
+                conn.close()
         for conn in self.pool:
             conn.close()
         self.pool.clear()

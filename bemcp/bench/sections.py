@@ -12,13 +12,14 @@ import tempfile
 import time
 
 from . import SECTIONS
-from .client import (AnswerCheck, EchoRing, Sampler, TargetError, client_cpu_seconds, encode_request,
-                     open_session, time_limit)
+from .client import (AnswerCheck, EchoRing, Sampler, TargetError, check_answer, encode_request, open_session,
+                     time_limit)
 from .stats import describe
 
 SHELL_ARGV = ["/bin/echo", "hi"]
 WINDOWS = (1, 15, 16, 256)      # the report's 15 concurrent tasks, and 1, 16, 256 in flight
 HTTP_BURST = 1000               # sleeping calls at once over HTTP: one connection each
+LOG_VOLUME_CALLS = 2000         # calls whose log volume is weighed (well within the logs' rotation)
 
 ORDER = SECTIONS
 HEAVY = ("memory", "async", "stress", "logging")   # run in one round only (the last)
@@ -169,7 +170,7 @@ def echo_latency(ctx):
             s.call(tool, {arg: text}, opts.timeout, None if ctx.canned else text)
             t = now() - t0
             if i >= opts.latency_warmup:
-                samples.append(t / 1e6)
+                samples.append(round(t / 1e6, 4))
     ctx.calls += opts.latency_warmup + opts.latency_count
     return {"samples_ms": samples, **{f"{k}_ms": v for k, v in describe(samples).items() if k != "n"}}
 
@@ -192,7 +193,7 @@ def shell_latency(ctx):
                 if result.get("isError") or "hi" not in str(result.get("content")) + str(result.get("structuredContent")):
                     raise TargetError("wrong answer", f"{tools.command} {SHELL_ARGV} did not print hi: {str(result)[:300]}")
                 if keep:
-                    tool_samples.append(t / 1e6)
+                    tool_samples.append(round(t / 1e6, 4))
         ctx.calls += count
 
     tool_block(opts.shell_warmup, False)
@@ -217,7 +218,7 @@ def _subprocess_block(count):
     for _ in range(count):
         t0 = time.perf_counter_ns()
         proc = subprocess.run(SHELL_ARGV, capture_output=True)
-        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        samples.append(round((time.perf_counter_ns() - t0) / 1e6, 4))
         if proc.stdout != b"hi\n":
             raise RuntimeError(f"{SHELL_ARGV} printed {proc.stdout!r}")
     return samples
@@ -337,27 +338,49 @@ def logging_volume(ctx):
         out["stderr_bytes_per_call"] = size / ctx.calls
     target = ctx.session.target
     if target.logs_on_argv is None:
+        if size is None:
+            raise Skip("not started by the bench: its stderr cannot be seen")
         if not out:
-            raise Skip("not started by the bench: its logs cannot be seen")
+            raise Skip("no calls to weigh its stderr against (the echo and concurrency sections make them)")
         return out
     ctx.need_echo()
+    on_argv = target.logs_on_argv
+    figures = {}
     log_dir = tempfile.mkdtemp(prefix="bemcp-bench-logs-")
     try:
-        on = _variant(target, [a.replace("{log_dir}", log_dir) for a in target.logs_on_argv])
-        figures = {}
+        on = _variant(target, [a.replace("{log_dir}", log_dir) for a in on_argv])
         for label, tgt in (("off", None), ("on", on), ("on", on), ("off", None))[:ctx.opts.logging_phases]:
             figures.setdefault(label, []).append(_logs_phase(ctx, tgt))
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    # The volume on a count of calls the logs keep whole (the throughput phases outgrow their rotation).
+    log_dir = tempfile.mkdtemp(prefix="bemcp-bench-logs-")
+    try:
+        calls = _logs_volume(ctx, _variant(target, [a.replace("{log_dir}", log_dir) for a in on_argv]))
         written = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(log_dir) for f in files)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
     rate = {k: sum(v["calls_per_s"] for v in vs) / len(vs) for k, vs in figures.items()}
-    calls_on = sum(v["calls"] for v in figures["on"])
     out.update({"logs_off_calls_per_s": rate["off"], "logs_on_calls_per_s": rate["on"],
-                "logs_on_ratio": rate["on"] / rate["off"], "log_bytes": written,
-                "log_bytes_per_call": written / calls_on if calls_on else None,
+                "logs_on_ratio": rate["on"] / rate["off"], "log_bytes": written, "log_calls": calls,
+                "log_bytes_per_call": written / calls,
                 "logs_on_server_cpu_us": sum(v["server_cpu_us"] for v in figures["on"]) / len(figures["on"]),
                 "logs_off_server_cpu_us": sum(v["server_cpu_us"] for v in figures["off"]) / len(figures["off"])})
     return out
+
+
+def _logs_volume(ctx, variant, calls=LOG_VOLUME_CALLS):
+    """``calls`` echo calls on a fresh logs-on server, 16 in flight; the server is stopped so its logs are flushed."""
+    ring = ctx.ring()
+    with open_session(variant) as s:
+        s.initialize(ctx.opts.timeout)
+        lines = [bytes(ring.chunk(i, 1)) for i in range(calls)]
+        for start in range(0, calls, 16):
+            s.send_calls(lines[start:start + 16])
+            answers = s.read_answers(min(16, calls - start), ctx.opts.timeout, f"{variant.name} echo")
+            for a in answers:
+                check_answer(a, a.get("id"), str(a.get("id")))
+    return calls
 
 
 def _variant(target, argv):
