@@ -228,8 +228,8 @@ METHODS = {
                "files got per call over 2,000 calls on a fresh server.",
     "cpu": "The target's CPU time (every process) over an idle interval after start, and per call while "
            "256 calls are in flight (from the concurrency section).",
-    "cold-start": "From just before the process is spawned to the `initialize` answer being read; every round "
-                  "spawns every target afresh.",
+    "cold-start": "From just before the process is spawned to the `initialize` answer being read: the median "
+                  "over every round's spawns (the measured one and a few more of their own).",
 }
 
 
