@@ -100,7 +100,7 @@ def run(args):
         log("bemcp bench: no target to measure")
         return 2
     command = shlex.join(["bemcp", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else shlex.join(sys.argv)
-    env = report.environment(command)
+    env = report.environment(command, out_dir)
     log(f"bemcp bench: {len(targets)} targets ({', '.join(t.name for t in targets)}), sections "
         f"{','.join(chosen)}, {opts.rounds} round{'s' if opts.rounds != 1 else ''}; output in {out_dir}")
 

@@ -20,12 +20,14 @@ BE_MCP = {"echo_mean_ms": 0.04, "shell_mean_ms": 1.06, "ops15": 754, "stress_tas
 # -- environment ---------------------------------------------------------------------------
 
 
-def environment(command):
+def environment(command, out_dir=None):
     """The machine, the versions and the source a reader needs to reproduce the run."""
     import bemcp
     source = os.path.dirname(os.path.dirname(os.path.abspath(bemcp.__file__)))
     commit = _git(source, "rev-parse", "HEAD")
-    dirty = bool(_git(source, "status", "--porcelain", "--untracked-files=no")) if commit else None
+    # Changes under the output directory (a report being rewritten in the checkout) are not the source's.
+    outside = [f":(exclude){os.path.abspath(out_dir)}"] if out_dir else []
+    dirty = bool(_git(source, "status", "--porcelain", "--untracked-files=no", "--", ".", *outside)) if commit else None
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": command,
@@ -97,7 +99,9 @@ def num(value, digits=0, unit=""):
 
 
 def x(value):
-    return "–" if value is None else f"{value:.2f}x"
+    if value is None:
+        return "–"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
 
 
 def table(headers, rows, align=None):
@@ -263,7 +267,7 @@ def markdown(targets, skipped, summary, rounds, opts, env, plots):
         for n in sec["shell"]:
             s = summary[n]
             sh, sub = s["shell"], s.get("shell_subprocess")
-            tool = s.get("shell_tool") or ("subprocess.run" if n == "floor" else "run_command")
+            tool = s.get("shell_tool") or "?"
             rows.append([n, tool, num(sh["mean"], 3), num(sh["median"], 3), num(sh["p90"], 3), num(sh["p99"], 3),
                          num(sub["mean"], 3) if sub else "–", x(ratio(sh["mean"], sub["mean"])) if sub else "–"])
         out += [table(["target", "how", "mean ms", "median ms", "p90 ms", "p99 ms", "subprocess.run mean ms",

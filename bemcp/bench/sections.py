@@ -178,7 +178,7 @@ def echo_latency(ctx):
 def shell_latency(ctx):
     """run_command /bin/echo hi, against subprocess.run of the same in this process, blocks alternating."""
     if ctx.canned:
-        return {"note": "the floor of this section is subprocess.run in the bench process", **_subprocess_only(ctx)}
+        return {"tool": "subprocess.run", **_subprocess_only(ctx)}   # a floor's row: the section's own floor
     if ctx.tools.command is None:
         raise Skip(f"no command tool (run_command or similar); tools: {', '.join(ctx.tools.names) or 'none'}")
     s, opts, tools = ctx.session, ctx.opts, ctx.tools
