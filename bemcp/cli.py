@@ -27,6 +27,9 @@ def build_parser():
     from .logs.summary import add_arguments as add_logs_arguments
     add_logs_arguments(command("logs", "summarise the logs: recent tasks, per-tool timings, "
                                        "errors, watchdog actions, crash reports"))
+    from .bench import add_arguments as add_bench_arguments
+    add_bench_arguments(command("bench", "benchmark bemcp, its peers and any MCP server (stdio or HTTP): "
+                                         "results.json, report.md, plots"))
     return parser
 
 
@@ -83,6 +86,9 @@ def report(args, server, parser):
     if args.command == "logs":
         from .logs.summary import run as show_logs
         return show_logs(args)
+    if args.command == "bench":
+        from .bench import run as bench
+        return bench(args)
     parser.print_help()
     return 2
 

@@ -19,6 +19,7 @@ import asyncio
 import gc
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -26,8 +27,11 @@ import time
 
 import orjson
 
-import _common
-from _common import fmt, fmt_ratio, log, markdown_table, median, ratio
+from bemcp.bench.client import CLIENT_INFO, HANDSHAKE_VERSION
+from bemcp.bench.report import environment, num, table, write_json, x
+from bemcp.bench.stats import median, ratio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BATCH = 256
 
@@ -55,8 +59,8 @@ async def _measure(calls, block):
     out = []
     dispatcher.write = out.append
     dispatcher.feed(orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": _common.HANDSHAKE_VERSION, "capabilities": {},
-        "clientInfo": _common.CLIENT_INFO}}) + b"\n")
+        "protocolVersion": HANDSHAKE_VERSION, "capabilities": {},
+        "clientInfo": CLIENT_INFO}}) + b"\n")
     dispatcher.feed(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
     await asyncio.sleep(0)
     out.clear()
@@ -140,13 +144,13 @@ def child(calls, block):
 
 
 def run_child(pure, opts):
-    env = dict(os.environ, PYTHONPATH=_common.ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("BEMCP_NO_EXTENSIONS", None)
     if pure:
         env["BEMCP_NO_EXTENSIONS"] = "1"
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
                            "--calls", str(opts.calls), "--block", str(opts.block)],
-                          cwd=_common.ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"dispatch child ({'pure' if pure else 'compiled'}) failed:\n{proc.stderr[-2000:]}")
     return orjson.loads(proc.stdout.strip().splitlines()[-1])
@@ -163,12 +167,12 @@ def main(argv=None):
     if opts.child:
         return child(opts.calls, opts.block)
 
-    env = _common.environment(_common.command_line())
+    env = environment(shlex.join([sys.executable, *sys.argv]))
     runs = {"compiled": [], "pure": []}
     for r in range(opts.rounds):
         order = ("compiled", "pure") if r % 2 == 0 else ("pure", "compiled")
         for variant in order:
-            log(f"round {r + 1}/{opts.rounds}: {variant} ...")
+            print(f"round {r + 1}/{opts.rounds}: {variant} ...", file=sys.stderr, flush=True)
             runs[variant].append(run_child(variant == "pure", opts))
     compiled_ran = all(r["compiled"] for r in runs["compiled"])
     summary = {v: {k: median([r[k] for r in rs]) for k in ("batch_ns", "single_ns", "orjson_ns")}
@@ -177,19 +181,20 @@ def main(argv=None):
     c, p = summary["compiled"], summary["pure"]
     rows = [
         ["compiled core" if compiled_ran else "compiled core (NOT BUILT: pure twins ran)",
-         fmt(c["batch_ns"]), fmt(c["single_ns"]), fmt(c["orjson_ns"])],
-        ["pure twins (BEMCP_NO_EXTENSIONS=1)", fmt(p["batch_ns"]), fmt(p["single_ns"]), fmt(p["orjson_ns"])],
-        ["pure / compiled", fmt_ratio(ratio(p["batch_ns"], c["batch_ns"])),
-         fmt_ratio(ratio(p["single_ns"], c["single_ns"])), ""],
+         num(c["batch_ns"]), num(c["single_ns"]), num(c["orjson_ns"])],
+        ["pure twins (BEMCP_NO_EXTENSIONS=1)", num(p["batch_ns"]), num(p["single_ns"]), num(p["orjson_ns"])],
+        ["pure / compiled", x(ratio(p["batch_ns"], c["batch_ns"])),
+         x(ratio(p["single_ns"], c["single_ns"])), ""],
     ]
     print(f"## In-process dispatch of an echo tools/call (ns per call, median of {opts.rounds} rounds)\n")
-    print(markdown_table(["core", f"{BATCH} lines per feed", "1 line per feed", "orjson alone"], rows))
+    print(table(["core", f"{BATCH} lines per feed", "1 line per feed", "orjson alone"], rows))
     print(f"\n{opts.calls:,} calls per measurement, timed in blocks of {opts.block}; the median block is "
           "reported. 'orjson alone' is parsing the request and encoding the answer, nothing else: "
           "the share of the path that no dispatcher can avoid.\n")
-    print(_common.reproducing_block(env))
+    print(f"Reproducing: `{env['command']}` at commit {env['commit']}; {env['python']}, {env['cpu']}, "
+          f"load average {env['load_average']}")
     if opts.json:
-        _common.write_json(opts.json, {"environment": env, "options": vars(opts), "summary": summary, "rounds": runs})
+        write_json(opts.json, {"environment": env, "options": vars(opts), "summary": summary, "rounds": runs})
     return 0
 
 

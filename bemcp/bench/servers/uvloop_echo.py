@@ -1,7 +1,7 @@
-"""A plain-Python uvloop echo server: the reference point issue 2 sets for the compiled core.
+"""The `uvloop` reference: a plain-Python uvloop echo server, the yardstick for the compiled core.
 
 No validation, no in-flight table, no deadlines, no MCP beyond answering
-initialize and tools/call. Each request runs a coroutine handler, either
+initialize, tools/list and tools/call. Each request runs a coroutine handler, either
 
 - ``--tasks``: as an asyncio Task per request (what a plain server does), or
 - by default: stepped once on the spot, and made a Task only if it suspends
@@ -20,6 +20,9 @@ import uvloop
 INIT_RESULT = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                "serverInfo": {"name": "uvloop-echo", "version": "0"}}
 
+TOOLS = {"tools": [{"name": "echo", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}},
+                                                    "required": ["text"]}}]}
+
 
 async def handle(msg):
     method = msg.get("method")
@@ -27,6 +30,8 @@ async def handle(msg):
         return {"content": [{"type": "text", "text": msg["params"]["arguments"]["text"]}]}
     if method == "initialize":
         return INIT_RESULT
+    if method == "tools/list":
+        return TOOLS
     return {}
 
 

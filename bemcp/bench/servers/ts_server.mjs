@@ -1,6 +1,5 @@
-// Echo (and sleep) MCP server on the official TypeScript SDK's high-level API,
-// over stdio: the `ts` peer of benches/stdio_bench.py and concurrency_bench.py.
-// Install its dependencies first: benches/peers/setup.sh.
+// The `ts` peer: echo and sleep on the official TypeScript SDK's high-level API,
+// over stdio. `bemcp bench` installs its dependencies into its cache directory.
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
 import { z } from "zod";

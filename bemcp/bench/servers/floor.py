@@ -1,10 +1,10 @@
 """The floor: a minimal Python process that answers each line with a canned response.
 
-This is the floor issue 2 defines: no parsing, no validation, no bookkeeping, no
-event loop; for each line it reads (buffered), it writes one canned response line.
-A real server answers each request with its own write unless it coalesces, so
-this is the least a line-at-a-time stdio server can cost, and the benchmark quotes
-every other server as a ratio to it.
+No parsing, no validation, no bookkeeping, no event loop: for each line it reads
+(buffered), it writes one canned response line. A real server answers each request
+with its own write unless it coalesces, so this is the least a line-at-a-time stdio
+server can cost, and `bemcp bench` quotes every other target as a ratio to it. Its
+answers are not checked (its ids are canned): it is the yardstick, not a contestant.
 
 ``--batched`` is a stricter yardstick, reported beside it and never used for the
 ratios: it answers a whole read's worth of lines with one write (what coalescing
