@@ -971,8 +971,7 @@ def test_queued_call_can_time_out_in_the_queue(core, run):
         w.send(call(2, "g"))
         w.d.default_timeout = 0.02
         w.send(call(3, "g"))
-        (first,) = await w.settle(1)
-        assert first["id"] in (1, 3)
+        # Both deadlines may pass within one turn of a busy machine: wait for the two answers.
         await w.settle(2)
         assert sorted(m["id"] for m in w.out) == [1, 3]
         assert all(m["error"]["code"] == REQUEST_TIMEOUT for m in w.out)
