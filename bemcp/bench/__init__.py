@@ -15,11 +15,11 @@ import time
 # What the command line names; this module stays light (`bemcp serve` builds the same parser).
 PEERS = ("floor", "floor-batched", "bemcp", "bemcp-py", "sdk", "fastmcp", "ts")   # the default, in column order
 QUICK_PEERS = ("floor", "floor-batched", "bemcp", "bemcp-py", "sdk")
-# Known but run only when named: the SDK over HTTP, and a plain-uvloop echo (a reference for
-# what the compiled core adds over a server that validates nothing).
-EXTRA_PEERS = ("sdk-http", "uvloop")
+# Known but run only when named: bemcp and the SDK over Streamable HTTP, and a plain-uvloop echo
+# (a reference for what the compiled core adds over a server that validates nothing).
+EXTRA_PEERS = ("bemcp-http", "sdk-http", "uvloop")
 # The sections, in the order they run on each target.
-SECTIONS = ("cold-start", "cpu", "echo", "shell", "concurrency", "memory", "async", "stress", "logging")
+SECTIONS = ("cold-start", "cpu", "echo", "shell", "surface", "concurrency", "memory", "async", "stress", "logging")
 
 
 def default_cache_dir():

@@ -292,6 +292,7 @@ class Session:
         self.stderr = None
         self.started = time.perf_counter()
         self.ids = 0
+        self.server_capabilities = None
         if target.argv:
             env = dict(os.environ)
             for key, value in target.env.items():
@@ -317,8 +318,10 @@ class Session:
 
     def initialize(self, timeout):
         """The handshake; seconds from spawn to the initialize answer."""
-        self.request("initialize", {"protocolVersion": HANDSHAKE_VERSION, "capabilities": {},
-                                    "clientInfo": CLIENT_INFO}, timeout)
+        # elicitation: the surface section answers a tool's asks (nothing asks otherwise)
+        result = self.request("initialize", {"protocolVersion": HANDSHAKE_VERSION,
+                                             "capabilities": {"elicitation": {}}, "clientInfo": CLIENT_INFO}, timeout)
+        self.server_capabilities = result.get("capabilities") if isinstance(result, dict) else None
         ready = time.perf_counter() - self.started
         self.notify("notifications/initialized")
         return ready
@@ -621,9 +624,10 @@ def messages_of(headers, body):
             if line.startswith(b"data:"):
                 data.append(line[5:].lstrip(b" "))
             elif not line and data:
-                out.append(orjson.loads(b"\n".join(data)))
+                if any(data):   # an event without data (a priming event) carries no message
+                    out.append(orjson.loads(b"\n".join(data)))
                 data = []
-        if data:
+        if any(data):
             out.append(orjson.loads(b"\n".join(data)))
         return out
     if not body:

@@ -48,6 +48,7 @@ class Target:
     version: str = ""
     canned: bool = False        # answers every line with one fixed line (the floor): answers not checked
     logs_on_argv: list = None   # bemcp: the same server with every log file on ("{log_dir}" is filled in)
+    sandbox_argv: list = None   # bemcp: the same server with --sandbox (the shell section runs both)
     notes: list = field(default_factory=list)
     installed_with: str = ""    # the command that installed it, when the bench did
 
@@ -92,7 +93,7 @@ def parse_target(spec):
 def resolve(name, cache_dir, log):
     """The Target of peer ``name``, installing it into ``cache_dir`` the first time; Unavailable if it cannot be."""
     makers = {"floor": _floor, "floor-batched": _floor_batched, "bemcp": lambda c, l: _bemcp(False), "bemcp-py": lambda c, l: _bemcp(True),
-              "sdk": _sdk, "sdk-http": _sdk_http, "fastmcp": _fastmcp, "ts": _ts, "uvloop": _uvloop}
+              "bemcp-http": _bemcp_http, "sdk": _sdk, "sdk-http": _sdk_http, "fastmcp": _fastmcp, "ts": _ts, "uvloop": _uvloop}
     if name not in makers:
         raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS + EXTRA_PEERS)}")
     return makers[name](cache_dir, log)
@@ -121,7 +122,21 @@ def _bemcp(pure):
     what = "pure-Python twins (BEMCP_NO_EXTENSIONS=1)" if pure else "compiled core"
     return Target("bemcp-py" if pure else "bemcp", serve + ["--no-log-files"], env=env,
                   version=bemcp.__version__, logs_on_argv=serve + ["--log-dir", "{log_dir}"], notes=notes,
-                  description=f"`bemcp serve --no-log-files`, {what}, with the bench's sleep tool as a plugin")
+                  sandbox_argv=serve + ["--no-log-files", "--sandbox"],
+                  description=f"`bemcp serve --no-log-files`, {what}, with the bench's tools as a plugin "
+                              "(a sleep, a prompt, two resources, a tool that asks the user)")
+
+
+def _bemcp_http(cache_dir, log):
+    import bemcp
+    port = free_port()
+    notes = [] if _compiled_core_built() else ["compiled core not built: this row ran the pure twins"]
+    return Target("bemcp-http", [PYTHON, "-m", "bemcp", "serve", "--plugins-dir", os.path.join(SERVERS, "plugins"),
+                                 "--plugin", "bench_tools", "--no-log-files", "--http", f"127.0.0.1:{port}"],
+                  url=f"http://127.0.0.1:{port}/mcp", env={"BEMCP_NO_EXTENSIONS": None, "BEMCP_NO_PLUGINS": None},
+                  version=bemcp.__version__, notes=notes,
+                  description="`bemcp serve --no-log-files --http`, compiled core, Streamable HTTP "
+                              "(handshake-era sessions), with the bench's tools as a plugin")
 
 
 def _compiled_core_built():
@@ -131,7 +146,7 @@ def _compiled_core_built():
     return proc.stdout.strip() == "True"
 
 
-def _sdk_python(cache_dir, log):
+def sdk_python(cache_dir, log):
     """A Python with the official SDK: this one if it has it (the bench extra), else a venv in the cache."""
     if importlib.util.find_spec("mcp") is not None and importlib.util.find_spec("mcp.server.mcpserver"):
         return PYTHON, metadata.version("mcp"), ""
@@ -140,14 +155,14 @@ def _sdk_python(cache_dir, log):
 
 
 def _sdk(cache_dir, log):
-    python, version, command = _sdk_python(cache_dir, log)
+    python, version, command = sdk_python(cache_dir, log)
     return Target("sdk", [python, os.path.join(SERVERS, "sdk_server.py")], version=version, installed_with=command,
                   description=f"official Python SDK {version} (MCPServer), stdio")
 
 
 def _sdk_http(cache_dir, log):
-    python, version, command = _sdk_python(cache_dir, log)
-    port = _free_port()
+    python, version, command = sdk_python(cache_dir, log)
+    port = free_port()
     return Target("sdk-http", [python, os.path.join(SERVERS, "sdk_server.py"), "--http", str(port)],
                   url=f"http://127.0.0.1:{port}/mcp", version=version, installed_with=command,
                   description=f"official Python SDK {version} (MCPServer), Streamable HTTP "
@@ -171,6 +186,15 @@ def _uvloop(cache_dir, log):
 
 
 def _ts(cache_dir, log):
+    node, home, wanted, command = ts_sdk(cache_dir, log, "ts_server.mjs")
+    return Target("ts", [node, os.path.join(home, "ts_server.mjs")], version=wanted, installed_with=command,
+                  description=f"official TypeScript SDK {wanted} (McpServer) on node "
+                              f"{_output([node, '--version'])}, stdio")
+
+
+def ts_sdk(cache_dir, log, script):
+    """The TypeScript SDK installed in the cache (once), with servers/``script`` copied next to its
+    node_modules: (node, that directory, the SDK version, the install command); Unavailable without node."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         raise Unavailable("node and npm are needed for the TypeScript SDK (not found on PATH)")
@@ -186,10 +210,8 @@ def _ts(cache_dir, log):
         log(f"installing the ts peer: {command}")
         _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], home, "npm ci")
         open(marker, "w").close()
-    shutil.copy(os.path.join(SERVERS, "ts_server.mjs"), home)   # next to its node_modules
-    return Target("ts", [node, os.path.join(home, "ts_server.mjs")], version=wanted, installed_with=command,
-                  description=f"official TypeScript SDK {wanted} (McpServer) on node "
-                              f"{_output([node, '--version'])}, stdio")
+    shutil.copy(os.path.join(SERVERS, script), home)   # next to its node_modules
+    return node, home, wanted, command
 
 
 # -- installing ----------------------------------------------------------------------------
@@ -247,7 +269,7 @@ def _output(argv):
         return ""
 
 
-def _free_port():
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -128,6 +128,8 @@ def _cell(s, key):
         return num(s.get("echo", {}).get("median"), 3, "ms") if s.get("echo") else None
     if key == "shell_mean_ms":
         return num(s["shell"]["mean"], 2, "ms") if s.get("shell") else None
+    if key == "shell_sandbox":
+        return x(s["shell_sandbox_p50_ratio"]) if s.get("shell_sandbox") else None
     if key == "ops15":
         return num(conc["15"]["calls_per_s"]) if "15" in conc else None
     if key == "ops256":
@@ -163,6 +165,7 @@ SUMMARY_ROWS = [
     ("echo_mean_ms", "echo latency, mean", "0.04 ms"),
     ("echo_p50_ms", "echo latency, median", ""),
     ("shell_mean_ms", "shell command latency, mean", "1.06 ms"),
+    ("shell_sandbox", "shell command with --sandbox, vs without (median)", ""),
     ("ops15", "throughput, 15 concurrent tasks (calls/s)", "754"),
     ("ops256", "throughput, 256 in flight (calls/s)", ""),
     ("stress_tasks", "concurrent tasks sustained (stress)", "275"),
@@ -218,7 +221,12 @@ METHODS = {
     "echo": "One `echo` tools/call in flight at a time, timed from the write of the request to the read of its "
             "answer (after a warm-up); each answer's id and echoed text are checked. Samples of all rounds pooled.",
     "shell": f"`run_command {SHELL_ARGV}` over the wire, one at a time, in blocks alternating with "
-             "`subprocess.run` of the same argv in the bench process (the floor of this section).",
+             "`subprocess.run` of the same argv in the bench process (the floor of this section); for bemcp "
+             "also with blocks on a second server started with `--sandbox`.",
+    "surface": "One request in flight at a time: an echo tools/call beside prompts/get (the first prompt the "
+               "bench can fill), resources/read (the first resource, the first template with each variable 42), "
+               "and a `confirm` tool's elicitation: answered by the client as a server request (handshake era) "
+               "or as an input_required result and its retry (2026-07-28).",
     "concurrency": "Echo calls kept in flight (15, the report's concurrent tasks, and 1, 16, 256) for a fixed time "
                    "after a warm-up; every answer checked afterwards. CPU per call is the target's (all its processes).",
     "stress": "N echo calls kept in flight for the whole duration, each answer checked as it comes; calls/s, "
@@ -272,6 +280,30 @@ def markdown(targets, skipped, summary, rounds, opts, env, plots):
                          num(sub["mean"], 3) if sub else "–", x(ratio(sh["mean"], sub["mean"])) if sub else "–"])
         out += [table(["target", "how", "mean ms", "median ms", "p90 ms", "p99 ms", "subprocess.run mean ms",
                        "vs subprocess.run"], rows), ""]
+        boxed = [n for n in sec["shell"] if summary[n].get("shell_sandbox") or summary[n].get("shell_sandbox_error")]
+        if boxed:
+            rows = []
+            for n in boxed:
+                s = summary[n]
+                if s.get("shell_sandbox"):
+                    rows.append([n, num(s["shell"]["median"], 3), num(s["shell_sandbox"]["median"], 3),
+                                 num(s["shell_sandbox"]["p90"], 3), x(s["shell_sandbox_p50_ratio"])])
+                else:
+                    rows.append([n, num(s["shell"]["median"], 3), f"not run: {s['shell_sandbox_error']}", "–", "–"])
+            out += [f"With `--sandbox` (Landlock): the same server started sandboxed, its blocks of "
+                    f"`run_command` alternating with the plain server's in the same run.", "",
+                    table(["target", "plain median ms", "--sandbox median ms", "--sandbox p90 ms",
+                           "--sandbox / plain (median)"], rows), ""]
+    if sec["surface"]:
+        out += _section("surface", opts)
+        labels = list(dict.fromkeys(label for n in sec["surface"] for label in summary[n]["surface"]))
+        rows = [[label, *(f"{num(summary[n]['surface'][label]['median'], 3)} / "
+                          f"{num(summary[n]['surface'][label]['p90'], 3)}" if label in summary[n]["surface"] else "–"
+                          for n in sec["surface"])] for label in labels]
+        out += [table(["request (median / p90 ms)", *sec["surface"]], rows), ""]
+        notes = [f"- `{n}` · {label}: {why}" for n in sec["surface"]
+                 for label, why in summary[n].get("surface_not_measured", {}).items()]
+        out += (["Not measured:", "", *notes, ""] if notes else [])
     if sec["concurrency"]:
         out += _section("concurrency", opts)
         rows = []

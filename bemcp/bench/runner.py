@@ -20,6 +20,8 @@ class Options:
         "latency_warmup": (50,    200),
         "shell_count":    (30,    200),
         "shell_warmup":   (5,     20),
+        "surface_count":  (200,   1000),    # requests per figure of the surface section
+        "surface_warmup": (20,    100),
         "phase":          (0.5,   2.0),     # seconds per pipelined phase (each in-flight level)
         "warmup":         (0.2,   0.5),
         "idle":           (0.5,   2.0),
@@ -34,6 +36,7 @@ class Options:
 
     # What --scale may not shrink below: a phase must still see calls, a sleep must still be long.
     FLOORS = {"rounds": 1, "latency_count": 5, "latency_warmup": 1, "shell_count": 2, "shell_warmup": 1,
+              "surface_count": 5, "surface_warmup": 1,
               "phase": 0.02, "warmup": 0.01, "idle": 0.02, "duration": 0.1, "memory_calls": 10,
               "memory_sleep": 0.3, "async_ops": 2, "logging_phases": 2, "tick": 0.05, "cold_spawns": 0}
 
@@ -57,7 +60,8 @@ class Options:
         """A rough duration of ``section`` on ``target``, for the time left."""
         slow = 1.0 if target.name in ("floor", "bemcp", "bemcp-py", "uvloop") else 3.0
         return {"cold-start": 0.3 * slow * (1 + self.cold_spawns), "cpu": self.idle, "echo": self.latency_count * 1e-4 * slow,
-                "shell": self.shell_count * 2e-3, "concurrency": len(S.WINDOWS) * (self.phase + self.warmup),
+                "shell": self.shell_count * (4e-3 if target.sandbox_argv else 2e-3),
+                "surface": self.surface_count * 6 * 2e-4 * slow, "concurrency": len(S.WINDOWS) * (self.phase + self.warmup),
                 "memory": self.memory_sleep + self.memory_calls * 2e-4 * slow,
                 "async": self.async_ops * 0.1 + 0.2, "stress": self.duration + 0.3,
                 "logging": 4 * self.phase * (self.logging_phases / 2) if target.logs_on_argv else 0.1}[section]
@@ -111,6 +115,7 @@ def run(targets, chosen, opts, log):
     for r in range(opts.rounds):
         heavy_round = r == opts.rounds - 1
         for t in _rotated(targets, r):
+            plan.append((f"round {r + 1}/{opts.rounds} · {t.name} · start", _start_seconds(opts, t, chosen)))
             for section in chosen:
                 if section in S.HEAVY and not heavy_round:
                     continue
@@ -129,6 +134,10 @@ def run(targets, chosen, opts, log):
         rounds.append({"round": r + 1, "order": [t.name for t in order], "targets": figures})
     progress.finish()
     return rounds
+
+
+def _start_seconds(opts, target, sections):
+    return opts.seconds("cold-start", target) if "cold-start" in sections else 0.5
 
 
 def _cold_start(target, timeout):
@@ -166,7 +175,7 @@ def run_target(target, wanted, opts, rings, progress, r):
     """One spawn of ``target`` through the ``wanted`` sections; a failure ends this spawn, not the run."""
     out = {"sections": {}, "skipped": {}, "errors": {}}
     label = f"round {r + 1}/{opts.rounds} · {target.name}"
-    progress.step(f"{label} · start", opts.seconds("cold-start", target) if "cold-start" in wanted else 0.5)
+    progress.step(f"{label} · start", _start_seconds(opts, target, wanted))
     cold_starts = []
     if "cold-start" in wanted and target.argv:
         try:
@@ -264,6 +273,20 @@ def summarize(targets, rounds):
             s["shell_tool"] = next((sec["shell"].get("tool") for sec in secs if "shell" in sec), None)
             if local:
                 s["shell_subprocess"] = describe(local)
+            boxed = [x for sec in secs for x in sec.get("shell", {}).get("sandbox_samples_ms", [])]
+            if boxed:
+                s["shell_sandbox"] = describe(boxed)
+                s["shell_sandbox_p50_ratio"] = s["shell_sandbox"]["median"] / s["shell"]["median"]
+            why = next((sec["shell"]["sandbox_error"] for sec in secs if sec.get("shell", {}).get("sandbox_error")), None)
+            if why:
+                s["shell_sandbox_error"] = why
+        surface = {}
+        for sec in secs:
+            for label, f in sec.get("surface", {}).get("requests", {}).items():
+                surface.setdefault(label, []).extend(f["samples_ms"])
+        if surface:
+            s["surface"] = {label: describe(v) for label, v in surface.items()}
+            s["surface_not_measured"] = next(sec["surface"]["not_measured"] for sec in secs if "surface" in sec)
         windows = {}
         for sec in secs:
             for w, f in sec.get("concurrency", {}).get("windows", {}).items():

@@ -6,13 +6,16 @@ take it (no such tool), or lets TargetError out when the target misbehaves.
 
 import gc
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 
+import orjson
+
 from . import SECTIONS
-from .client import (AnswerCheck, EchoRing, Sampler, TargetError, check_answer, encode_request, open_session,
+from .client import (CLIENT_INFO, AnswerCheck, EchoRing, Sampler, TargetError, check_answer, encode_request, open_session,
                      time_limit)
 from .stats import describe
 
@@ -24,6 +27,7 @@ LOG_VOLUME_CALLS = 2000         # calls whose log volume is weighed (well within
 ORDER = SECTIONS
 HEAVY = ("memory", "async", "stress", "logging")   # run in one round only (the last)
 TITLES = {"cold-start": "cold start", "cpu": "CPU", "echo": "echo latency", "shell": "shell command latency",
+          "surface": "prompts, resources, asking",
           "concurrency": "concurrency", "memory": "memory", "async": "async vs sync", "stress": "stress",
           "logging": "logging"}
 
@@ -176,36 +180,186 @@ def echo_latency(ctx):
 
 
 def shell_latency(ctx):
-    """run_command /bin/echo hi, against subprocess.run of the same in this process, blocks alternating."""
+    """run_command /bin/echo hi, against subprocess.run of the same in this process, blocks alternating;
+    for bemcp also the same server started with --sandbox, in the same alternation."""
     if ctx.canned:
         return {"tool": "subprocess.run", **_subprocess_only(ctx)}   # a floor's row: the section's own floor
     if ctx.tools.command is None:
         raise Skip(f"no command tool (run_command or similar); tools: {', '.join(ctx.tools.names) or 'none'}")
-    s, opts, tools = ctx.session, ctx.opts, ctx.tools
-    tool_samples, local_samples = [], []
+    opts, tools, target = ctx.opts, ctx.tools, ctx.session.target
+    tool_samples, local_samples, boxed_samples = [], [], []
+    out = {"tool": tools.command}
+    boxed = None
+    if target.sandbox_argv:
+        from .peers import Target
+        try:
+            boxed = open_session(Target(f"{target.name} --sandbox", argv=target.sandbox_argv, env=target.env,
+                                        cwd=target.cwd))
+            boxed.initialize(opts.timeout)
+        except (TargetError, OSError) as exc:   # no Landlock here: the plain figures stand alone
+            why = (boxed.died() if boxed is not None else None) or exc
+            out["sandbox_error"] = str(getattr(why, "message", why))
+            if boxed is not None:
+                boxed.close(1.0)
+            boxed = None
 
-    def tool_block(count, keep):
-        with time_limit(opts.timeout + count, f"{ctx.name} {tools.command}"):
+    def tool_block(session, count, keep):
+        with time_limit(opts.timeout + count, f"{session.target.name} {tools.command}"):
             for _ in range(count):
                 t0 = time.perf_counter_ns()
-                result = s.call(tools.command, tools.command_args, opts.timeout)
+                result = session.call(tools.command, tools.command_args, opts.timeout)
                 t = time.perf_counter_ns() - t0
                 if result.get("isError") or "hi" not in str(result.get("content")) + str(result.get("structuredContent")):
-                    raise TargetError("wrong answer", f"{tools.command} {SHELL_ARGV} did not print hi: {str(result)[:300]}")
-                if keep:
-                    tool_samples.append(round(t / 1e6, 4))
+                    raise TargetError("wrong answer", f"{session.target.name}: {tools.command} {SHELL_ARGV} "
+                                                      f"did not print hi: {str(result)[:300]}")
+                if keep is not None:
+                    keep.append(round(t / 1e6, 4))
         ctx.calls += count
 
-    tool_block(opts.shell_warmup, False)
-    _subprocess_block(opts.shell_warmup)
-    for half in range(2):
-        blocks = [lambda: tool_block(opts.shell_count // 2, True),
-                  lambda: local_samples.extend(_subprocess_block(opts.shell_count // 2))]
-        for block in (blocks if half == 0 else blocks[::-1]):
+    try:
+        half = opts.shell_count // 2
+        blocks = [lambda: tool_block(ctx.session, half, tool_samples),
+                  lambda: local_samples.extend(_subprocess_block(half))]
+        tool_block(ctx.session, opts.shell_warmup, None)
+        if boxed is not None:
+            tool_block(boxed, opts.shell_warmup, None)
+            blocks.append(lambda: tool_block(boxed, half, boxed_samples))
+        _subprocess_block(opts.shell_warmup)
+        for block in blocks + blocks[::-1]:
             block()
-    return {"tool": tools.command, "samples_ms": tool_samples, "subprocess_samples_ms": local_samples,
-            **{f"{k}_ms": v for k, v in describe(tool_samples).items() if k != "n"},
-            **{f"subprocess_{k}_ms": v for k, v in describe(local_samples).items() if k != "n"}}
+    finally:
+        if boxed is not None:
+            boxed.close()
+    out.update({"samples_ms": tool_samples, "subprocess_samples_ms": local_samples,
+                **{f"{k}_ms": v for k, v in describe(tool_samples).items() if k != "n"},
+                **{f"subprocess_{k}_ms": v for k, v in describe(local_samples).items() if k != "n"}})
+    if boxed_samples:
+        out.update({"sandbox_samples_ms": boxed_samples,
+                    **{f"sandbox_{k}_ms": v for k, v in describe(boxed_samples).items() if k != "n"}})
+        out["sandbox_p50_ratio"] = out["sandbox_median_ms"] / out["median_ms"]
+    return out
+
+
+# The surface section's asking tool (the bench's convention, like `sleep`): it elicits an {"ok": bool}.
+ASK_TOOL = "confirm"
+ACCEPT = {"action": "accept", "content": {"ok": True}}
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+               "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
+
+
+def surface(ctx):
+    """prompts/get and resources/read beside an echo tools/call, and an elicitation's round trip in
+    both protocol eras: one request (or exchange) in flight at a time, p50 and p90 of each."""
+    if ctx.canned:
+        raise Skip("the floor has no tools, prompts or resources")
+    s, opts = ctx.session, ctx.opts
+    exchanges, skipped = {}, {}
+    if ctx.tools.echo:
+        tool, arg = ctx.tools.echo, ctx.tools.echo_arg
+        exchanges["tools/call echo"] = lambda i: s.call(tool, {arg: f"s-{i}"}, opts.timeout, f"s-{i}")
+    prompts = _listed(s, "prompts/list", "prompts", opts.timeout)
+    if prompts:
+        prompt = _pick_prompt(prompts)
+        if prompt:
+            exchanges["prompts/get"] = lambda i: _expect(s.request("prompts/get", prompt, opts.timeout), "messages")
+        else:
+            skipped["prompts/get"] = "no prompt whose arguments the bench can fill"
+    listed = _listed(s, "resources/list", "resources", opts.timeout)
+    if listed:
+        fixed = {"uri": listed[0].get("uri")}
+        exchanges["resources/read"] = lambda i: _expect(s.request("resources/read", fixed, opts.timeout), "contents")
+    templates = _listed(s, "resources/templates/list", "resourceTemplates", opts.timeout)
+    if templates:
+        filled = {"uri": re.sub(r"\{[^}]*\}", "42", str(templates[0].get("uriTemplate")))}
+        exchanges["resources/read template"] = (
+            lambda i: _expect(s.request("resources/read", filled, opts.timeout), "contents"))
+    if ASK_TOOL in ctx.tools.names:
+        if s.kind == "stdio":
+            exchanges["elicit (handshake)"] = lambda i: _elicit_handshake(s, opts.timeout)
+        else:
+            skipped["elicit (handshake)"] = "measured over stdio only (over HTTP the ask comes on the call's stream)"
+        exchanges["elicit (2026-07-28)"] = lambda i: _elicit_modern(s, opts.timeout)
+    else:
+        skipped["elicit"] = f"no `{ASK_TOOL}` tool that asks the user"
+    if len(exchanges) < 2:   # an echo alone is the echo section
+        raise Skip("no prompts, resources or asking tool to measure")
+    out = {}
+    with time_limit(opts.timeout + opts.surface_count * len(exchanges) * 0.05, f"{ctx.name} surface"):
+        for label, exchange in exchanges.items():
+            samples = []
+            for i in range(opts.surface_warmup + opts.surface_count):
+                t0 = time.perf_counter_ns()
+                exchange(i)
+                if i >= opts.surface_warmup:
+                    samples.append(round((time.perf_counter_ns() - t0) / 1e6, 4))
+            d = describe(samples)
+            out[label] = {"samples_ms": samples, "median_ms": d["median"], "p90_ms": d["p90"]}
+            ctx.calls += opts.surface_warmup + opts.surface_count
+    return {"requests": out, "not_measured": skipped}
+
+
+def _listed(s, method, key, timeout):
+    """What ``method`` lists (its first page), or [] if the target does not offer it.
+
+    Asked rather than read off the initialize capabilities: a plugin may add prompts after the handshake."""
+    try:
+        found = s.request(method, {}, timeout).get(key)
+    except TargetError as exc:
+        if exc.kind != "error":   # a crash or a hang is the target's failure, not an absence
+            raise
+        return []
+    return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
+
+
+def _pick_prompt(prompts):
+    """prompts/get params for the first prompt whose required arguments are all `name`-like strings, or None."""
+    for p in prompts:
+        required = [a.get("name") for a in p.get("arguments") or [] if a.get("required")]
+        if all(isinstance(n, str) for n in required):
+            return {"name": p.get("name"), "arguments": {n: "Ada" for n in required}}
+    return None
+
+
+def _expect(result, key):
+    if not isinstance(result.get(key), list) or not result[key]:
+        raise TargetError("wrong answer", f"an answer without {key}: {str(result)[:300]}")
+    return result
+
+
+def _elicit_handshake(s, timeout):
+    """tools/call; the server's elicitation/create arrives and is answered; then the result."""
+    id = s.next_id()
+    s.write(encode_request(id, "tools/call", {"name": ASK_TOOL, "arguments": {}}) + b"\n")
+    with time_limit(timeout, f"{s.target.name} elicitation"):
+        while True:
+            msg = orjson.loads(s.read_line())
+            if msg.get("method") == "elicitation/create" and "id" in msg:
+                s.write(orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": ACCEPT}) + b"\n")
+            elif "id" in msg and "method" not in msg:
+                break
+    result = check_answer(msg, id, "accept")
+    return result
+
+
+def _elicit_modern(s, timeout):
+    """tools/call answered input_required; the retry with inputResponses and requestState answered complete."""
+    params = {"name": ASK_TOOL, "arguments": {}, "_meta": MODERN_META}
+    saved = None
+    if s.kind == "http":   # a 2026-07-28 request names its version and method in headers, and no session
+        saved = s.headers
+        s.headers = {k: v for k, v in saved.items() if k != "Mcp-Session-Id"}
+        s.headers.update({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": ASK_TOOL})
+    try:
+        first = s.request("tools/call", params, timeout)
+        if first.get("resultType") != "input_required" or not isinstance(first.get("inputRequests"), dict):
+            raise TargetError("wrong answer", f"2026-07-28 {ASK_TOOL}: expected input_required, got {str(first)[:300]}")
+        retry = dict(params, inputResponses={k: ACCEPT for k in first["inputRequests"]},
+                     requestState=first.get("requestState"))
+        return s.request("tools/call", retry, timeout, "accept")
+    finally:
+        if saved is not None:
+            s.headers = saved
 
 
 def _subprocess_only(ctx):
@@ -401,5 +555,5 @@ def _logs_phase(ctx, variant):
     return figures
 
 
-SECTIONS = {"cpu": cpu_idle, "echo": echo_latency, "shell": shell_latency, "concurrency": concurrency,
+SECTIONS = {"cpu": cpu_idle, "echo": echo_latency, "shell": shell_latency, "surface": surface, "concurrency": concurrency,
             "memory": memory, "async": async_vs_sync, "stress": stress, "logging": logging_volume}

@@ -1,7 +1,7 @@
 // Echo MCP server on the official TypeScript SDK over Streamable HTTP, stateless with
 // JSON responses (its documented stateless pattern: a server and a transport per
-// request): the `ts` peer of benches/http_bench.py. Usage: node ts_http_echo.mjs PORT
-// Install its dependencies first: benches/peers/setup.sh.
+// request): the `ts` peer of benches/http_bench.py, which installs the SDK into the bench's peer
+// cache and runs this file from there. Usage: node ts_http_echo.mjs PORT
 import http from "node:http";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
