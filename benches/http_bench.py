@@ -1,43 +1,51 @@
 """Echo tools/call over Streamable HTTP, measured with wrk: bemcp beside a floor and peers.
 
-Every target runs under uvicorn with uvloop and httptools (the TypeScript peer under
+Every Python target runs under uvicorn with uvloop and httptools (the TypeScript peer under
 node:http), on loopback; wrk keeps 64 connections busy with one request, all targets
-interleaved round by round, medians reported with p50/p99 latency:
+interleaved round by round, medians over rounds with p50/p99 latency:
 
 - floor: a bare ASGI app answering each POST with a canned JSON-RPC result
   (benches/http_floor.py): what uvicorn itself costs.
 - bemcp 2026-07-28: `bemcp serve --http`, stateless POSTs answered with JSON.
 - bemcp session: the same server, a handshake-era session (Mcp-Session-Id), each
   answer on its own SSE stream with a priming event.
-- sdk: the official Python SDK (MCPServer, stateless, JSON responses).
-- ts: the official TypeScript SDK (stateless, JSON; needs benches/peers/setup.sh).
+- sdk 2026-07-28: the official Python SDK (MCPServer, stateless, JSON answers):
+  bemcp/bench/servers/sdk_http_echo.py, run by the SDK `bemcp bench` uses (this Python's,
+  or the one it installs into its peer cache).
+- ts stateless: the official TypeScript SDK (stateless, JSON): ts_http_echo.mjs beside the
+  SDK `bemcp bench` installs into its peer cache (node and npm needed).
 
 With --nginx: bemcp 2026-07-28 through nginx in front of N = 1, 2, 4 processes,
 configured as docs/deploy.md says.
 
 What it does not show: one small request over and over, no TLS, and wrk sharing the
 machine's cores with the server (it runs with 1 thread; on 2 cores it is not the
-bottleneck for one server process, but it is with N processes).
-Usage: python benches/http_bench.py [--seconds 5] [--rounds 3] [--nginx]
+bottleneck for one server process, but it is with N processes). `bemcp bench --peers
+bemcp-http,sdk-http` measures the same servers with its own client and every section.
+
+    python benches/http_bench.py [--seconds 5] [--rounds 3] [--nginx] [--skip ts]
 """
 
 import argparse
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import orjson
 
+from bemcp.bench import default_cache_dir
+from bemcp.bench import peers as P
+from bemcp.bench.report import num, table, x
+from bemcp.bench.stats import median, ratio
+
 BENCHES = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCHES)
-PEERS = os.path.join(BENCHES, "peers")
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from http_server import Nginx, free_port  # noqa: E402  (docs/deploy.md's nginx configuration)
+sys.path.insert(0, os.path.join(os.path.dirname(BENCHES), "tests"))
+from http_server import Nginx  # noqa: E402  (docs/deploy.md's nginx configuration)
 
 MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                "io.modelcontextprotocol/clientCapabilities": {},
@@ -49,9 +57,13 @@ ECHO_LEGACY = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                             "params": {"name": "echo", "arguments": {"text": "hello"}}})
 
 
-def start(command, port, env=None):
+def log(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def start(command, port):
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -59,33 +71,39 @@ def start(command, port, env=None):
             return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
                 raise RuntimeError(f"{command} did not start")
             time.sleep(0.05)
 
 
 def post(url, body, headers):
-    import httpx2 as httpx
-    h = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    """POST one message; (status, the answer's headers, its body)."""
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     for line in headers.splitlines():
         name, _, value = line.partition(":")
         h[name.strip()] = value.strip()
-    return httpx.post(url, content=body, headers=h, timeout=10)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, h), timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
 
 
 def open_session(url):
-    """A handshake-era session: its id and the headers every request then carries."""
+    """A handshake-era session: the headers every request then carries."""
     init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize",
                          "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                                     "clientInfo": {"name": "bemcp-bench", "version": "0"}}})
-    r = post(url, init, "")
-    session = r.headers["mcp-session-id"]
-    return f"Mcp-Session-Id: {session}\nMCP-Protocol-Version: 2025-11-25"
+    _, headers, _ = post(url, init, "")
+    headers = f"Mcp-Session-Id: {headers['mcp-session-id']}\nMCP-Protocol-Version: 2025-11-25"
+    post(url, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', headers)
+    return headers
 
 
 class Target:
     def __init__(self, name, command, body, headers="", port=None, session=False):
         self.name, self.command, self.body, self.headers = name, command, body, headers
-        self.port = port or free_port()
+        self.port = port or P.free_port()
         self.session = session
         self.proc = None
         self.runs = []
@@ -99,9 +117,9 @@ class Target:
             self.proc = start([c.replace("{port}", str(self.port)) for c in self.command], self.port)
         if self.session:
             self.headers = open_session(self.url)
-        r = post(self.url, self.body, self.headers)
-        if r.status_code != 200 or b"hello" not in r.content:
-            raise RuntimeError(f"{self.name}: unexpected answer {r.status_code} {r.content[:200]!r}")
+        status, _, body = post(self.url, self.body, self.headers)
+        if status != 200 or b"hello" not in body:
+            raise RuntimeError(f"{self.name}: unexpected answer {status} {body[:200]!r}")
 
     def down(self):
         if self.proc is not None:
@@ -110,6 +128,7 @@ class Target:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
 
 
 def wrk(url, body, headers, seconds, connections, threads):
@@ -117,7 +136,7 @@ def wrk(url, body, headers, seconds, connections, threads):
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", os.path.join(BENCHES, "http_load.lua"), url],
                          env=env, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result = orjson.loads(line[7:])
     if result["non2xx"] or result["connect"] or result["read"] or result["write"]:
         raise RuntimeError(f"{url}: wrk saw errors: {result}")
@@ -125,17 +144,35 @@ def wrk(url, body, headers, seconds, connections, threads):
     return result
 
 
-def table(rows, floor_rps, sdk_rps):
-    print(f"{'target':<24} {'req/s':>9} {'x floor':>8} {'x sdk':>7} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'timeouts':>8}")
-    for name, runs in rows:
-        rps = statistics.median(r["rps"] for r in runs)
-        p50 = statistics.median(r["p50_us"] for r in runs) / 1000
-        p99 = statistics.median(r["p99_us"] for r in runs) / 1000
-        xf = f"{rps / floor_rps:.2f}" if floor_rps else "-"
-        xs = f"{rps / sdk_rps:.1f}" if sdk_rps else "-"
-        late = sum(r["timeout"] for r in runs)   # answers later than wrk's 2 s (an overloaded peer)
-        print(f"{name:<24} {rps:>9.0f} {xf:>8} {xs:>7} {p50:>7.2f} {p99:>7.2f} {late:>8}")
+def rows_of(named_runs, floor_rps, sdk_rps):
+    rows = []
+    for name, runs in named_runs:
+        rps = median([r["rps"] for r in runs])
+        rows.append([name, num(rps), x(ratio(rps, floor_rps)), x(ratio(rps, sdk_rps)),
+                     num(median([r["p50_us"] for r in runs]) / 1000, 2),
+                     num(median([r["p99_us"] for r in runs]) / 1000, 2),
+                     sum(r["timeout"] for r in runs)])   # answers later than wrk's 2 s (an overloaded peer)
+    return table(["target", "req/s", "vs floor", "vs sdk", "p50 ms", "p99 ms", "timeouts"], rows)
+
+
+def peer_targets(py, skip):
+    """The SDK peers, from `bemcp bench`'s peer cache (installed there the first time)."""
+    cache, out = default_cache_dir(), []
+    if "sdk" not in skip:
+        try:
+            sdk_py, version, _ = P.sdk_python(cache, log)
+            out.append(Target(f"sdk {version} 2026-07-28", [sdk_py, os.path.join(P.SERVERS, "sdk_http_echo.py"),
+                                                           "{port}"], ECHO_MODERN, MODERN_HEADERS))
+        except P.Unavailable as why:
+            log(f"(sdk peer left out: {why})")
+    if "ts" not in skip:
+        try:
+            node, home, version, _ = P.ts_sdk(cache, log, "ts_http_echo.mjs")
+            out.append(Target(f"ts {version} stateless", [node, os.path.join(home, "ts_http_echo.mjs"), "{port}"],
+                              ECHO_LEGACY, "MCP-Protocol-Version: 2025-11-25"))
+        except P.Unavailable as why:
+            log(f"(ts peer left out: {why})")
+    return out
 
 
 def main():
@@ -145,63 +182,62 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nginx", action="store_true", help="also N = 1, 2, 4 processes behind nginx")
-    parser.add_argument("--skip", action="append", default=[], help="a target to leave out")
+    parser.add_argument("--skip", action="append", default=[], choices=["floor", "bemcp", "sdk", "ts"],
+                        help="a target to leave out (repeatable)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("http_bench: needs wrk (Debian: apt-get install wrk)")
     py = sys.executable
     bemcp = [py, "-m", "bemcp", "serve", "--no-plugins", "--no-log-files", "--http", "{port}"]
-    bemcp_port = free_port()
+    bemcp_port = P.free_port()
     targets = [
         Target("floor", [py, os.path.join(BENCHES, "http_floor.py"), "{port}"], ECHO_MODERN, MODERN_HEADERS),
         Target("bemcp 2026-07-28", bemcp, ECHO_MODERN, MODERN_HEADERS, port=bemcp_port),
         Target("bemcp session", None, ECHO_LEGACY, port=bemcp_port, session=True),
-        Target("sdk 2026-07-28", [py, os.path.join(PEERS, "sdk_http_echo.py"), "{port}"], ECHO_MODERN,
-               MODERN_HEADERS),
+        *peer_targets(py, args.skip),
     ]
-    node = shutil.which("node")
-    if node and os.path.isdir(os.path.join(PEERS, "node_modules", "@modelcontextprotocol", "sdk")):
-        targets.append(Target("ts stateless", [node, os.path.join(PEERS, "ts_http_echo.mjs"), "{port}"],
-                              ECHO_LEGACY, "MCP-Protocol-Version: 2025-11-25"))
-    else:
-        print("(ts peer left out: run benches/peers/setup.sh with node on PATH)")
     targets = [t for t in targets if t.name.split()[0] not in args.skip]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
-          f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds interleaved")
+          f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds interleaved\n")
     try:
         for t in targets:
             t.up()
-        for _ in range(args.rounds):
-            for t in targets:
+        for r in range(args.rounds):
+            for t in targets[r % len(targets):] + targets[:r % len(targets)]:
+                log(f"round {r + 1}/{args.rounds}: {t.name}")
                 t.runs.append(wrk(t.url, t.body, t.headers, args.seconds, args.connections, args.threads))
     finally:
         for t in targets:
             t.down()
-    floor = next((statistics.median(r["rps"] for r in t.runs) for t in targets if t.name == "floor"), None)
-    sdk = next((statistics.median(r["rps"] for r in t.runs) for t in targets if t.name.startswith("sdk")), None)
-    table([(t.name, t.runs) for t in targets], floor, sdk)
+    floor = next((median([r["rps"] for r in t.runs]) for t in targets if t.name == "floor"), None)
+    sdk = next((median([r["rps"] for r in t.runs]) for t in targets if t.name.startswith("sdk")), None)
+    print(rows_of([(t.name, t.runs) for t in targets], floor, sdk))
 
     if args.nginx:
-        print(f"\nbemcp 2026-07-28 behind nginx (docs/deploy.md), load {os.getloadavg()[0]:.2f}")
+        print(f"\nbemcp 2026-07-28 behind nginx (docs/deploy.md), load {os.getloadavg()[0]:.2f}\n")
         rows = []
         for n in (1, 2, 4):
-            ports = [free_port() for _ in range(n)]
-            procs = [start([c.replace("{port}", str(p)) for c in bemcp], p) for p in ports]
-            tmp = tempfile.mkdtemp(prefix="bemcp-nginx-")
-            nginx = Nginx(tmp, free_port(), ports, workers=2)
+            ports = [P.free_port() for _ in range(n)]
+            procs, tmp, nginx = [], tempfile.mkdtemp(prefix="bemcp-nginx-"), None
             try:
-                post(nginx.url, ECHO_MODERN, MODERN_HEADERS).raise_for_status()
+                procs = [start([c.replace("{port}", str(p)) for c in bemcp], p) for p in ports]
+                nginx = Nginx(tmp, P.free_port(), ports, workers=2)
+                status, _, body = post(nginx.url, ECHO_MODERN, MODERN_HEADERS)
+                if status != 200 or b"hello" not in body:
+                    raise RuntimeError(f"nginx in front of {n}: unexpected answer {status} {body[:200]!r}")
+                log(f"nginx in front of {n}")
                 runs = [wrk(nginx.url, ECHO_MODERN, MODERN_HEADERS, args.seconds, args.connections,
                             args.threads) for _ in range(args.rounds)]
                 rows.append((f"N = {n}", runs))
             finally:
-                nginx.close()
+                if nginx is not None:
+                    nginx.close()
                 for p in procs:
                     p.terminate()
                     p.wait(10)
                 shutil.rmtree(tmp, ignore_errors=True)
-        table(rows, floor, sdk)
-    print(f"load at the end {os.getloadavg()[0]:.2f}")
+        print(rows_of(rows, floor, sdk))
+    print(f"\nload at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+import bemcp.bench as bemcp_bench
+
 TINY = ["--quick", "--scale", "0.05", "--duration", "0.3", "--timeout", "20"]
 
 
@@ -44,6 +46,12 @@ def test_a_tiny_run_writes_the_report_the_results_and_the_plots(tmp_path):
     assert bemcp["errors"] == {} and floor["errors"] == {}
     assert {"mean", "median", "min", "max", "stdev", "p90", "p99"} <= set(bemcp["echo"])
     assert bemcp["shell"]["mean"] > 0 and bemcp["shell_subprocess"]["mean"] > 0
+    # The same server with --sandbox, in the same run; where Landlock is missing, the reason instead.
+    assert bemcp.get("shell_sandbox_p50_ratio", 0) > 0 or bemcp["shell_sandbox_error"]
+    # prompts, resources and asking beside tools/call, the elicitation in both eras.
+    assert set(bemcp["surface"]) == {"tools/call echo", "prompts/get", "resources/read", "resources/read template",
+                                     "elicit (handshake)", "elicit (2026-07-28)"}
+    assert all(d["n"] == results["options"]["surface_count"] for d in bemcp["surface"].values())
     assert set(bemcp["concurrency"]) == {"1", "15", "16", "256"}
     assert bemcp["concurrency"]["256"]["client_busy_pct"] >= 0
     assert bemcp["stress"]["inflight"] == 275 and bemcp["stress"]["completion_pct"] == 100
@@ -60,7 +68,7 @@ def test_a_tiny_run_writes_the_report_the_results_and_the_plots(tmp_path):
 
     # report.md: the summary with the BE-MCP v0.11 column, then a section per measurement.
     assert "| measurement" in report and "BE-MCP v0.11" in report and "33.8x" in report
-    for heading in ("## Echo latency", "## Shell command latency", "## Concurrency", "## Stress", "## Memory",
+    for heading in ("## Echo latency", "## Shell command latency", "## Prompts, resources, asking", "## Concurrency", "## Stress", "## Memory",
                     "## Async vs sync", "## Logging", "## CPU", "## Cold start", "## Reproducing"):
         assert heading in report
     assert "Load client: at 256 in flight it drove `floor`" in report
@@ -113,6 +121,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _wait_listening(server, port):
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "the HTTP server did not start"
+            time.sleep(0.05)
+
+
 @pytest.mark.parametrize("mode", ["json", "sse"])
 def test_a_streamable_http_server_is_measured_at_its_url(tmp_path, mode):
     (tmp_path / "my_server.py").write_text(textwrap.dedent(SDK_SERVER))
@@ -120,14 +139,7 @@ def test_a_streamable_http_server_is_measured_at_its_url(tmp_path, mode):
     server = subprocess.Popen([sys.executable, str(tmp_path / "my_server.py"), str(port), mode],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the HTTP server did not start"
-                time.sleep(0.05)
+        _wait_listening(server, port)
         url = f"http://127.0.0.1:{port}/mcp"
         proc, out, results = bench(tmp_path, "--peers", "none", "--sections", "echo,concurrency,memory,async,cpu",
                                    "--target", f"web={url}")
@@ -139,6 +151,32 @@ def test_a_streamable_http_server_is_measured_at_its_url(tmp_path, mode):
         assert web["async"]["speedup"] > 1 and web["memory"]["calls"] > 0
         # The bench did not start it, so no cold start; its process was found by its port.
         assert web["cold_start_ms"] is None and web["rss_start_mb"] > 0
+        assert server.poll() is None   # left running: it is not the bench's to stop
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_bemcp_serving_http_is_measured_at_its_url(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bemcp", "serve", "--no-log-files", "--http", f"127.0.0.1:{port}",
+                               "--plugins-dir", os.path.join(os.path.dirname(bemcp_bench.__file__), "servers", "plugins"),
+                               "--plugin", "bench_tools"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_listening(server, port)
+        url = f"http://127.0.0.1:{port}/mcp"
+        proc, out, results = bench(tmp_path, "--peers", "none", "--sections", "echo,shell,surface,concurrency,async",
+                                   "--target", f"mine={url}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        mine = results["summary"]["mine"]
+        assert results["targets"]["mine"]["kind"] == "http" and mine["errors"] == {}
+        assert mine["echo"]["n"] > 0 and mine["concurrency"]["256"]["calls_per_s"] > 0
+        assert mine["shell"]["n"] > 0 and mine["async"]["speedup"] > 1
+        # Over HTTP the 2026-07-28 ask is a result and a retry; the handshake-era one is left out, and said so.
+        assert {"prompts/get", "resources/read", "elicit (2026-07-28)"} <= set(mine["surface"])
+        assert "stdio only" in mine["surface_not_measured"]["elicit (handshake)"]
+        assert "## Prompts, resources, asking" in (out / "report.md").read_text()
         assert server.poll() is None   # left running: it is not the bench's to stop
     finally:
         server.terminate()
