@@ -98,6 +98,15 @@ class Context:
         """True once the request was cancelled, timed out or killed."""
         return not self.request.running
 
+    def timed_out(self, limit):
+        """Record that this call stopped at a time limit of its own (``limit`` seconds, e.g.
+        a command's ``timeout``): ended with an error result, tasks.log then names it
+        ``timed_out`` with the limit, not ``error``."""
+        detail = self.request.detail
+        if type(detail) is not dict:
+            detail = self.request.detail = {}
+        detail["limit_s"] = limit
+
     def check_cancelled(self):
         """Raise CancelledError if the request was stopped (for loops in sync tools)."""
         if not self.request.running:

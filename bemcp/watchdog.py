@@ -222,8 +222,7 @@ class Watchdog:
 
     def _relieve(self, figures):
         """Over the hard limit: kill the largest child tree, else stop the newest tool call."""
-        logs = getattr(self.server, "logs", None)
-        victim = largest_child_tree(spare=(getattr(logs, "writer_pid", None),))
+        victim = largest_child_tree()
         if victim is not None:
             pgid, tree_rss, cmdline = victim
             try:
@@ -302,7 +301,7 @@ def sample_memory():
     """(own RSS, number of descendants, their RSS) in bytes.
 
     On Linux /proc gives all three, so psutil (and its memory) stays out of the
-    server, even with the log writer and tool processes below it; elsewhere psutil.
+    server, even with tool processes below it; elsewhere psutil.
     """
     pids = _descendants()
     own = _statm_rss("self") if pids is not None else None
@@ -333,16 +332,11 @@ def memory_limits(soft_mb, hard_mb):
     return soft, max(hard, soft)
 
 
-def largest_child_tree(spare=()):
-    """(pgid, rss, command) of the direct child whose process tree uses most memory.
-
-    Processes in ``spare`` (the server's own helpers, such as the log writer) are never picked.
-    """
+def largest_child_tree():
+    """(pgid, rss, command) of the direct child whose process tree uses most memory."""
     import psutil
     best = None
     for child in psutil.Process().children():
-        if child.pid in spare:
-            continue
         try:
             rss = _total_rss([child] + child.children(recursive=True))
             pgid = os.getpgid(child.pid)

@@ -246,7 +246,7 @@ def test_batch_members_are_logged_each_with_its_own_bytes(core, run):
         members = [call(1, "quick", {"text": "a"}), call(2, "quick", {"text": "bb"})]
         w.send(members)
         await w.settle()
-        from bemcp.logs.sink import RECORD
+        from bemcp.logs.writer import RECORD
         count, records, lines, details = w.d.take_finished()
         assert count == 2
         assert orjson.loads(b"[" + lines + b"]") == members
@@ -811,7 +811,7 @@ def test_limits_queue_then_reject_and_a_freed_slot_starts_queued_work(core, run)
 
 
 def test_finished_tool_calls_are_kept_for_the_logs_as_records_and_lines(core, run):
-    from bemcp.logs.sink import RECORD
+    from bemcp.logs.writer import RECORD
 
     def taken(w):
         count, records, lines, details = w.d.take_finished()

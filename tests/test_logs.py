@@ -1,4 +1,4 @@
-"""Logs and forensics (issue 6), end to end over real pipes.
+"""Logs and forensics, end to end over real pipes.
 
 Every server here gets ``--log-dir`` under the test's tmp_path: nothing is ever
 written into the real home. The servers are ``bemcp serve`` or a small script
@@ -31,9 +31,6 @@ if "--perf-interval" in argv:
     i = argv.index("--perf-interval")
     options["perf_interval"] = float(argv[i + 1])
     argv = argv[:i] + argv[i + 2:]
-if "--in-process" in argv:
-    argv.remove("--in-process")
-    options["in_process"] = True
 server = Server("logs-test", version="1.0", config=parse(argv))
 setup_logging(server, **options)
 log = logging.getLogger("plugin.noisy")
@@ -355,16 +352,8 @@ def test_tasks_log_has_a_record_per_call_with_digests_never_values(tmp_path, twi
     events = read_lines(logs / "forensics.log")
     assert [e["kind"] for e in events] == ["start", "protocol_error", "stop"]
     assert events[1]["problem"] == "malformed" and events[1]["size"] in (7, 8)   # with or without the newline
-    assert events[0]["writer"] == "process"
+    assert events[0]["writer"] == ("thread" if twin_env["BEMCP_NO_EXTENSIONS"] else "native thread")
     assert events[2]["requests"]["ok"] >= 6
-
-
-def test_the_writer_thread_fallback_writes_the_same_logs(script, tmp_path):
-    logs = tmp_path / "logs"
-    run_a_session([sys.executable, script, "--log-dir", str(logs), "--in-process"])
-    tasks = read_lines(logs / "tasks.log")
-    assert [t["status"] for t in tasks] == ["ok"] * 6 + ["error"]
-    assert read_lines(logs / "forensics.log")[0]["writer"] == "thread"
 
 
 def test_perf_log_samples_the_running_server(script, tmp_path):

@@ -580,7 +580,8 @@ cdef class Dispatcher:
     cdef _answer(self, Request req, object result):
         cdef int state = C_STATE_OK
         if type(result) is dict and (<dict>result).get("isError") is True:
-            state = C_STATE_ERROR
+            # A tool that stopped at its own time limit says so (Context.timed_out).
+            state = C_STATE_TIMED_OUT if type(req.detail) is dict and "limit_s" in req.detail else C_STATE_ERROR
         if not self._close(req, state):
             return
         if req.sink is not None:
@@ -612,6 +613,11 @@ cdef class Dispatcher:
         self._answer_error(req, RpcError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"))
 
     def _on_expire(self, Request req):
+        limit = round(req.deadline - req.start, 3)
+        if type(req.detail) is dict:   # tasks.log: the limit the call ran into
+            req.detail["limit_s"] = limit
+        else:
+            req.detail = {"limit_s": limit}
         if self.timeout_result is not None:
             try:
                 outcome = self.timeout_result(req)

@@ -26,7 +26,7 @@ from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
 
 _CancelledError = asyncio.CancelledError
 # A finished tool call's record (the compiled twin's FinishedRow): start, end, state,
-# bytes in, bytes out. bemcp.logs.sink reads the same layout.
+# bytes in, bytes out. bemcp.logs.writer.RECORD reads the same layout.
 FINISHED_ROW = struct.Struct("=ddqqq")
 
 
@@ -534,7 +534,8 @@ class Dispatcher:
     def _answer(self, req, result):
         state = STATE_OK
         if type(result) is dict and result.get("isError") is True:
-            state = STATE_ERROR
+            # A tool that stopped at its own time limit says so (Context.timed_out).
+            state = STATE_TIMED_OUT if type(req.detail) is dict and "limit_s" in req.detail else STATE_ERROR
         if not self._close(req, state):
             return
         if req.sink is not None:
@@ -566,6 +567,11 @@ class Dispatcher:
         self._answer_error(req, RpcError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"))
 
     def _on_expire(self, req):
+        limit = round(req.deadline - req.start, 3)
+        if type(req.detail) is dict:   # tasks.log: the limit the call ran into
+            req.detail["limit_s"] = limit
+        else:
+            req.detail = {"limit_s": limit}
         if self.timeout_result is not None:
             try:
                 outcome = self.timeout_result(req)

@@ -108,6 +108,27 @@ class LogFiles:
             return None
         return path
 
+    # -- for a writer that appends on its own (bemcp._core's TaskWriter) ---------------
+
+    def live(self, name):
+        """``(fd, inode)`` of the live ``<name>.log``, opened (again) if it was renamed away."""
+        fd = self._open(name)
+        return fd, self._fds[name][1]
+
+    def make_room(self, room):
+        """Enforce the cap for ``room`` more bytes; the directory's total as now known."""
+        self.enforce_cap(room)
+        return self._total
+
+    def rotate(self, name):
+        """Rotate ``<name>.log`` (it has reached ``max_file``) and open its successor."""
+        self._rotate(name)
+
+    def failed(self, exc, records):
+        """A write failed (``records`` lost): warn once; when to try again (monotonic)."""
+        self._failed(exc, records)
+        return self._retry_at
+
     @staticmethod
     def _write(fd, data):
         view = memoryview(data)
@@ -231,3 +252,36 @@ class _DirLock:
         if self.fd is not None:
             os.close(self.fd)   # closing releases the lock
             self.fd = None
+
+
+def digest_key(directory):
+    """The directory's key for argument digests, created on first use.
+
+    Keyed, so a digest in a shared log cannot be matched against guessed values
+    without the key file; the same arguments give the same digest across runs.
+    """
+    path = os.path.join(directory, ".digest-key")
+    key = _read_key(path)
+    if key is not None:
+        return key
+    key = os.urandom(16)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex())
+    except FileExistsError:
+        time.sleep(0.05)   # another server is writing it
+        return _read_key(path) or key
+    except OSError:
+        pass
+    return key
+
+
+def _read_key(path):
+    try:
+        with open(path, "rb") as f:
+            key = bytes.fromhex(f.read().decode().strip())
+    except (OSError, ValueError):
+        return None
+    return key if 16 <= len(key) <= 64 else None
