@@ -20,6 +20,7 @@ from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
 from ._framing cimport Framer, Oversized
+from ._framing import HEAD_SIZE
 from ._ids import recover_id
 from ._watchdog cimport (C_STATE_CANCELLED, C_STATE_ERROR, C_STATE_KILLED,
                          C_STATE_OK, C_STATE_REJECTED, C_STATE_RUNNING,
@@ -184,7 +185,9 @@ cdef class Dispatcher:
             self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
-            self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
+            # Valid JSON the parser refuses (a number beyond a double's range) is still
+            # a request: answer under its id, recovered as for an oversized line.
+            self._send_error(recover_id(line[:HEAD_SIZE]), PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
             self._remember((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))

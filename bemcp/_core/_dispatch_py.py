@@ -17,7 +17,7 @@ from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
 from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
-from ._framing_py import Framer, Oversized
+from ._framing_py import HEAD_SIZE, Framer, Oversized
 from ._ids import recover_id
 from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
                            STATE_OK, STATE_REJECTED, STATE_RUNNING,
@@ -170,7 +170,9 @@ class Dispatcher:
             self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
-            self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
+            # Valid JSON the parser refuses (a number beyond a double's range) is still
+            # a request: answer under its id, recovered as for an oversized line.
+            self._send_error(recover_id(line[:HEAD_SIZE]), PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
             self._remember(msg.get("method"), msg.get("id"), len(line))
