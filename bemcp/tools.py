@@ -15,6 +15,14 @@ from .protocol import VERSION_KEY, request_version
 from .schema import compile_arguments_validator, is_typeddict, schema_for
 
 
+def note(req, key, value):
+    """Add ``key`` to what tasks.log records of ``req`` (its ``detail``)."""
+    detail = req.detail
+    if type(detail) is not dict:
+        detail = req.detail = {}
+    detail[key] = value
+
+
 class ToolError(Exception):
     """Raise in a tool to answer with ``isError: true`` and this message."""
 
@@ -102,10 +110,7 @@ class Context:
         """Record that this call stopped at a time limit of its own (``limit`` seconds, e.g.
         a command's ``timeout``): ended with an error result, tasks.log then names it
         ``timed_out`` with the limit, not ``error``."""
-        detail = self.request.detail
-        if type(detail) is not dict:
-            detail = self.request.detail = {}
-        detail["limit_s"] = limit
+        note(self.request, "limit_s", limit)
 
     def check_cancelled(self):
         """Raise CancelledError if the request was stopped (for loops in sync tools)."""
@@ -262,6 +267,9 @@ class Tool:
     def fail(self, exc, req):
         """The CallToolResult for an exception the tool raised."""
         if isinstance(exc, ToolError):
+            killed_by = getattr(exc, "killed_by", None)
+            if killed_by is not None:   # tasks.log: killed, not error
+                note(req, "killed_by", killed_by)
             return self.error_result(str(exc), req)
         self.server.tool_crashed(self, req, exc)
         return self.error_result(f"Tool {self.name!r} failed: {type(exc).__name__}: {exc}", req)

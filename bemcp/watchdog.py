@@ -28,7 +28,7 @@ from time import monotonic
 from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
 from ._core._errors import SERVER_BUSY
 from .procfs import children_of
-from .tools import ToolError, ToolInterrupted
+from .tools import ToolError, ToolInterrupted, note
 
 log = logging.getLogger("bemcp.watchdog")
 
@@ -41,8 +41,11 @@ MAX_ESCALATIONS = 5
 class LoopBlocked(ToolError):
     """Raised in code that blocked the event loop past the interrupt threshold.
 
-    A ToolError: the call it interrupts ends as an isError result saying why.
+    A ToolError: the call it interrupts ends as an isError result saying why (and as
+    ``killed`` in tasks.log).
     """
+
+    killed_by = "loop_blocked"
 
 
 def _format_stack(frame, limit=40):
@@ -242,6 +245,7 @@ class Watchdog:
                    f"({self.hard_bytes / 2**20:.0f} MB)")
         outcome = self.server.tools[newest.tool].error_result(message, newest) \
             if newest.tool in self.server.tools else RpcError(SERVER_BUSY, message)
+        note(newest, "killed_by", "memory_hard_limit")
         self.dispatcher.stop(newest, STATE_KILLED, outcome)
         self.counts["memory_cancels"] += 1
         self.server.record("memory_hard_limit", action="stopped the newest tool call",

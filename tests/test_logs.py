@@ -421,3 +421,56 @@ def test_bemcp_logs_without_a_directory_says_so(tmp_path):
                          capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert out.returncode == 1
     assert b"no log directory" in out.stderr
+
+
+def test_every_way_a_call_ends_has_its_status_in_tasks_log(spawn, tmp_path):
+    logs = tmp_path / "logs"
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[tool_timeouts]\nnap = 0.5\n")
+    server = spawn("--log-dir", str(logs), "--config", str(limits), script="watchdog_server.py")
+    server.initialize()
+    assert server.call_tool("nap", {"seconds": 0})["result"]["content"][0]["text"] == "rested"   # ok
+    assert server.call_tool("explode_never_registered")["error"]["code"] == -32602   # not a call: no row
+    past = server.call_tool("nap", {"seconds": 30}, timeout=10)                       # its deadline
+    assert past["result"]["isError"] is True
+    server.send({"jsonrpc": "2.0", "id": "gone", "method": "tools/call",
+                 "params": {"name": "hold", "arguments": {"key": "never"}}})
+    server.notify("notifications/cancelled", {"requestId": "gone"})                   # the client's
+    server.send({"jsonrpc": "2.0", "id": "held", "method": "tools/call",
+                 "params": {"name": "hold", "arguments": {"key": "x"}}})
+    assert server.request("test/set_limits", {"soft_mb": 1, "hard_mb": 2})["result"] == {}
+    stopped = server.wait_for("held", timeout=15)                                     # the watchdog's
+    assert stopped["result"]["isError"] is True
+    refused = server.call_tool("nap", {"seconds": 0})                                 # refused
+    assert refused["error"]["code"] == -32000
+    server.request("test/set_limits", {"soft_mb": 100_000, "hard_mb": 200_000})
+    code, _ = finish(server)
+    assert code == 0
+
+    commands = start(serve_command("--log-dir", str(logs)))
+    commands.initialize()
+    slow = commands.call_tool("run_command", {"command": ["sleep", "5"], "timeout": 0.3}, timeout=15)
+    assert slow["result"]["isError"] is True                                          # the tool's own limit
+    exited = commands.call_tool("run_command", {"command": ["false"]})
+    assert not exited["result"].get("isError")                                        # ran; exit code 1
+    failed = commands.call_tool("run_command", {"command": ["/nonexistent/bemcp-test-program"]})
+    assert failed["result"]["isError"] is True                                        # could not run
+    assert finish(commands)[0] == 0
+
+    tasks = read_lines(logs / "tasks.log")
+    ended = [(t["tool"], t["status"], t.get("limit_s"), t.get("killed_by")) for t in tasks]
+    assert ended[:5] == [("nap", "ok", None, None), ("nap", "timed_out", 0.5, None),
+                         ("hold", "cancelled", None, None), ("hold", "killed", None, "memory_hard_limit"),
+                         ("nap", "rejected", None, None)], ended
+    assert ended[5:] == [("run_command", "timed_out", 0.3, None), ("run_command", "ok", None, None),
+                         ("run_command", "error", None, None)]
+    assert tasks[5]["exit_code"] != 0 and tasks[6]["exit_code"] == 1
+    # `bemcp logs` summarises by the same words.
+    out = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs), "--json"],
+                         capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    summary = orjson.loads(out.stdout)
+    assert summary["tasks"]["by_status"] == {"ok": 2, "timed_out": 2, "cancelled": 1, "killed": 1,
+                                             "rejected": 1, "error": 1}
+    text = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    assert "timed_out (0.3 s)" in text and "timed_out (0.5 s)" in text

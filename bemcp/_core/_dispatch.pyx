@@ -583,8 +583,12 @@ cdef class Dispatcher:
     cdef _answer(self, Request req, object result):
         cdef int state = C_STATE_OK
         if type(result) is dict and (<dict>result).get("isError") is True:
-            # A tool that stopped at its own time limit says so (Context.timed_out).
-            state = C_STATE_TIMED_OUT if type(req.detail) is dict and "limit_s" in req.detail else C_STATE_ERROR
+            state = C_STATE_ERROR
+            if type(req.detail) is dict:   # how the call ended, if the tool or the watchdog said
+                if "limit_s" in req.detail:
+                    state = C_STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
+                elif "killed_by" in req.detail:
+                    state = C_STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
         if req.sink is not None:
