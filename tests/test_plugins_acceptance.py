@@ -1,4 +1,4 @@
-"""The issue's acceptance through a real `bemcp serve`: broken, hanging, raising and noisy plugins.
+"""Broken, hanging, raising and noisy plugins, through a real `bemcp serve`.
 
 A plugin raising at import, one sleeping 10 s at import, one whose tool raises and one that
 prints: initialize answers within 3 s, every other tool works, each failure shows in

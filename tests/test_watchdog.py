@@ -1,4 +1,4 @@
-"""Issue 4: deadlines, escalation, lock-ups, limits and memory pressure, over real pipes."""
+"""The watchdog: deadlines, escalation, lock-ups, limits and memory pressure, over real pipes."""
 
 import os
 import time
