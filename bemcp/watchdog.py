@@ -258,14 +258,19 @@ class Watchdog:
         table = self.dispatcher.table
         counts = dict(zip(STATE_NAMES, table.counts))
         counts.pop("running", None)
+        try:   # as of now, not the last sample: every process of the server, itself and its children
+            rss, children, child_rss = sample_memory()
+        except Exception:
+            rss, children, child_rss = self.memory["rss"], self.memory["children"], self.memory["children_rss"]
         return {
             "in_flight": table.snapshot(),
             "queued": len(self.dispatcher.queue),
             "requests": counts,
             "watchdog": dict(self.counts),
-            "memory": {"rss_mb": round(self.memory["rss"] / 2**20, 1),
-                       "children_rss_mb": round(self.memory["children_rss"] / 2**20, 1),
-                       "children": self.memory["children"],
+            "memory": {"rss_mb": round(rss / 2**20, 1),
+                       "children_rss_mb": round(child_rss / 2**20, 1),
+                       "total_rss_mb": round((rss + child_rss) / 2**20, 1),
+                       "children": children,
                        "soft_limit_mb": round(self.soft_bytes / 2**20),
                        "hard_limit_mb": round(self.hard_bytes / 2**20),
                        "refusing_new_calls": self.dispatcher.refusing is not None},

@@ -474,3 +474,31 @@ def test_every_way_a_call_ends_has_its_status_in_tasks_log(spawn, tmp_path):
     text = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs)],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT}).stdout
     assert "timed_out (0.3 s)" in text and "timed_out (0.5 s)" in text
+
+
+def test_the_default_server_is_one_process_and_counts_its_children_apart(spawn, tmp_path):
+    import psutil
+    logs = tmp_path / "logs"
+    server = spawn("--log-dir", str(logs), env={"BEMCP_NO_PLUGINS": ""})   # plugins and log files on
+    server.initialize()
+    tools = {t["name"] for t in server.request("tools/list")["result"]["tools"]}
+    assert "sysinfo_overview" in tools   # the bundled plugins loaded
+    for i in range(50):
+        assert server.call_tool("echo", {"text": f"n{i}"})["result"]["content"][0]["text"] == f"n{i}"
+    me = psutil.Process(server.proc.pid)
+    assert me.children(recursive=True) == []   # no log writer, nothing else
+    memory = server.call_tool("server_status")["result"]["structuredContent"]["memory"]
+    assert memory["children"] == 0 and memory["children_rss_mb"] == 0
+    assert memory["rss_mb"] > 5 and memory["total_rss_mb"] == memory["rss_mb"]
+    started = server.call_tool("process_start", {"command": ["sleep", "30"]})["result"]["structuredContent"]
+    memory = server.call_tool("server_status")["result"]["structuredContent"]["memory"]
+    assert memory["children"] >= 1 and memory["children_rss_mb"] > 0
+    assert abs(memory["total_rss_mb"] - memory["rss_mb"] - memory["children_rss_mb"]) <= 0.1
+    server.call_tool("process_kill", {"id": started["id"]})
+    code, _ = finish(server)
+    assert code == 0
+    tasks = read_lines(logs / "tasks.log")
+    assert [t["status"] for t in tasks if t["tool"] == "echo"] == ["ok"] * 50
+    out = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs), "--json"],
+                         capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    assert orjson.loads(out.stdout)["tasks"]["count"] == len(tasks) >= 54
