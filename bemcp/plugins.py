@@ -72,6 +72,7 @@ BUNDLED = ("sysinfo", "files", "http", "git", "search")
 RESOURCE_URI = "bemcp://plugins"
 
 LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
+FIRST_MESSAGE_WAIT = 0.1   # seconds loading waits for the client's first message to be answered
 
 
 class PluginError(Exception):
@@ -333,6 +334,12 @@ class PluginManager:
         tools/list never answers without them (it waits at most the budget).
         """
         loop = asyncio.get_running_loop()
+        # The client's first message (initialize) is answered before plugin imports compete
+        # with it for the GIL; a client that says nothing waits for plugins no longer for it.
+        dispatcher = self.server.dispatcher
+        deadline = loop.time() + FIRST_MESSAGE_WAIT
+        while dispatcher is not None and dispatcher.received == 0 and loop.time() < deadline:
+            await asyncio.sleep(0.002)
         try:
             jobs = await loop.run_in_executor(None, self.load_detached)
             self.apply_loaded(jobs)
@@ -417,7 +424,7 @@ class PluginManager:
                     if not job.finished:
                         job.proxy._state = "discarded"
                         job.proxy._pending.clear()
-                self._settle(job, budget)
+                self._settle(job, budget, why=self._abandoned(job) if self._stopping else None)
         finally:
             _restore_fd1(saved_fd)
             guard.loading_done()
@@ -461,8 +468,11 @@ class PluginManager:
                     continue
                 job.proxy._state = "discarded"
                 job.proxy._pending.clear()
-            self._settle(job, 0.0, why=f"abandoned at exit after {time.monotonic() - job.started:.1f} s "
-                                       f"(during {job.phase})")
+            self._settle(job, 0.0, why=self._abandoned(job))
+
+    @staticmethod
+    def _abandoned(job):
+        return f"abandoned at exit after {time.monotonic() - job.started:.1f} s (during {job.phase})"
 
     def _report_failure(self, info):
         if info.reported:

@@ -171,9 +171,15 @@ class Tool:
         if output_schema is not None:
             self.output_schema = output_schema
             self._wrap_output = False
-        self._validate = compile_arguments_validator(self.input_schema)
+        # Compiled on the first call (generating a validator's code is most of what
+        # registering a tool costs, and a server starts with tools it may never run).
+        self._validate = self._first_validate
         # Fast path: an async tool whose arguments pass straight through.
         self._direct = self.is_async and not self._converters and self.context_param is None
+
+    def _first_validate(self, args):
+        self._validate = compile_arguments_validator(self.input_schema)
+        return self._validate(args)
 
     def _derive(self, fn, arg_docs):
         sig = inspect.signature(fn)
