@@ -502,3 +502,21 @@ def test_the_default_server_is_one_process_and_counts_its_children_apart(spawn, 
     out = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs), "--json"],
                          capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
     assert orjson.loads(out.stdout)["tasks"]["count"] == len(tasks) >= 54
+
+
+def test_a_killed_server_has_written_every_row_older_than_a_tick(spawn, tmp_path):
+    import signal
+    logs = tmp_path / "logs"
+    server = spawn("--no-plugins", "--log-dir", str(logs))
+    server.initialize()
+    for i in range(300):
+        server.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                     "params": {"name": "echo", "arguments": {"text": f"n{i}"}}})
+    answered = {server.read_message()["id"] for _ in range(300)}
+    assert answered == set(range(300))
+    time.sleep(0.5)   # many ticks of the loop's hand-off and of the writer thread
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    tasks = read_lines(logs / "tasks.log")
+    assert sorted(t["id"] for t in tasks) == list(range(300))
+    assert all(t["status"] == "ok" for t in tasks)

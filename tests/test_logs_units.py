@@ -17,7 +17,14 @@ from bemcp.logs.summary import percentile
 
 
 def directory_bytes(path):
-    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith("."))
+    total = 0
+    for name in os.listdir(path):
+        if not name.startswith("."):
+            try:
+                total += os.path.getsize(os.path.join(path, name))
+            except FileNotFoundError:   # rotated away meanwhile
+                pass
+    return total
 
 
 def batch(calls):
@@ -209,24 +216,41 @@ def test_the_task_writer_writes_rows_without_argument_values(core, tmp_path):
 
 
 def test_the_task_writer_rotates_caps_and_drops_what_it_cannot_hold(core, tmp_path):
-    files = LogFiles(str(tmp_path), max_file=16 * 1024, max_total=128 * 1024)
-    writer = core.TaskWriter(files, 1, KEY, 1 << 30)
-    calls = [((i, "echo", {"text": "x" * 100}), 1.0, 2.0, 1, 10, 10) for i in range(200)]
+    files = LogFiles(str(tmp_path), max_file=16 * 1024, max_total=256 * 1024)
+    wake_r, wake_w = os.pipe()
+    writer = core.TaskWriter(files, 1, KEY, 1 << 30, wake_w)
+    done = threading.Event()
+
+    def caretaker():   # what the logs' feeder thread does: care for the directory when poked
+        while not done.is_set():
+            os.read(wake_r, 1) if not done.is_set() else None
+            writer.care()
+    helper = threading.Thread(target=caretaker)
+    helper.start()
+    calls = [((i, "echo", {"text": "x" * 100}), 1.0, 2.0, 1, 10, 10) for i in range(20)]
     _, records, lines = batch(calls)
-    for _ in range(100):   # ~5 MB of lines through a 128 KiB directory
-        assert writer.submit(200, records, lines, None, 0.0)
+    for _ in range(1000):   # ~3.5 MB of lines through a 256 KiB directory, paced like a server's ticks
+        assert writer.submit(20, records, lines, None, 0.0)
+        time.sleep(0.0005)
+        assert directory_bytes(str(tmp_path)) <= 256 * 1024 + 64 * 1024   # the cap, give or take a tick
     writer.close()
-    assert directory_bytes(str(tmp_path)) <= 128 * 1024
+    done.set()
+    os.write(wake_w, b"x")
+    helper.join()
+    writer.care()
+    os.close(wake_r)
+    os.close(wake_w)
+    assert directory_bytes(str(tmp_path)) <= 256 * 1024
     assert len(generations(str(tmp_path), "tasks")) > 2
     for path in generations(str(tmp_path), "tasks"):
         with open(path, "rb") as f:
             assert all(orjson.loads(x)["tool"] == "echo" for x in f.read().splitlines())
     # Nothing may wait beyond the limit: past it, batches are dropped and counted.
     tight = core.TaskWriter(LogFiles(str(tmp_path / "tight")), 1, KEY, 1)
-    accepted = sum(tight.submit(200, records, lines, None, 0.0) for _ in range(50))
+    accepted = sum(tight.submit(20, records, lines, None, 0.0) for _ in range(500))
     tight.close()
-    assert tight.dropped == (50 - accepted) * 200 and accepted >= 1
-    assert len((tmp_path / "tight" / "tasks.log").read_bytes().splitlines()) == accepted * 200
+    assert tight.dropped == (500 - accepted) * 20 and accepted >= 1
+    assert len((tmp_path / "tight" / "tasks.log").read_bytes().splitlines()) == accepted * 20
 
 
 def test_the_task_writer_warns_once_about_an_unwritable_directory(core, tmp_path):

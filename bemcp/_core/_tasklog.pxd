@@ -85,12 +85,16 @@ cdef struct WriterState:
     Out out
     Out scratch
     int fd
+    int wake_fd
+    bint care
+    Py_ssize_t size
     ino_t ino
     char* path
     Py_ssize_t max_file
     Py_ssize_t max_total
     Py_ssize_t total
     double retry_at
+    double busy_seconds
     PyObject* owner
 
 
@@ -101,9 +105,8 @@ cdef class TaskWriter:
     cdef readonly object files
     cdef bytes _path
 
-    cdef void _reopen(self) noexcept
-    cdef void _cap(self, Py_ssize_t room) noexcept
-    cdef void _rotate(self) noexcept
+    cdef void _make_room(self, Py_ssize_t room) noexcept
+    cdef int _create(self) noexcept
     cdef void _failed(self, int err, long long rows) noexcept
     cdef void _lost(self, exc, long long rows) noexcept
     cdef void _report(self, Py_ssize_t code) noexcept

@@ -21,7 +21,8 @@ from libc.string cimport memchr, memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_APPEND, O_CREAT, O_WRONLY
 from posix.stat cimport fstat, stat, struct_stat
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
-from posix.unistd cimport write
+from posix.unistd cimport close, write
+from posix.fcntl cimport open, O_CLOEXEC
 
 import os
 import struct
@@ -575,6 +576,7 @@ cdef void* _run(void* arg) noexcept nogil:
     cdef Pending* next
     cdef long long rows, errors
     cdef bint stopping
+    cdef double began
     while True:
         pthread_mutex_lock(&st.lock)
         while st.head == NULL and not st.stopping:
@@ -588,9 +590,11 @@ cdef void* _run(void* arg) noexcept nogil:
         while batch != NULL:   # one write per batch: the cap and rotation see each
             next = batch.next
             rows = errors = 0
+            began = _clock(CLOCK_MONOTONIC)
             if _format_pending(st, batch, &errors) == 0:
                 rows = batch.count
                 _write_out(st, rows)
+            st.busy_seconds += _clock(CLOCK_MONOTONIC) - began
             pthread_mutex_lock(&st.lock)
             st.queued -= batch.size + batch.dsize
             st.calls += rows
@@ -612,11 +616,33 @@ cdef int _format_pending(WriterState* st, Pending* batch, long long* errors) noe
     return -1
 
 
+cdef void _open_live(WriterState* st) noexcept nogil:
+    # (Re)open tasks.log by its name: at first, after the directory's caretaker renamed it
+    # away (rotation), or after another server did. The GIL only to create the directory.
+    cdef struct_stat info
+    cdef int fd = open(st.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+    if fd < 0:
+        with gil:
+            fd = (<TaskWriter>st.owner)._create()
+        if fd < 0:
+            return
+    if fstat(fd, &info) != 0:
+        close(fd)
+        return
+    if st.fd >= 0:
+        close(st.fd)
+    st.fd = fd
+    st.ino = info.st_ino
+
+
 cdef void _write_out(WriterState* st, long long rows) noexcept nogil:
-    # Append the formatted lines: the GIL only to (re)open, rotate, cap or after a failure.
+    # Append the formatted lines, without the GIL: rotation and the directory's cap are
+    # asked of the caretaker (TaskWriter.care, on another thread), which renames and
+    # deletes by name while this thread writes on; the GIL only after a failure.
     cdef struct_stat info
     cdef Py_ssize_t done = 0
     cdef ssize_t n
+    cdef bint poke = False
     if st.out.len == 0:
         return
     if st.fd < 0 and _clock(CLOCK_MONOTONIC) < st.retry_at:
@@ -624,11 +650,10 @@ cdef void _write_out(WriterState* st, long long rows) noexcept nogil:
         st.out.len = 0
         return
     if st.fd < 0 or stat(st.path, &info) != 0 or info.st_ino != st.ino:
-        with gil:
-            (<TaskWriter>st.owner)._reopen()   # first use, or another server rotated it away
+        _open_live(st)
     if st.fd >= 0 and (st.total < 0 or st.total + st.out.len > st.max_total):
-        with gil:
-            (<TaskWriter>st.owner)._cap(st.out.len)
+        with gil:   # the caretaker is behind (or the size is not known yet): the cap holds
+            (<TaskWriter>st.owner)._make_room(st.out.len)
     if st.fd >= 0:
         while done < st.out.len:
             n = write(st.fd, st.out.data + done, st.out.len - done)
@@ -640,10 +665,17 @@ cdef void _write_out(WriterState* st, long long rows) noexcept nogil:
                 break
             done += n
         else:
+            pthread_mutex_lock(&st.lock)
             st.total += st.out.len
-            if fstat(st.fd, &info) == 0 and info.st_size >= st.max_file:
-                with gil:
-                    (<TaskWriter>st.owner)._rotate()
+            if fstat(st.fd, &info) == 0:
+                st.size = info.st_size
+            # Asked early (two files' worth of room left), so this thread need not wait
+            # for the GIL to keep the cap itself.
+            if not st.care and (st.size >= st.max_file or st.total + 2 * st.max_file > st.max_total):
+                st.care = poke = True
+            pthread_mutex_unlock(&st.lock)
+            if poke and st.wake_fd >= 0:
+                write(st.wake_fd, b"t", 1)   # the caretaker wakes (a full pipe: it is awake)
     else:
         st.dropped += rows
     st.out.len = 0
@@ -660,14 +692,17 @@ cdef class TaskWriter:
     rotation, cap and failure bookkeeping); ``pid`` goes on every line; ``key`` keys
     the argument digests; more than ``limit`` bytes waiting and new batches are dropped
     (counted). ``submit`` is for the event loop: a copy and a signal, never a wait on
-    the disk. ``close`` writes everything submitted, then stops the thread.
+    the disk. Rotation and the cap are left to a caretaker that calls ``care()`` (with
+    the GIL, on a thread of its own) whenever a byte arrives on ``wake_fd``, so the
+    writer's thread never waits for the GIL while it keeps up. ``close`` writes
+    everything submitted, then stops the thread.
     """
 
     def __cinit__(self):
         self.st = NULL
         self.running = False
 
-    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit):
+    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit, int wake_fd=-1):
         cdef WriterState* st = <WriterState*>calloc(1, sizeof(WriterState))
         if st == NULL:
             raise MemoryError()
@@ -683,7 +718,8 @@ cdef class TaskWriter:
         st.limit = limit
         st.pid = pid
         st.fd = -1
-        st.total = -1
+        st.wake_fd = wake_fd
+        st.total = -1    # not known until the first write
         st.path = PyBytes_AS_STRING(self._path)
         st.max_file = files.max_file
         st.max_total = files.max_total
@@ -749,6 +785,16 @@ cdef class TaskWriter:
         """Rows that never reached tasks.log: too many waiting, or the directory failing."""
         return self.st.dropped + self.files.dropped
 
+    @property
+    def queued(self):
+        """Bytes of rows waiting for the thread."""
+        return self.st.queued
+
+    @property
+    def busy_seconds(self):
+        """The thread's seconds formatting and writing, in all."""
+        return self.st.busy_seconds
+
     def close(self):
         """Write everything submitted, stop the thread and close the file."""
         cdef WriterState* st = self.st
@@ -761,6 +807,9 @@ cdef class TaskWriter:
         with nogil:
             pthread_join(self.thread, NULL)
         self.running = False
+        if st.fd >= 0:
+            close(st.fd)
+            st.fd = -1
         self.files.close()
         Py_DECREF(self)
 
@@ -776,33 +825,53 @@ cdef class TaskWriter:
         free(st)
         self.st = NULL
 
-    # -- called by the thread, with the GIL: the directory's bookkeeping ---------------------
-
-    cdef void _reopen(self) noexcept:
+    def care(self):
+        """Rotate tasks.log once full and keep the directory under its cap: the caretaker's
+        part, called with the GIL when ``wake_fd`` says so (or now and then)."""
+        cdef WriterState* st = self.st
+        pthread_mutex_lock(&st.lock)
+        need, st.care = st.care, False
+        size, ino, before = st.size, st.ino, st.total
+        pthread_mutex_unlock(&st.lock)
+        if not need:
+            return
         try:
-            self.st.fd, self.st.ino = self.files.live("tasks")
+            if size >= st.max_file:
+                self.files.rotate_away("tasks", ino)   # the thread follows the name to the new file
+            total = self.files.make_room(3 * st.max_file)
         except OSError as exc:
-            self._lost(exc, 0)
-        except BaseException:
-            self.st.fd = -1
+            if self.files.warn is not None:
+                self.files.warn(f"bemcp: tasks.log: {exc}")
+            return
+        pthread_mutex_lock(&st.lock)
+        st.total = total + (st.total - before if before >= 0 else 0)   # and what was written meanwhile
+        pthread_mutex_unlock(&st.lock)
 
-    cdef void _cap(self, Py_ssize_t room) noexcept:
-        try:
-            self.st.total = self.files.make_room(room)
-        except OSError as exc:
-            self._lost(exc, 0)
-        except BaseException:
-            pass
+    # -- called by the thread, with the GIL: failures --------------------------------------
 
-    cdef void _rotate(self) noexcept:
+    cdef void _make_room(self, Py_ssize_t room) noexcept:
+        cdef WriterState* st = self.st
         try:
-            self.files.rotate("tasks")
+            total = self.files.make_room(room)
         except OSError as exc:
             self._lost(exc, 0)
             return
         except BaseException:
+            return
+        pthread_mutex_lock(&st.lock)
+        st.total = total
+        pthread_mutex_unlock(&st.lock)
+
+    cdef int _create(self) noexcept:
+        # tasks.log could not be opened: make the directory, or say why not.
+        try:
+            os.makedirs(self.files.directory, mode=0o700, exist_ok=True)
+            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._lost(exc, 0)
+        except BaseException:
             pass
-        self._reopen()
+        return -1
 
     cdef void _failed(self, int err, long long rows) noexcept:
         self._lost(OSError(err, os.strerror(err)), rows)
@@ -812,6 +881,8 @@ cdef class TaskWriter:
             self.st.retry_at = self.files.failed(exc, rows)
         except BaseException:
             self.st.retry_at = _clock(CLOCK_MONOTONIC) + RETRY_SECONDS
+        if self.st.fd >= 0:
+            close(self.st.fd)
         self.st.fd = -1
 
     cdef void _report(self, Py_ssize_t code) noexcept:

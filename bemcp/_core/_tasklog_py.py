@@ -9,6 +9,7 @@ import hashlib
 import re
 import struct
 import threading
+import time
 from collections import deque
 
 from orjson import dumps, loads
@@ -263,7 +264,7 @@ class TaskWriter:
     submitted, then stops the thread.
     """
 
-    def __init__(self, files, pid, key, limit):
+    def __init__(self, files, pid, key, limit, wake_fd=-1):
         self.files = files
         self._pid = pid
         self._limit = limit
@@ -271,6 +272,7 @@ class TaskWriter:
         self._pending = deque()
         self._queued = 0
         self._calls = self._errors = self._dropped = 0
+        self._busy = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -303,6 +305,7 @@ class TaskWriter:
             while pending:   # one write per batch: the cap and rotation see each
                 count, payload, packed, offset, size = pending.popleft()
                 rows = errors = 0
+                began = time.monotonic()
                 try:
                     lines, _, errors = _format(payload, offset, self._pid, packed, self._digests)
                 except (ValueError, MemoryError) as exc:
@@ -313,6 +316,7 @@ class TaskWriter:
                 else:
                     self.files.append("tasks", lines, count)
                     rows = count
+                self._busy += time.monotonic() - began
                 with self._lock:
                     self._queued -= size
                     self._calls += rows
@@ -330,6 +334,19 @@ class TaskWriter:
     def dropped(self):
         """Rows that never reached tasks.log: too many waiting, or the directory failing."""
         return self._dropped + self.files.dropped
+
+    @property
+    def queued(self):
+        """Bytes of rows waiting for the thread."""
+        return self._queued
+
+    @property
+    def busy_seconds(self):
+        """The thread's seconds formatting and writing, in all."""
+        return self._busy
+
+    def care(self):
+        """Nothing to do here: this twin's thread rotates and caps as it appends."""
 
     def close(self):
         """Write everything submitted, stop the thread and close the file."""

@@ -110,19 +110,16 @@ class LogFiles:
 
     # -- for a writer that appends on its own (bemcp._core's TaskWriter) ---------------
 
-    def live(self, name):
-        """``(fd, inode)`` of the live ``<name>.log``, opened (again) if it was renamed away."""
-        fd = self._open(name)
-        return fd, self._fds[name][1]
-
     def make_room(self, room):
         """Enforce the cap for ``room`` more bytes; the directory's total as now known."""
         self.enforce_cap(room)
         return self._total
 
-    def rotate(self, name):
-        """Rotate ``<name>.log`` (it has reached ``max_file``) and open its successor."""
-        self._rotate(name)
+    def rotate_away(self, name, inode):
+        """Rotate ``<name>.log`` if it is still the file ``inode`` and has reached
+        ``max_file``; its writer, which holds its own descriptor, follows the name."""
+        with _DirLock(self.directory):
+            self._shift(name, inode)
 
     def failed(self, exc, records):
         """A write failed (``records`` lost): warn once; when to try again (monotonic)."""
@@ -171,22 +168,26 @@ class LogFiles:
 
     def _rotate(self, name):
         with _DirLock(self.directory):
-            path = log_path(self.directory, name)
             fd, inode = self._fds[name]
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            # Someone else may have rotated it while we waited for the lock.
-            if current is not None and current.st_ino == inode and current.st_size >= self.max_file:
-                rotated = [p for p in generations(self.directory, name) if p != path]   # oldest first
-                for old in rotated:
-                    n = int(old.rsplit(".", 1)[1])
-                    os.replace(old, log_path(self.directory, name, n + 1))
-                os.replace(path, log_path(self.directory, name, 1))
+            self._shift(name, inode)
             os.close(fd)
             del self._fds[name]
             self._open(name)
+
+    def _shift(self, name, inode):
+        # Under the lock: the live file becomes .1, .1 becomes .2 ... if it is still the
+        # full file ``inode`` (someone else may have rotated it while we waited).
+        path = log_path(self.directory, name)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return
+        if current.st_ino == inode and current.st_size >= self.max_file:
+            rotated = [p for p in generations(self.directory, name) if p != path]   # oldest first
+            for old in rotated:
+                n = int(old.rsplit(".", 1)[1])
+                os.replace(old, log_path(self.directory, name, n + 1))
+            os.replace(path, log_path(self.directory, name, 1))
 
     def enforce_cap(self, room=0):
         """Delete the oldest rotated logs, then the oldest crash reports, until ``room``

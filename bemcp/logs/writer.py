@@ -43,7 +43,8 @@ PERF_INTERVAL = 5.0      # seconds between perf.log samples
 TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + hand-off (small batches)
 TICK_IDLE = 0.1          # ... while nothing finishes
 FEED_WAKE = 0.1          # the feeder's wake-ups for forensics events
-TASKS_LIMIT = 32 << 20   # bytes of task rows waiting for the writer before new ones are dropped
+TASKS_LIMIT = 8 << 20    # bytes of task rows waiting for the writer before new ones are dropped
+                         # (~60k calls: a busy machine's stall of the writer thread, bounded)
 EVENTS_LIMIT = 10000     # forensics records waiting
 STOP_SECONDS = 3.0       # the most shutdown waits for the feeder
 
@@ -77,13 +78,14 @@ class Logs:
         self._lags = []
         self._due = 0.0
         self._tick_handle = None
-        self._wake = threading.Event()
+        self._wake = None              # the feeder's wake-up (a _Waker); the tasks.log writer pokes it too
         self._stopping = threading.Event()
         self._feeder = None
         self._feeding = False
         self._calls = 0               # for perf.log: tool calls and errors since the last sample
         self._errors = 0
         self._cpu = None              # (monotonic, process CPU seconds) at the last sample
+        self._writer_busy = 0.0         # the writer thread's busy seconds at the last sample
         self._fatal = (None, None)
         self._hooks = None
         self._dropped_events = 0
@@ -110,6 +112,7 @@ class Logs:
         self._fatal = open_fatal_file(self.directory, self._started_at)
         faulthandler.enable(file=self._fatal[0] or sys.__stderr__ or 2, all_threads=True)
         self._install_hooks()
+        self._wake = _Waker()
         self._open_tasks()
         self._due = monotonic() + TICK_IDLE
         self._tick_handle = self.loop.call_later(TICK_IDLE, self._tick)
@@ -129,6 +132,8 @@ class Logs:
             self._stopping.set()
             self._wake.set()
             self._feeder.join(STOP_SECONDS)
+            if not self._feeder.is_alive():
+                self._wake.close()
         self._uninstall_hooks()
         if getattr(self, "_faulthandler_before", False):
             faulthandler.enable(file=sys.__stderr__ or 2, all_threads=True)   # as it was (e.g. pytest's)
@@ -161,7 +166,8 @@ class Logs:
     def _open_tasks(self):
         from .. import _core
         files = LogFiles(self.directory, self.max_file, self.max_total, warn=self._warn_dir)
-        self._tasks = _core.TaskWriter(files, self.pid, digest_key(self.directory), TASKS_LIMIT)
+        self._tasks = _core.TaskWriter(files, self.pid, digest_key(self.directory), TASKS_LIMIT,
+                                       self._wake.fileno())
         self.writer = "native thread" if _core.USE_EXTENSIONS else "thread"
 
     # -- events and crashes (any thread) ------------------------------------------------------
@@ -280,9 +286,10 @@ class Logs:
                 stopping = self._stopping.is_set()
                 if not stopping:
                     self._wake.wait(FEED_WAKE)
-                    self._wake.clear()
                     stopping = self._stopping.is_set()
                 try:
+                    if self._tasks is not None:
+                        self._tasks.care()   # rotation and the cap, for the writer thread
                     self._write_crashes()
                     now = monotonic()
                     if stopping:
@@ -343,9 +350,20 @@ class Logs:
         sample["threads"] = threading.active_count() if not os.path.isdir("/proc/self/task") \
             else len(os.listdir("/proc/self/task"))
         sample.update(calls_per_s=round(calls / max(interval, 1e-3), 1), errors=errors,
+                      log_queued_bytes=self._tasks.queued if self._tasks is not None else 0,
+                      **self._writer_load(interval),
                       dropped=self.dropped, log_dropped=self.files.dropped,
                       stderr_dropped_bytes=pump().dropped_bytes)
         return sample
+
+    def _writer_load(self, interval):
+        """The tasks.log writer thread's busy share of the interval (%)."""
+        if self._tasks is None:
+            return {}
+        busy = self._tasks.busy_seconds
+        share = (busy - self._writer_busy) * 100.0 / max(interval, 1e-3)
+        self._writer_busy = busy
+        return {"log_writer_busy_pct": round(share, 1)}
 
     @property
     def dropped(self):
@@ -395,6 +413,43 @@ class Logs:
                 "crash_reports_written": self.reporter.written,
                 "crash_reports_suppressed": self.reporter.suppressed,
                 "directory_error": str(self.files.error) if self.files.error else None}
+
+
+class _Waker:
+    """A wake-up for the feeder thread that a native thread can give without the GIL:
+    a byte down a non-blocking pipe."""
+
+    def __init__(self):
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def fileno(self):
+        """The end to write a byte to."""
+        return self._w
+
+    def set(self):
+        try:
+            os.write(self._w, b"w")
+        except (BlockingIOError, OSError):
+            pass   # full: a wake-up is pending anyway
+
+    def wait(self, timeout):
+        import select
+        ready, _, _ = select.select([self._r], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self._r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    def close(self):
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _pick(sorted_values, q):
