@@ -31,9 +31,10 @@ from orjson import dumps, loads
 
 STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
 cdef enum:
-    DIGEST_CACHE = 4096          # argument digests remembered (repeated calls hash once)
+    C_DIGEST_CACHE = 4096        # argument digests remembered (repeated calls hash once)
     DIGEST_CACHE_BYTES = 512     # longer arguments are digested each time rather than copied
     OUT_KEEP = 1 << 20           # the line buffer is given back past this size (a burst is over)
+DIGEST_CACHE = C_DIGEST_CACHE
 cdef double RETRY_SECONDS = 10.0 # after a failed write, rows are dropped this long before a retry
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
@@ -123,7 +124,7 @@ cdef int _digests_init(Digests* dg, bytes key) except -1:
     memset(block, 0, 128)
     memcpy(block, PyBytes_AS_STRING(key), n)
     _compress(dg.keyed, block, 128, False)   # arguments are never empty: the key block is not the last
-    dg.cache = <DigestEntry*>calloc(DIGEST_CACHE, sizeof(DigestEntry))
+    dg.cache = <DigestEntry*>calloc(C_DIGEST_CACHE, sizeof(DigestEntry))
     if dg.cache == NULL:
         raise MemoryError()
     return 0
@@ -132,7 +133,7 @@ cdef int _digests_init(Digests* dg, bytes key) except -1:
 cdef void _digests_free(Digests* dg) noexcept nogil:
     cdef Py_ssize_t i
     if dg.cache != NULL:
-        for i in range(DIGEST_CACHE):
+        for i in range(C_DIGEST_CACHE):
             free(dg.cache[i].raw)
         free(dg.cache)
         dg.cache = NULL
@@ -148,7 +149,7 @@ cdef void _digest(Digests* dg, const unsigned char* p, Py_ssize_t n, char* hex) 
     cdef DigestEntry* entry
     for i in range(n):
         tag = (tag ^ p[i]) * 1099511628211ULL
-    entry = &dg.cache[tag & (DIGEST_CACHE - 1)]
+    entry = &dg.cache[tag & (C_DIGEST_CACHE - 1)]
     if entry.raw != NULL and entry.tag == tag and entry.len == n and memcmp(entry.raw, p, n) == 0:
         memcpy(hex, entry.hex, 16)
         return

@@ -276,14 +276,14 @@ class TaskWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
-        self.running = True
+        self._running = True
         self._thread = threading.Thread(target=self._run, name="bemcp-tasks-log", daemon=True)
         self._thread.start()
 
     def submit(self, count, records, lines, details, offset):
         """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
         ``offset``: wall clock minus monotonic); False if it was dropped (too much waiting)."""
-        if not self.running:
+        if not self._running:
             raise ValueError("the tasks.log writer is closed")
         size = len(records) + len(lines)
         with self._lock:
@@ -350,10 +350,10 @@ class TaskWriter:
 
     def close(self):
         """Write everything submitted, stop the thread and close the file."""
-        if not self.running:
+        if not self._running:
             return
         self._stopping = True
         self._wake.set()
         self._thread.join()
-        self.running = False
+        self._running = False
         self.files.close()
