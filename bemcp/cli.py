@@ -8,7 +8,9 @@ import sys
 from . import config
 
 
-def build_parser():
+def build_parser(only=None):
+    """The command line; ``only``: build just that command's parser (``bemcp serve`` starts
+    without building, or importing, what the other commands need)."""
     from . import __version__
     parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.",
                                      formatter_class=config.help_formatter)
@@ -16,20 +18,29 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name, help):
+        if only is not None and name != only:
+            return None
         return sub.add_parser(name, help=help, formatter_class=config.help_formatter)
     serve = command("serve", "serve MCP over stdio (what MCP clients spawn), or over HTTP with --http")
     tools = command("tools", "list the tools `bemcp serve` would offer")
-    tools.add_argument("--json", action="store_true", help="print the tools/list entries as JSON")
+    if tools is not None:
+        tools.add_argument("--json", action="store_true", help="print the tools/list entries as JSON")
     plugins = command("plugins", "list plugins: loaded, failed (with reasons), their tools")
-    plugins.add_argument("--json", action="store_true", help="print the plugin states as JSON")
+    if plugins is not None:
+        plugins.add_argument("--json", action="store_true", help="print the plugin states as JSON")
     for p in (serve, tools, plugins):
-        config.add_arguments(p)
-    from .logs.summary import add_arguments as add_logs_arguments
-    add_logs_arguments(command("logs", "summarise the logs: recent tasks, per-tool timings, "
-                                       "errors, watchdog actions, crash reports"))
-    from .bench import add_arguments as add_bench_arguments
-    add_bench_arguments(command("bench", "benchmark bemcp, its peers and any MCP server (stdio or HTTP): "
-                                         "results.json, report.md, plots"))
+        if p is not None:
+            config.add_arguments(p)
+    logs = command("logs", "summarise the logs: recent tasks, per-tool timings, errors, watchdog actions, "
+                           "crash reports")
+    if logs is not None:
+        from .logs.summary import add_arguments as add_logs_arguments
+        add_logs_arguments(logs)
+    bench = command("bench", "benchmark bemcp, its peers and any MCP server (stdio or HTTP): "
+                             "results.json, report.md, plots")
+    if bench is not None:
+        from .bench import add_arguments as add_bench_arguments
+        add_bench_arguments(bench)
     return parser
 
 
@@ -50,7 +61,8 @@ def make_server(cfg, serving=False):
 
 
 def main(argv=None):
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only="serve" if argv[:1] == ["serve"] else None)
     args = parser.parse_args(argv)
     if args.command in ("serve", "tools", "plugins"):
         try:

@@ -72,6 +72,7 @@ BUNDLED = ("sysinfo", "files", "http", "git", "search")
 RESOURCE_URI = "bemcp://plugins"
 
 LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
+FIRST_MESSAGE_WAIT = 0.1   # seconds loading waits for the client's first message to be answered
 
 
 class PluginError(Exception):
@@ -95,9 +96,12 @@ class PluginInfo:
     resources: list = field(default_factory=list)
     seconds: float = 0.0
     traceback: str = ""
+    reported: bool = field(default=False, repr=False, compare=False)   # its failure is on stderr/forensics
 
     def as_dict(self):
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        del d["reported"]
+        return d
 
 
 class PluginServer:
@@ -193,6 +197,7 @@ class _Job:
         finally:
             if self.guard is not None:
                 self.guard.thread_done(self.thread)
+            self.proxy._manager._changed.set()
 
     def _run(self):
         error = None
@@ -208,6 +213,8 @@ class _Job:
             self.error = error
             self.finished = True
             self.info.seconds = round(time.monotonic() - self.started, 4)
+        if error is not None:   # said now, not when the slowest plugin is done
+            self.proxy._manager._settle(self, 0.0)
 
 
 class _LoaderStdout:
@@ -264,6 +271,10 @@ class PluginManager:
         self.plugins = []          # PluginInfo, in discovery order
         self.abandoned = []        # threads of plugins that timed out and may still run
         self._owners = {}          # tool name -> plugin name
+        self._jobs = []            # the plugins loading now
+        self._settling = threading.Lock()   # a job is settled (and reported) once, by whoever is first
+        self._changed = threading.Event()   # a plugin finished loading, or the server is stopping
+        self._stopping = False
 
     # -- discovery ---------------------------------------------------------------
 
@@ -323,6 +334,12 @@ class PluginManager:
         tools/list never answers without them (it waits at most the budget).
         """
         loop = asyncio.get_running_loop()
+        # The client's first message (initialize) is answered before plugin imports compete
+        # with it for the GIL; a client that says nothing waits for plugins no longer for it.
+        dispatcher = self.server.dispatcher
+        deadline = loop.time() + FIRST_MESSAGE_WAIT
+        while dispatcher is not None and dispatcher.received == 0 and loop.time() < deadline:
+            await asyncio.sleep(0.002)
         try:
             jobs = await loop.run_in_executor(None, self.load_detached)
             self.apply_loaded(jobs)
@@ -360,6 +377,9 @@ class PluginManager:
         for name in sorted(only - set(seen)):
             self.plugins.append(PluginInfo(name, "unknown", "", status=FAILED,
                                            reason="no plugin of this name was found"))
+        for info in self.plugins:   # what failed before loading: said before any plugin runs
+            if info.status == FAILED:
+                self._report_failure(info)
         if jobs:
             self._run(jobs)
         return jobs
@@ -371,7 +391,7 @@ class PluginManager:
                 job.proxy._go_live()
         for info in self.plugins:
             if info.status == FAILED:
-                self._report_failure(info)
+                self._report_failure(info)   # once: most were said as they happened
         loaded = sum(1 for i in self.plugins if i.status == LOADED)
         log.info("plugins: %d loaded, %d failed", loaded, sum(1 for i in self.plugins if i.status == FAILED))
 
@@ -386,45 +406,78 @@ class PluginManager:
                     _bundled_package()  # import the parent once, here, not in racing threads
                 except Exception:
                     pass  # each bundled plugin then fails with the import error as its reason
+            self._jobs = jobs
             for job in jobs:
                 job.guard = guard
                 guard.threads.add(job.thread)
                 job.started = time.monotonic()
                 job.thread.start()
             deadline = time.monotonic() + budget
+            while not self._stopping:   # until all are done, the budget is spent or the server stops
+                self._changed.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or all(job.finished or not job.thread.is_alive() for job in jobs):
+                    break
+                self._changed.wait(remaining)
             for job in jobs:
-                job.thread.join(max(0.0, deadline - time.monotonic()))
                 with job.proxy._lock:
                     if not job.finished:
                         job.proxy._state = "discarded"
                         job.proxy._pending.clear()
-                self._settle(job, budget)
+                self._settle(job, budget, why=self._abandoned(job) if self._stopping else None)
         finally:
             _restore_fd1(saved_fd)
             guard.loading_done()
             self.abandoned = [job.thread for job in jobs if job.thread.is_alive()]
+            self._jobs = []
 
-    def _settle(self, job, budget):
+    def _settle(self, job, budget, why=None):
+        """Decide ``job``'s outcome once (``why``: it was given up on, for that reason), and
+        report a failure at once."""
         info = job.info
-        if not job.finished:
-            info.status = FAILED
-            info.reason = f"timed out after {budget:g} s (during {job.phase})"
-            info.seconds = round(time.monotonic() - job.started, 4)
-            frame = sys._current_frames().get(job.thread.ident)
-            if frame is not None:
-                info.traceback = "Stack of the plugin thread when it was abandoned:\n" + \
-                    "".join(traceback.format_stack(frame))
-            return
-        if job.error is not None:
-            exc = job.error
-            info.status = FAILED
-            info.reason = str(exc) if isinstance(exc, PluginError) else \
-                f"{job.phase} failed: {type(exc).__name__}: {exc}"
-            info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            return
-        info.status = LOADED
+        with self._settling:
+            if info.status != "pending":
+                return
+            if not job.finished:
+                info.status = FAILED
+                info.reason = why or f"timed out after {budget:g} s (during {job.phase})"
+                info.seconds = round(time.monotonic() - job.started, 4)
+                frame = sys._current_frames().get(job.thread.ident)
+                if frame is not None:
+                    info.traceback = "Stack of the plugin thread when it was abandoned:\n" + \
+                        "".join(traceback.format_stack(frame))
+            elif job.error is not None:
+                exc = job.error
+                info.status = FAILED
+                info.reason = str(exc) if isinstance(exc, PluginError) else \
+                    f"{job.phase} failed: {type(exc).__name__}: {exc}"
+                info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            else:
+                info.status = LOADED
+                return
+        self._report_failure(info)
+
+    def abandon_loading(self):
+        """The server is stopping while plugins load: every plugin still loading is given up
+        on and reported, so none leaves without a word."""
+        self._stopping = True
+        self._changed.set()   # the loader stops waiting for them
+        for job in list(self._jobs):
+            with job.proxy._lock:
+                if job.finished:
+                    continue
+                job.proxy._state = "discarded"
+                job.proxy._pending.clear()
+            self._settle(job, 0.0, why=self._abandoned(job))
+
+    @staticmethod
+    def _abandoned(job):
+        return f"abandoned at exit after {time.monotonic() - job.started:.1f} s (during {job.phase})"
 
     def _report_failure(self, info):
+        if info.reported:
+            return
+        info.reported = True
         log.warning("plugin %r (%s %s) failed: %s", info.name, info.source, info.origin, info.reason)
         self.server.record("plugin_failed", plugin=info.name, source=info.source, origin=info.origin,
                            reason=info.reason, traceback=info.traceback)
@@ -596,6 +649,7 @@ def load_plugins(server, background=False):
     if background and manager.enabled:
         server.tools_ready.clear()
         server.on_start(lambda: server.loop.create_task(manager.load_in_background()))
+        server.on_shutdown(manager.abandon_loading)
         return manager
     try:
         manager.load()

@@ -461,14 +461,6 @@ def _tree_pids(leader):
 
 
 _adopting = False
-_left_alone = set()   # children started elsewhere in bemcp, in sessions of their own
-
-
-def leave_alone(pid):
-    """``pid`` is a child this process started in a new session and waits for itself (the
-    log writer): never take it for an adopted orphan."""
-    _left_alone.add(pid)
-
 
 def adopt_orphans():
     """Make this process the subreaper of the trees it starts (see "Orphans" above); True if set.
@@ -482,7 +474,7 @@ def adopt_orphans():
 
 def _adopted(known):
     """{pid: exited} of this process's children that it did not start (``known``: the pids
-    it did, with those left alone) and that are in another session: orphans adopted as
+    it did) and that are in another session: orphans adopted as
     their subreaper. A child that shares bemcp's session was started by other code in
     the process (a plugin's subprocess) and is left to it."""
     kids = children_of("self")
@@ -490,7 +482,7 @@ def _adopted(known):
         return {}
     session = os.getsid(0)
     adopted = {}
-    for pid in set(kids) - known - _left_alone:
+    for pid in set(kids) - known:
         fields = stat_fields(pid)
         if fields is not None and len(fields) > 3 and int(fields[3]) != session:
             adopted[pid] = fields[0] == b"Z"
@@ -1101,8 +1093,9 @@ def register_process_tools(server):
                 progress.close()
         duration = (child.ended or time.monotonic()) - child.started
         if ctx is not None:
-            ctx.request.detail = {"exit_code": child.returncode, **started} if started \
-                else {"exit_code": child.returncode}   # for tasks.log
+            ctx.request.detail = {"exit_code": child.returncode, **(started or {})}   # for tasks.log
+            if child.timed_out:
+                ctx.timed_out(limit)
         structured = {"exit_code": child.returncode, "stdout": out.text(), "stderr": err.text(),
                       "duration_ms": round(duration * 1000, 3), "timed_out": child.timed_out,
                       "truncated": out.truncated or err.truncated,

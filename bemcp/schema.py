@@ -13,13 +13,7 @@ import enum
 import re
 import types
 import typing
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
-
-try:
-    from typing import is_typeddict
-except ImportError:  # Python < 3.10
-    def is_typeddict(tp):
-        return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__total__")
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, is_typeddict
 
 _UNION_TYPES = (Union, getattr(types, "UnionType", Union))
 _ARRAY_TYPES = (list, tuple, set, frozenset)

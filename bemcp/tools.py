@@ -15,6 +15,14 @@ from .protocol import VERSION_KEY, request_version
 from .schema import compile_arguments_validator, is_typeddict, schema_for
 
 
+def note(req, key, value):
+    """Add ``key`` to what tasks.log records of ``req`` (its ``detail``)."""
+    detail = req.detail
+    if type(detail) is not dict:
+        detail = req.detail = {}
+    detail[key] = value
+
+
 class ToolError(Exception):
     """Raise in a tool to answer with ``isError: true`` and this message."""
 
@@ -123,6 +131,12 @@ class Context:
     def cancelled(self):
         """True once the request was cancelled, timed out or killed."""
         return not self.request.running
+
+    def timed_out(self, limit):
+        """Record that this call stopped at a time limit of its own (``limit`` seconds, e.g.
+        a command's ``timeout``): ended with an error result, tasks.log then names it
+        ``timed_out`` with the limit, not ``error``."""
+        note(self.request, "limit_s", limit)
 
     def check_cancelled(self):
         """Raise CancelledError if the request was stopped (for loops in sync tools)."""
@@ -270,9 +284,15 @@ class Tool:
         if output_schema is not None:
             self.output_schema = output_schema
             self._wrap_output = False
-        self._validate = compile_arguments_validator(self.input_schema)
+        # Compiled on the first call (generating a validator's code is most of what
+        # registering a tool costs, and a server starts with tools it may never run).
+        self._validate = self._first_validate
         # Fast path: an async tool whose arguments pass straight through.
         self._direct = self.is_async and not self._converters and self.context_param is None
+
+    def _first_validate(self, args):
+        self._validate = compile_arguments_validator(self.input_schema)
+        return self._validate(args)
 
     def _derive(self, fn, arg_docs):
         sig = inspect.signature(fn)
@@ -370,6 +390,9 @@ class Tool:
     def fail(self, exc, req):
         """The CallToolResult for an exception the tool raised."""
         if isinstance(exc, ToolError):
+            killed_by = getattr(exc, "killed_by", None)
+            if killed_by is not None:   # tasks.log: killed, not error
+                note(req, "killed_by", killed_by)
             return self.error_result(str(exc), req)
         self.server.tool_crashed(self, req, exc)
         return self.error_result(f"Tool {self.name!r} failed: {type(exc).__name__}: {exc}", req)

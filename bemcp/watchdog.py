@@ -28,7 +28,7 @@ from time import monotonic
 from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
 from ._core._errors import SERVER_BUSY
 from .procfs import children_of
-from .tools import ToolError, ToolInterrupted
+from .tools import ToolError, ToolInterrupted, note
 
 log = logging.getLogger("bemcp.watchdog")
 
@@ -41,8 +41,11 @@ MAX_ESCALATIONS = 5
 class LoopBlocked(ToolError):
     """Raised in code that blocked the event loop past the interrupt threshold.
 
-    A ToolError: the call it interrupts ends as an isError result saying why.
+    A ToolError: the call it interrupts ends as an isError result saying why (and as
+    ``killed`` in tasks.log).
     """
+
+    killed_by = "loop_blocked"
 
 
 def _format_stack(frame, limit=40):
@@ -222,8 +225,7 @@ class Watchdog:
 
     def _relieve(self, figures):
         """Over the hard limit: kill the largest child tree, else stop the newest tool call."""
-        logs = getattr(self.server, "logs", None)
-        victim = largest_child_tree(spare=(getattr(logs, "writer_pid", None),))
+        victim = largest_child_tree()
         if victim is not None:
             pgid, tree_rss, cmdline = victim
             try:
@@ -243,6 +245,7 @@ class Watchdog:
                    f"({self.hard_bytes / 2**20:.0f} MB)")
         outcome = self.server.tools[newest.tool].error_result(message, newest) \
             if newest.tool in self.server.tools else RpcError(SERVER_BUSY, message)
+        note(newest, "killed_by", "memory_hard_limit")
         self.dispatcher.stop(newest, STATE_KILLED, outcome)
         self.counts["memory_cancels"] += 1
         self.server.record("memory_hard_limit", action="stopped the newest tool call",
@@ -255,14 +258,19 @@ class Watchdog:
         table = self.dispatcher.table
         counts = dict(zip(STATE_NAMES, table.counts))
         counts.pop("running", None)
+        try:   # as of now, not the last sample: every process of the server, itself and its children
+            rss, children, child_rss = sample_memory()
+        except Exception:
+            rss, children, child_rss = self.memory["rss"], self.memory["children"], self.memory["children_rss"]
         return {
             "in_flight": [dict(entry, id=self.server.client_id(entry["id"])) for entry in table.snapshot()],
             "queued": len(self.dispatcher.queue),
             "requests": counts,
             "watchdog": dict(self.counts),
-            "memory": {"rss_mb": round(self.memory["rss"] / 2**20, 1),
-                       "children_rss_mb": round(self.memory["children_rss"] / 2**20, 1),
-                       "children": self.memory["children"],
+            "memory": {"rss_mb": round(rss / 2**20, 1),
+                       "children_rss_mb": round(child_rss / 2**20, 1),
+                       "total_rss_mb": round((rss + child_rss) / 2**20, 1),
+                       "children": children,
                        "soft_limit_mb": round(self.soft_bytes / 2**20),
                        "hard_limit_mb": round(self.hard_bytes / 2**20),
                        "refusing_new_calls": self.dispatcher.refusing is not None},
@@ -302,7 +310,7 @@ def sample_memory():
     """(own RSS, number of descendants, their RSS) in bytes.
 
     On Linux /proc gives all three, so psutil (and its memory) stays out of the
-    server, even with the log writer and tool processes below it; elsewhere psutil.
+    server, even with tool processes below it; elsewhere psutil.
     """
     pids = _descendants()
     own = _statm_rss("self") if pids is not None else None
@@ -333,16 +341,11 @@ def memory_limits(soft_mb, hard_mb):
     return soft, max(hard, soft)
 
 
-def largest_child_tree(spare=()):
-    """(pgid, rss, command) of the direct child whose process tree uses most memory.
-
-    Processes in ``spare`` (the server's own helpers, such as the log writer) are never picked.
-    """
+def largest_child_tree():
+    """(pgid, rss, command) of the direct child whose process tree uses most memory."""
     import psutil
     best = None
     for child in psutil.Process().children():
-        if child.pid in spare:
-            continue
         try:
             rss = _total_rss([child] + child.children(recursive=True))
             pgid = os.getpgid(child.pid)

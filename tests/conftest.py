@@ -51,7 +51,8 @@ def load_core(kind):
         setattr(ns, name, getattr(mods["_watchdog"], name))
     for name in ("ReaderProtocol", "WriterProtocol"):
         setattr(ns, name, getattr(mods["_protocol"], name))
-    ns.format_tasks = mods["_tasklog"].format_tasks
+    for name in ("format_tasks", "digest", "TaskWriter"):
+        setattr(ns, name, getattr(mods["_tasklog"], name))
     return ns
 
 

@@ -107,14 +107,31 @@ def text_of(msg):
 # -- envelopes ----------------------------------------------------------------------------
 
 
-def test_parse_error_answers_with_null_id_and_the_next_line_is_served(core, run):
+def test_parse_error_answers_under_the_recovered_id_and_the_next_line_is_served(core, run):
     async def body():
         w = Wire(core)
-        w.send(b'{"jsonrpc": "2.0", "id": 1, "method": \n', request(2, "ping"))
-        first, second = w.out
-        assert first["id"] is None and first["error"]["code"] == PARSE_ERROR
+        w.send(b'{"jsonrpc": "2.0", "id": 1, "method": \n', b"not json\n", request(2, "ping"))
+        first, second, third = w.out
+        assert first["id"] == 1 and first["error"]["code"] == PARSE_ERROR
         assert first["jsonrpc"] == "2.0"
-        assert second == {"jsonrpc": "2.0", "id": 2, "result": {}}
+        assert second["id"] is None and second["error"]["code"] == PARSE_ERROR   # no id to find
+        assert third == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    run(body)
+
+
+def test_valid_json_the_parser_refuses_is_answered_under_its_own_id(core, run):
+    # A number beyond a double's range is valid JSON that orjson refuses.
+    async def body():
+        w = Wire(core)
+        w.send(b'{"jsonrpc":"2.0","id":"a1","method":"ping","params":{"a":1e999999}}\n',
+               b'{"jsonrpc":"2.0","params":{"id":"inner","a":-1e400},"id":7,"method":"ping"}\n',
+               b'{"jsonrpc":"2.0","id":1e999,"method":"ping"}\n',
+               request(2, "ping"))
+        refused, later_id, no_id, served = w.out
+        assert refused["id"] == "a1" and refused["error"]["code"] == PARSE_ERROR
+        assert later_id["id"] == 7 and later_id["error"]["code"] == PARSE_ERROR   # never params' "id"
+        assert no_id["id"] is None and no_id["error"]["code"] == PARSE_ERROR   # the id itself is refused
+        assert served == {"jsonrpc": "2.0", "id": 2, "result": {}}
     run(body)
 
 
@@ -246,7 +263,7 @@ def test_batch_members_are_logged_each_with_its_own_bytes(core, run):
         members = [call(1, "quick", {"text": "a"}), call(2, "quick", {"text": "bb"})]
         w.send(members)
         await w.settle()
-        from bemcp.logs.sink import RECORD
+        from bemcp.logs.writer import RECORD
         count, records, lines, details = w.d.take_finished()
         assert count == 2
         assert orjson.loads(b"[" + lines + b"]") == members
@@ -862,7 +879,7 @@ def test_limits_queue_then_reject_and_a_freed_slot_starts_queued_work(core, run)
 
 
 def test_finished_tool_calls_are_kept_for_the_logs_as_records_and_lines(core, run):
-    from bemcp.logs.sink import RECORD
+    from bemcp.logs.writer import RECORD
 
     def taken(w):
         count, records, lines, details = w.d.take_finished()

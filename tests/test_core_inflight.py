@@ -92,7 +92,7 @@ def test_counts_by_final_state(core):
     for i, state in enumerate(states):
         table.close(table.open(i, "m", None, None), state)
     assert list(table.counts) == [0, 3, 1, 1, 1, 1, 1]
-    assert list(core.STATE_NAMES) == ["running", "ok", "error", "timeout", "cancelled", "killed", "rejected"]
+    assert list(core.STATE_NAMES) == ["running", "ok", "error", "timed_out", "cancelled", "killed", "rejected"]
 
 
 def test_arm_without_timeout_sets_no_deadline(core):

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import load_core
 
+from bemcp.logs.files import LogFiles
+
 SELECTED = "import bemcp, bemcp._core as c; print(bemcp.USE_EXTENSIONS, c.Dispatcher.__module__)"
 
 
@@ -37,12 +39,17 @@ def test_an_empty_bemcp_no_extensions_keeps_the_compiled_core():
     assert selected_core("") == ["True", "bemcp._core._dispatch"]
 
 
+def _closed(writer):
+    writer.close()
+    return writer
+
+
 def _public(obj):
     return {name for name in dir(obj) if not name.startswith("_")}
 
 
 @pytest.mark.compiled
-def test_twins_have_the_same_public_surface():
+def test_twins_have_the_same_public_surface(tmp_path):
     loop = asyncio.new_event_loop()
     try:
         makers = {
@@ -52,6 +59,7 @@ def test_twins_have_the_same_public_surface():
             "Oversized": lambda k: k.Oversized(1, b"x"),
             "InFlightTable": lambda k: k.InFlightTable(loop),
             "Request": lambda k: k.InFlightTable(loop).open(1, "m", None, None),
+            "TaskWriter": lambda k: _closed(k.TaskWriter(LogFiles(str(tmp_path)), 1, b"k" * 16, 1)),
         }
         c, py = load_core("c"), load_core("py")
         for name, make in makers.items():

@@ -1,4 +1,4 @@
-"""Logs and forensics (issue 6), end to end over real pipes.
+"""Logs and forensics, end to end over real pipes.
 
 Every server here gets ``--log-dir`` under the test's tmp_path: nothing is ever
 written into the real home. The servers are ``bemcp serve`` or a small script
@@ -31,9 +31,6 @@ if "--perf-interval" in argv:
     i = argv.index("--perf-interval")
     options["perf_interval"] = float(argv[i + 1])
     argv = argv[:i] + argv[i + 2:]
-if "--in-process" in argv:
-    argv.remove("--in-process")
-    options["in_process"] = True
 server = Server("logs-test", version="1.0", config=parse(argv))
 setup_logging(server, **options)
 log = logging.getLogger("plugin.noisy")
@@ -355,16 +352,8 @@ def test_tasks_log_has_a_record_per_call_with_digests_never_values(tmp_path, twi
     events = read_lines(logs / "forensics.log")
     assert [e["kind"] for e in events] == ["start", "protocol_error", "stop"]
     assert events[1]["problem"] == "malformed" and events[1]["size"] in (7, 8)   # with or without the newline
-    assert events[0]["writer"] == "process"
+    assert events[0]["writer"] == ("thread" if twin_env["BEMCP_NO_EXTENSIONS"] else "native thread")
     assert events[2]["requests"]["ok"] >= 6
-
-
-def test_the_writer_thread_fallback_writes_the_same_logs(script, tmp_path):
-    logs = tmp_path / "logs"
-    run_a_session([sys.executable, script, "--log-dir", str(logs), "--in-process"])
-    tasks = read_lines(logs / "tasks.log")
-    assert [t["status"] for t in tasks] == ["ok"] * 6 + ["error"]
-    assert read_lines(logs / "forensics.log")[0]["writer"] == "thread"
 
 
 def test_perf_log_samples_the_running_server(script, tmp_path):
@@ -432,3 +421,102 @@ def test_bemcp_logs_without_a_directory_says_so(tmp_path):
                          capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert out.returncode == 1
     assert b"no log directory" in out.stderr
+
+
+def test_every_way_a_call_ends_has_its_status_in_tasks_log(spawn, tmp_path):
+    logs = tmp_path / "logs"
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[tool_timeouts]\nnap = 0.5\n")
+    server = spawn("--log-dir", str(logs), "--config", str(limits), script="watchdog_server.py")
+    server.initialize()
+    assert server.call_tool("nap", {"seconds": 0})["result"]["content"][0]["text"] == "rested"   # ok
+    assert server.call_tool("explode_never_registered")["error"]["code"] == -32602   # not a call: no row
+    past = server.call_tool("nap", {"seconds": 30}, timeout=10)                       # its deadline
+    assert past["result"]["isError"] is True
+    server.send({"jsonrpc": "2.0", "id": "gone", "method": "tools/call",
+                 "params": {"name": "hold", "arguments": {"key": "never"}}})
+    server.notify("notifications/cancelled", {"requestId": "gone"})                   # the client's
+    server.send({"jsonrpc": "2.0", "id": "held", "method": "tools/call",
+                 "params": {"name": "hold", "arguments": {"key": "x"}}})
+    assert server.request("test/set_limits", {"soft_mb": 1, "hard_mb": 2})["result"] == {}
+    stopped = server.wait_for("held", timeout=15)                                     # the watchdog's
+    assert stopped["result"]["isError"] is True
+    refused = server.call_tool("nap", {"seconds": 0})                                 # refused
+    assert refused["error"]["code"] == -32000
+    server.request("test/set_limits", {"soft_mb": 100_000, "hard_mb": 200_000})
+    code, _ = finish(server)
+    assert code == 0
+
+    commands = start(serve_command("--log-dir", str(logs)))
+    commands.initialize()
+    slow = commands.call_tool("run_command", {"command": ["sleep", "5"], "timeout": 0.3}, timeout=15)
+    assert slow["result"]["isError"] is True                                          # the tool's own limit
+    exited = commands.call_tool("run_command", {"command": ["false"]})
+    assert not exited["result"].get("isError")                                        # ran; exit code 1
+    failed = commands.call_tool("run_command", {"command": ["/nonexistent/bemcp-test-program"]})
+    assert failed["result"]["isError"] is True                                        # could not run
+    assert finish(commands)[0] == 0
+
+    tasks = read_lines(logs / "tasks.log")
+    ended = [(t["tool"], t["status"], t.get("limit_s"), t.get("killed_by")) for t in tasks]
+    assert ended[:5] == [("nap", "ok", None, None), ("nap", "timed_out", 0.5, None),
+                         ("hold", "cancelled", None, None), ("hold", "killed", None, "memory_hard_limit"),
+                         ("nap", "rejected", None, None)], ended
+    assert ended[5:] == [("run_command", "timed_out", 0.3, None), ("run_command", "ok", None, None),
+                         ("run_command", "error", None, None)]
+    assert tasks[5]["exit_code"] != 0 and tasks[6]["exit_code"] == 1
+    # `bemcp logs` summarises by the same words.
+    out = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs), "--json"],
+                         capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    summary = orjson.loads(out.stdout)
+    assert summary["tasks"]["by_status"] == {"ok": 2, "timed_out": 2, "cancelled": 1, "killed": 1,
+                                             "rejected": 1, "error": 1}
+    text = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    assert "timed_out (0.3 s)" in text and "timed_out (0.5 s)" in text
+
+
+def test_the_default_server_is_one_process_and_counts_its_children_apart(spawn, tmp_path):
+    import psutil
+    logs = tmp_path / "logs"
+    server = spawn("--log-dir", str(logs), env={"BEMCP_NO_PLUGINS": ""})   # plugins and log files on
+    server.initialize()
+    tools = {t["name"] for t in server.request("tools/list")["result"]["tools"]}
+    assert "sysinfo_overview" in tools   # the bundled plugins loaded
+    for i in range(50):
+        assert server.call_tool("echo", {"text": f"n{i}"})["result"]["content"][0]["text"] == f"n{i}"
+    me = psutil.Process(server.proc.pid)
+    assert me.children(recursive=True) == []   # no log writer, nothing else
+    memory = server.call_tool("server_status")["result"]["structuredContent"]["memory"]
+    assert memory["children"] == 0 and memory["children_rss_mb"] == 0
+    assert memory["rss_mb"] > 5 and memory["total_rss_mb"] == memory["rss_mb"]
+    started = server.call_tool("process_start", {"command": ["sleep", "30"]})["result"]["structuredContent"]
+    memory = server.call_tool("server_status")["result"]["structuredContent"]["memory"]
+    assert memory["children"] >= 1 and memory["children_rss_mb"] > 0
+    assert abs(memory["total_rss_mb"] - memory["rss_mb"] - memory["children_rss_mb"]) <= 0.1
+    server.call_tool("process_kill", {"id": started["id"]})
+    code, _ = finish(server)
+    assert code == 0
+    tasks = read_lines(logs / "tasks.log")
+    assert [t["status"] for t in tasks if t["tool"] == "echo"] == ["ok"] * 50
+    out = subprocess.run([sys.executable, "-m", "bemcp", "logs", "--log-dir", str(logs), "--json"],
+                         capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    assert orjson.loads(out.stdout)["tasks"]["count"] == len(tasks) >= 54
+
+
+def test_a_killed_server_has_written_every_row_older_than_a_tick(spawn, tmp_path):
+    import signal
+    logs = tmp_path / "logs"
+    server = spawn("--no-plugins", "--log-dir", str(logs))
+    server.initialize()
+    for i in range(300):
+        server.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                     "params": {"name": "echo", "arguments": {"text": f"n{i}"}}})
+    answered = {server.read_message()["id"] for _ in range(300)}
+    assert answered == set(range(300))
+    time.sleep(0.5)   # many ticks of the loop's hand-off and of the writer thread
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    tasks = read_lines(logs / "tasks.log")
+    assert sorted(t["id"] for t in tasks) == list(range(300))
+    assert all(t["status"] == "ok" for t in tasks)

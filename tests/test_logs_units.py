@@ -1,6 +1,7 @@
-"""Logs and forensics (issue 6): the parts that need no server."""
+"""Logs and forensics: the parts that need no server."""
 
 import errno
+import hashlib
 import os
 import threading
 import time
@@ -10,13 +11,20 @@ import pytest
 
 from bemcp.logs import default_log_dir
 from bemcp.logs.files import LogFiles, generations
-from bemcp.logs.sink import COUNT, RECORD, Sink
+from bemcp.logs.writer import COUNT, RECORD
 from bemcp.logs.stderr import StderrPump
 from bemcp.logs.summary import percentile
 
 
 def directory_bytes(path):
-    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if not n.startswith("."))
+    total = 0
+    for name in os.listdir(path):
+        if not name.startswith("."):
+            try:
+                total += os.path.getsize(os.path.join(path, name))
+            except FileNotFoundError:   # rotated away meanwhile
+                pass
+    return total
 
 
 def batch(calls):
@@ -33,13 +41,7 @@ def test_task_lines_name_every_state_and_escape_what_they_carry(core):
     calls.append((("id \"quoted\"\n", "t\u00e9l\u00e9", None), 2.0, 2.0, 1, 0, -1))
     calls.append(((2 ** 62, "big", {"b": 1, "a": [1.5, None, "}{\"]"]}), 3.0, 3.25, 2, 5, 0))
     calls.append(((-2.5e-3, "float_id", {}), 4.0, 4.0, 1, 1, 1))
-    digested = []
-
-    def digest_of(raw):
-        digested.append(raw)
-        return b"%016x" % len(digested)
-    lines, count, errors = core.format_tasks(b"".join(batch(calls)), 100.0, 42, {1: {"exit_code": 0}},
-                                             {}, digest_of)
+    lines, count, errors = core.format_tasks(b"".join(batch(calls)), 100.0, 42, {1: {"exit_code": 0}}, KEY)
     records = [orjson.loads(line) for line in lines.splitlines()]
     assert count == len(records) == 11 and errors == 8   # all but the three "ok" rows
     assert records[10]["id"] == -2.5e-3 and records[10]["tool"] == "float_id"
@@ -49,12 +51,26 @@ def test_task_lines_name_every_state_and_escape_what_they_carry(core):
     assert odd["id"] == 'id "quoted"\n' and odd["tool"] == "t\u00e9l\u00e9" and odd["arg_bytes"] == 4   # null
     assert odd["bytes_in"] is None and odd["bytes_out"] is None
     assert big["id"] == 2 ** 62 and big["bytes_out"] is None and big["duration_ms"] == 250.0
-    # The digest is of the arguments exactly as the client sent them; repeats hash once.
-    assert digested[-2] == orjson.dumps({"b": 1, "a": [1.5, None, "}{\"]"]})
-    assert big["arg_digest"] == "%016x" % (len(digested) - 1) and big["arg_bytes"] == len(digested[-2])
-    assert len(digested) == 11   # {"n": 0} .. {"n": 7}, null, big's and {}
+    # The digest is keyed BLAKE2b of the arguments exactly as the client sent them.
+    raw = orjson.dumps({"b": 1, "a": [1.5, None, "}{\"]"]})
+    assert big["arg_digest"] == blake(raw) and big["arg_bytes"] == len(raw)
+    assert records[8]["arg_digest"] == blake(b"null") and records[10]["arg_digest"] == blake(b"{}")
     with pytest.raises(ValueError):
-        core.format_tasks(COUNT.pack(3) + b"x" * 10, 0.0, 1, {}, {}, digest_of)
+        core.format_tasks(COUNT.pack(3) + b"x" * 10, 0.0, 1, {}, KEY)
+
+
+KEY = bytes(range(16))
+
+
+def blake(raw, key=KEY):
+    return hashlib.blake2b(raw, key=key, digest_size=8).hexdigest()
+
+
+def test_argument_digests_are_keyed_blake2b_in_both_twins(core):
+    for size in (1, 2, 50, 127, 128, 129, 256, 257, 600, 5000):   # block edges, cached and not
+        raw = os.urandom(size)
+        for key in (KEY, os.urandom(64), b"k" * 17):
+            assert core.digest(key, raw) == blake(raw, key).encode()
 
 
 LINES = [   # request lines as clients may write them: the twins must read them alike
@@ -76,8 +92,7 @@ def test_both_twins_write_the_same_lines_for_odd_requests():
     payload = COUNT.pack(len(LINES)) + records + b",\n".join(LINES)
     outputs = []
     for kind in ("c", "py"):
-        got = load_core(kind).format_tasks(payload, 1.7e9 + 0.0005, 7, {2: {"exit_code": 1}}, {},
-                                           lambda raw: b"%016x" % (len(raw) * 7919))
+        got = load_core(kind).format_tasks(payload, 1.7e9 + 0.0005, 7, {2: {"exit_code": 1}}, KEY)
         outputs.append(got)
         lines = [orjson.loads(line) for line in got[0].splitlines()]
         assert [r["id"] for r in lines] == [1, 'a\\"b', -350.0, None, 7, 9, True, None]
@@ -173,84 +188,79 @@ def test_a_full_disk_warns_once_counts_drops_and_recovers(tmp_path, monkeypatch)
     assert len(warnings) == 1
 
 
-def test_sink_formats_tasks_without_argument_values(tmp_path):
+def test_the_task_writer_writes_rows_without_argument_values(core, tmp_path):
     files = LogFiles(str(tmp_path))
-    sink = Sink(files, server_pid=1234)
+    writer = core.TaskWriter(files, 1234, KEY, 1 << 20)
     calls = [   # (id, name, arguments), start, end, state, bytes in, bytes out
         ((7, "run_command", {"cmd": "s3cr3t"}), 10.0, 10.25, 1, 99, 140),
         (("abc\"\n", "echo", {"text": "s3cr3t"}), 11.0, 16.0, 3, 0, -1),
         ((9, "echo", {"text": "s3cr3t"}), 11.0, 11.000002, 1, 50, 60),
     ]
-    sink.handle(b"D", 0.0, orjson.dumps([[0, {"exit_code": 3, "ignored": {"nested": 1}, "status": "no"}]]))
-    sink.handle(b"T", 1000.0, *batch(calls))
-    sink.perf({"time": 1})
-    sink.close()
+    _, records, lines = batch(calls)
+    details = [(0, {"exit_code": 3, "ignored": {"nested": 1}, "status": "no"}), (1, {"limit_s": 5.0})]
+    assert writer.submit(3, records, lines, details, 1000.0)
+    writer.close()
+    assert writer.stats() == (3, 1, 0)
     text = (tmp_path / "tasks.log").read_text()
     assert "s3cr3t" not in text
     first, second, third = [orjson.loads(x) for x in text.splitlines()]
     assert first == {"time": 1010.25, "pid": 1234, "id": 7, "tool": "run_command", "status": "ok",
                      "duration_ms": 250.0, "arg_bytes": len(b'{"cmd":"s3cr3t"}'),
-                     "arg_digest": first["arg_digest"], "bytes_in": 99, "bytes_out": 140, "exit_code": 3}
-    assert second["status"] == "timeout" and second["id"] == "abc\"\n" and "exit_code" not in second
+                     "arg_digest": blake(b'{"cmd":"s3cr3t"}'), "bytes_in": 99, "bytes_out": 140, "exit_code": 3}
+    assert second["status"] == "timed_out" and second["limit_s"] == 5.0 and second["id"] == "abc\"\n"
     assert second["bytes_in"] is None and second["bytes_out"] is None and second["duration_ms"] == 5000.0
+    assert "exit_code" not in second
     # Same arguments, same digest; microsecond durations survive the formatting.
     assert third["arg_digest"] == second["arg_digest"] != first["arg_digest"]
     assert third["duration_ms"] == 0.002 and third["time"] == 1011.0
-    perf = orjson.loads((tmp_path / "perf.log").read_bytes())
-    assert perf["errors"] == 1 and perf["calls_per_s"] > 0 and "log_dropped" in perf
 
 
-def test_the_pump_never_blocks_on_a_stderr_nobody_reads():
-    read_fd, write_fd = os.pipe()
-    pump = StderrPump(fd=write_fd, limit=256 * 1024)
-    try:
-        chunk = "z" * 65536
-        started = time.monotonic()
-        for _ in range(160):   # 10 MiB into a 64 KiB pipe
-            assert pump.write(chunk) == len(chunk)
-        assert time.monotonic() - started < 5.0   # generous: a blocked write would never return
-        assert pump.dropped_bytes > 0
-        assert pump.drain(0.2) is False           # the pipe is still full
-        received = bytearray()
-        while not pump.drain(0.05) or len(received) < 1:
-            received += os.read(read_fd, 1 << 20)
-        os.set_blocking(read_fd, False)
-        try:
-            while True:
-                received += os.read(read_fd, 1 << 20)
-        except BlockingIOError:
-            pass
-        assert b"bytes of stderr output dropped" in received
-        assert received.count(b"z") + pump.dropped_bytes == 160 * 65536
-    finally:
-        os.close(read_fd)
-        pump.fd = -1   # the thread is idle; nothing will write again
-        os.close(write_fd)
+def test_the_task_writer_rotates_caps_and_drops_what_it_cannot_hold(core, tmp_path):
+    files = LogFiles(str(tmp_path), max_file=16 * 1024, max_total=256 * 1024)
+    wake_r, wake_w = os.pipe()
+    writer = core.TaskWriter(files, 1, KEY, 1 << 30, wake_w)
+    done = threading.Event()
+
+    def caretaker():   # what the logs' feeder thread does: care for the directory when poked
+        while not done.is_set():
+            os.read(wake_r, 1) if not done.is_set() else None
+            writer.care()
+    helper = threading.Thread(target=caretaker)
+    helper.start()
+    calls = [((i, "echo", {"text": "x" * 100}), 1.0, 2.0, 1, 10, 10) for i in range(20)]
+    _, records, lines = batch(calls)
+    for _ in range(1000):   # ~3.5 MB of lines through a 256 KiB directory, paced like a server's ticks
+        assert writer.submit(20, records, lines, None, 0.0)
+        time.sleep(0.0005)
+        assert directory_bytes(str(tmp_path)) <= 256 * 1024 + 64 * 1024   # the cap, give or take a tick
+    writer.close()
+    done.set()
+    os.write(wake_w, b"x")
+    helper.join()
+    writer.care()
+    os.close(wake_r)
+    os.close(wake_w)
+    assert directory_bytes(str(tmp_path)) <= 256 * 1024
+    assert len(generations(str(tmp_path), "tasks")) > 2
+    for path in generations(str(tmp_path), "tasks"):
+        with open(path, "rb") as f:
+            assert all(orjson.loads(x)["tool"] == "echo" for x in f.read().splitlines())
+    # Nothing may wait beyond the limit: past it, batches are dropped and counted.
+    tight = core.TaskWriter(LogFiles(str(tmp_path / "tight")), 1, KEY, 1)
+    accepted = sum(tight.submit(20, records, lines, None, 0.0) for _ in range(500))
+    tight.close()
+    assert tight.dropped == (500 - accepted) * 20 and accepted >= 1
+    assert len((tmp_path / "tight" / "tasks.log").read_bytes().splitlines()) == accepted * 20
 
 
-def test_the_pump_takes_text_and_bytes_from_many_threads():
-    read_fd, write_fd = os.pipe()
-    pump = StderrPump(fd=write_fd)
-    try:
-        threads = [threading.Thread(target=lambda n=n: [pump.write(f"t{n}-{i}\n") for i in range(100)])
-                   for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        pump.buffer.write(b"raw\n")
-        assert pump.drain(5.0)
-        os.set_blocking(read_fd, False)
-        data = os.read(read_fd, 1 << 20).decode()
-        assert sorted(data.split()) == sorted([f"t{n}-{i}" for n in range(4) for i in range(100)] + ["raw"])
-        assert pump.fileno() == write_fd and pump.isatty() is False
-    finally:
-        os.close(read_fd)
-        pump.fd = -1
-        os.close(write_fd)
-
-
-@pytest.mark.parametrize("values, q, expected", [([], 50, None), ([5], 99, 5), ([1, 2, 3, 4], 50, 2),
-                                                 (list(range(1, 101)), 99, 99), (list(range(1, 101)), 50, 50)])
-def test_percentile_is_nearest_rank(values, q, expected):
-    assert percentile(values, q) == expected
+def test_the_task_writer_warns_once_about_an_unwritable_directory(core, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    warnings = []
+    writer = core.TaskWriter(LogFiles(str(blocker / "logs"), warn=warnings.append), 1, KEY, 1 << 20)
+    _, records, lines = batch([((1, "echo", {}), 1.0, 2.0, 1, 10, 10)])
+    for _ in range(3):
+        assert writer.submit(1, records, lines, None, 0.0)
+        time.sleep(0.05)
+    writer.close()
+    assert writer.dropped == 3 and len(warnings) == 1 and "cannot write logs" in warnings[0]

@@ -101,7 +101,11 @@ def test_malformed_line_gets_parse_error_and_the_next_request_is_served(spawn):
     server.initialize()
     server.send_raw(b'{"jsonrpc": "2.0", "id": 5, "method": "ping"\n')
     error = server.read_message()
-    assert error["id"] is None and error["error"]["code"] == -32700
+    assert error["id"] == 5 and error["error"]["code"] == -32700   # its id, recovered
+    # Valid JSON the parser refuses (beyond a double's range) is answered under its id too.
+    server.send_raw(b'{"jsonrpc":"2.0","id":"a1","method":"ping","params":{"a":1e999999}}\n')
+    error = server.read_message()
+    assert error["id"] == "a1" and error["error"]["code"] == -32700
     server.send_raw(b"\xff\xfe not even utf-8\n")
     assert server.read_message()["error"]["code"] == -32700
     assert server.request("ping")["result"] == {}
@@ -284,7 +288,7 @@ def test_a_last_message_without_its_newline_is_answered_at_eof(spawn, last, expe
         assert answer == expect
     else:
         assert answer["error"]["code"] == expect
-        assert answer["id"] == ("last" if expect == -32600 else None)   # an oversized line names its id
+        assert answer["id"] == "last"   # recovered from the line, oversized or cut short
 
 
 def test_stdin_eof_with_nothing_in_flight_exits_at_once(spawn):

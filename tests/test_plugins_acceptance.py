@@ -1,4 +1,4 @@
-"""The issue's acceptance through a real `bemcp serve`: broken, hanging, raising and noisy plugins.
+"""Broken, hanging, raising and noisy plugins, through a real `bemcp serve`.
 
 A plugin raising at import, one sleeping 10 s at import, one whose tool raises and one that
 prints: initialize answers within 3 s, every other tool works, each failure shows in
@@ -102,3 +102,50 @@ def test_bemcp_plugins_lists_failures_with_reasons_and_tools():
     snap = orjson.loads(proc.stdout)
     assert proc.returncode == 0 and snap["loaded"] == 1
     assert {p["name"] for p in snap["plugins"] if p["status"] == "disabled"} >= {"slow_import", "git"}
+
+
+def _stderr_lines(proc, seen):
+    """Collect ``proc``'s stderr lines with the time each arrived, in a thread."""
+    import threading
+
+    def read():
+        for line in iter(proc.stderr.readline, b""):
+            seen.append((time.monotonic(), line.decode(errors="replace")))
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_plugin_failure_is_said_at_once_and_a_hanging_one_is_named_at_exit(spawn, tmp_path):
+    # A budget far beyond every bound below: nothing here may wait for it.
+    config = tmp_path / "bemcp.toml"
+    config.write_text("plugin_timeout = 30\n")
+    logs = tmp_path / "logs"
+    started = time.monotonic()
+    server = spawn("--plugins-dir", ACCEPTANCE, "--config", str(config), "--log-dir", str(logs), env=ENV)
+    seen = []
+    reader = _stderr_lines(server.proc, seen)
+    init = server.initialize()
+    up = time.monotonic()
+    assert init["result"]["serverInfo"]["name"] == "bemcp"
+    assert up - started < 10.0, "initialize waited for the plugin budget"
+    deadline = time.monotonic() + 10
+    while not any("broken at import on purpose" in line for _, line in seen) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    said = [when for when, line in seen if "broken at import on purpose" in line]
+    assert said, seen
+    # Within 0.3 s of the server's start (counted from its answer to initialize, so a slow
+    # interpreter start on a busy machine is not held against it): not at the budget's end.
+    assert said[0] - up < 0.3, (said[0] - started, up - started)
+    # stdin closes while slow_import still hangs: the server exits and names it.
+    server.proc.stdin.close()
+    assert server.proc.wait(20) == 0
+    reader.join(5)
+    err = "".join(line for _, line in seen)
+    assert "plugin 'broken_import'" in err and "broken at import on purpose" in err
+    assert "plugin 'slow_import'" in err and "abandoned at exit" in err
+    assert err.count("broken at import on purpose") == 1   # said once, not again at the end
+    events = [orjson.loads(line) for line in (logs / "forensics.log").read_bytes().splitlines()]
+    failed = {e["plugin"]: e["reason"] for e in events if e["kind"] == "plugin_failed"}
+    assert failed["broken_import"] == "import failed: RuntimeError: broken at import on purpose"
+    assert failed["slow_import"].startswith("abandoned at exit after ")

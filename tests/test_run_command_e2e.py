@@ -1,6 +1,6 @@
 """run_command and the process_* tools through a real `bemcp serve` on real pipes:
-the issue's acceptance (cancellation, timeouts, exit with children running, the
-parent dying, 200 MB of output, paging, the allowlist), on both twins of the core."""
+cancellation, timeouts, exit with children running, the parent dying, 200 MB of
+output, paging, the allowlist; on both twins of the core."""
 
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""Issue 4: deadlines, escalation, lock-ups, limits and memory pressure, over real pipes."""
+"""The watchdog: deadlines, escalation, lock-ups, limits and memory pressure, over real pipes."""
 
 import os
 import time
@@ -62,7 +62,7 @@ def test_a_tool_past_its_deadline_gets_an_error_naming_the_timeout(start):
     assert time.monotonic() - began < 5
     assert response["result"]["isError"] is True
     assert "timed out after 0.5 s" in text(response)
-    assert status(server)["requests"]["timeout"] == 1
+    assert status(server)["requests"]["timed_out"] == 1
     assert_table_empty(server)
     assert server.close() == 0
 
@@ -74,7 +74,7 @@ def test_an_async_tool_that_swallows_cancellation_is_released_and_recorded(start
     # The slot is free at once: other calls are served while the runaway still runs.
     assert text(server.call_tool("nap", {"seconds": 0})) == "rested"
     runaway = wait_until(lambda: records("runaway"))[0]
-    assert runaway["tool"] == "swallow" and runaway["state"] == "timeout"
+    assert runaway["tool"] == "swallow" and runaway["state"] == "timed_out"
     assert "ignored cancellation" in runaway["action"]
     assert "swallow" in runaway["stack"]
     assert server.call_tool("probe")["result"]["structuredContent"]["swallowed"] >= 1
@@ -191,7 +191,7 @@ def test_memory_pressure_refuses_then_kills_the_largest_child_then_the_newest_ca
 
 
 def test_memory_of_the_process_tree_comes_from_proc_without_psutil():
-    # The log writer is always a child, so "psutil only with children" would mean always.
+    # Tool processes are common children: "psutil only with children" would load it often.
     import subprocess
     import sys
     code = (

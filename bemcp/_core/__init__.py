@@ -35,11 +35,11 @@ if not USE_EXTENSIONS:
 
 
 def __getattr__(name):
-    # tasks.log's formatter runs in the log writer process: the server never loads it.
-    if name == "format_tasks":
+    # tasks.log's writer loads when log files are on, not with the rest of the core.
+    if name in ("TaskWriter", "format_tasks", "digest"):
         if USE_EXTENSIONS:
-            from ._tasklog import format_tasks
+            from . import _tasklog as tasklog
         else:
-            from ._tasklog_py import format_tasks
-        return format_tasks
+            from . import _tasklog_py as tasklog
+        return getattr(tasklog, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ cdef enum:
     RECENT = 64
 
 
-# A finished tool call for tasks.log; bemcp.logs.sink.RECORD reads the same 40 bytes.
+# A finished tool call for tasks.log; bemcp.logs.writer.RECORD reads the same 40 bytes.
 cdef struct FinishedRow:
     double start
     double end

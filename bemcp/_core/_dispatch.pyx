@@ -20,6 +20,7 @@ from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
 from ._framing cimport Framer, Oversized
+from ._framing import HEAD_SIZE
 from ._ids import recover_id
 from ._watchdog cimport (C_STATE_CANCELLED, C_STATE_ERROR, C_STATE_KILLED,
                          C_STATE_OK, C_STATE_REJECTED, C_STATE_RUNNING,
@@ -198,7 +199,9 @@ cdef class Dispatcher:
             self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
-            self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
+            # Valid JSON the parser refuses (a number beyond a double's range) is still
+            # a request: answer under its id, recovered as for an oversized line.
+            self._send_error(recover_id(line[:HEAD_SIZE]), PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
             self._remember((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))
@@ -594,6 +597,11 @@ cdef class Dispatcher:
         cdef int state = C_STATE_OK
         if type(result) is dict and (<dict>result).get("isError") is True:
             state = C_STATE_ERROR
+            if type(req.detail) is dict:   # how the call ended, if the tool or the watchdog said
+                if "limit_s" in req.detail:
+                    state = C_STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
+                elif "killed_by" in req.detail:
+                    state = C_STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
         if req.sink is not None:
@@ -625,6 +633,11 @@ cdef class Dispatcher:
         self._answer_error(req, RpcError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"))
 
     def _on_expire(self, Request req):
+        limit = round(req.deadline - req.start, 3)
+        if type(req.detail) is dict:   # tasks.log: the limit the call ran into
+            req.detail["limit_s"] = limit
+        else:
+            req.detail = {"limit_s": limit}
         if self.timeout_result is not None:
             try:
                 outcome = self.timeout_result(req)

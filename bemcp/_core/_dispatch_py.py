@@ -17,7 +17,7 @@ from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
 from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
-from ._framing_py import Framer, Oversized
+from ._framing_py import HEAD_SIZE, Framer, Oversized
 from ._ids import recover_id
 from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
                            STATE_OK, STATE_REJECTED, STATE_RUNNING,
@@ -26,7 +26,7 @@ from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
 
 _CancelledError = asyncio.CancelledError
 # A finished tool call's record (the compiled twin's FinishedRow): start, end, state,
-# bytes in, bytes out. bemcp.logs.sink reads the same layout.
+# bytes in, bytes out. bemcp.logs.writer.RECORD reads the same layout.
 FINISHED_ROW = struct.Struct("=ddqqq")
 
 
@@ -184,7 +184,9 @@ class Dispatcher:
             self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
-            self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
+            # Valid JSON the parser refuses (a number beyond a double's range) is still
+            # a request: answer under its id, recovered as for an oversized line.
+            self._send_error(recover_id(line[:HEAD_SIZE]), PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
             self._remember(msg.get("method"), msg.get("id"), len(line))
@@ -548,6 +550,11 @@ class Dispatcher:
         state = STATE_OK
         if type(result) is dict and result.get("isError") is True:
             state = STATE_ERROR
+            if type(req.detail) is dict:   # how the call ended, if the tool or the watchdog said
+                if "limit_s" in req.detail:
+                    state = STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
+                elif "killed_by" in req.detail:
+                    state = STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
         if req.sink is not None:
@@ -579,6 +586,11 @@ class Dispatcher:
         self._answer_error(req, RpcError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"))
 
     def _on_expire(self, req):
+        limit = round(req.deadline - req.start, 3)
+        if type(req.detail) is dict:   # tasks.log: the limit the call ran into
+            req.detail["limit_s"] = limit
+        else:
+            req.detail = {"limit_s": limit}
         if self.timeout_result is not None:
             try:
                 outcome = self.timeout_result(req)

@@ -8,10 +8,11 @@ _ID = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,256}"|-?\d{1,19}(?:\.\d{1,17})
 
 
 def recover_id(head):
-    """The top-level ``"id"`` of a truncated JSON object, or None.
+    """The top-level ``"id"`` of a JSON object that could not be parsed whole, or None.
 
-    Cold path (oversized messages only): walks the head tracking string and nesting
-    state so that an ``"id"`` inside params is never mistaken for the request's.
+    Cold path (oversized messages, lines the parser refused): walks the head tracking
+    string and nesting state so that an ``"id"`` inside params is never mistaken for
+    the request's.
     """
     depth = 0
     in_str = False
@@ -31,7 +32,10 @@ def recover_id(head):
             if depth == 1:
                 m = _ID.match(head, i)
                 if m:
-                    return orjson.loads(m.group(1))
+                    try:
+                        return orjson.loads(m.group(1))
+                    except orjson.JSONDecodeError:   # e.g. 1e999, a bad escape: no usable id
+                        return None
             in_str = True
         elif c in (0x7B, 0x5B):
             depth += 1

@@ -1,59 +1,220 @@
 # cython: language_level=3
-"""tasks.log lines from the core's finished rows (compiled; twin: _tasklog_py.py).
+"""tasks.log from the core's finished rows, written by a native thread (compiled; twin: _tasklog_py.py).
 
-The log writer process calls ``format_tasks`` on each batch the server hands it
-(``Dispatcher.take_finished``): one JSON line per tool call, written into one C
-buffer, so a writer sharing two cores with the server and its client keeps up
-with hundreds of thousands of calls a second without crowding them out.
+The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
+to a ``TaskWriter``: one copy into a C queue, one signal. The writer's own thread,
+which never holds the GIL on its common path, formats one JSON line per call into a C
+buffer, digests the arguments (keyed BLAKE2b, in C, with a small cache) and appends to
+``tasks.log``; it takes the GIL only to open, rotate or cap the file (the directory's
+bookkeeping lives in ``bemcp.logs.files``), after a write fails, and for a request line
+its scanner leaves to orjson (an escaped key). ``format_tasks`` is the same formatter
+for one batch, called directly.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.errno cimport EINTR, errno
 from libc.math cimport llround
-from libc.string cimport memchr, memcmp, memcpy
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memchr, memcmp, memcpy, memset, strerror
+from posix.fcntl cimport O_APPEND, O_CREAT, O_WRONLY
+from posix.stat cimport fstat, stat, struct_stat
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from posix.unistd cimport close, write
+from posix.fcntl cimport open, O_CLOEXEC
+
+import os
+import struct
 
 from orjson import dumps, loads
 
-STATUS = (b'"running"', b'"ok"', b'"error"', b'"timeout"', b'"cancelled"', b'"killed"', b'"rejected"')
-DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
+STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
+cdef enum:
+    C_DIGEST_CACHE = 4096        # argument digests remembered (repeated calls hash once)
+    DIGEST_CACHE_BYTES = 512     # longer arguments are digested each time rather than copied
+    OUT_KEEP = 1 << 20           # the line buffer is given back past this size (a burst is over)
+DIGEST_CACHE = C_DIGEST_CACHE
+cdef double RETRY_SECONDS = 10.0 # after a failed write, rows are dropped this long before a retry
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
+_DETAIL = struct.Struct("=qq")
+cdef enum:
+    BAD_BATCH = -1
+    NO_MEMORY = -2   # a packed detail: row, length, then the JSON members
 
 cdef object _loads = loads
 cdef object _dumps = dumps
+cdef const char* _HEX = b"0123456789abcdef"
+
+cdef uint64_t _IV[8]
+_IV[:] = [0x6a09e667f3bcc908, 0xbb67ae8584caa73b, 0x3c6ef372fe94f82b, 0xa54ff53a5f1d36f1,
+          0x510e527fade682d1, 0x9b05688c2b3e6c1f, 0x1f83d9abfb41bd6b, 0x5be0cd19137e2179]
+cdef unsigned char _SIGMA[10][16]
+for _r, _row in enumerate((
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        (14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3),
+        (11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4),
+        (7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8),
+        (9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13),
+        (2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9),
+        (12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11),
+        (13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10),
+        (6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5),
+        (10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0))):
+    for _c, _v in enumerate(_row):
+        _SIGMA[_r][_c] = _v
 
 
-cdef int _reserve(Out* out, Py_ssize_t more) except -1:
+# -- keyed BLAKE2b with an 8-byte digest (RFC 7693), the same as hashlib.blake2b(key=..., digest_size=8)
+
+cdef inline uint64_t _rotr(uint64_t x, int n) noexcept nogil:
+    return (x >> n) | (x << (64 - n))
+
+
+cdef inline void _g(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept nogil:
+    v[a] = v[a] + v[b] + x
+    v[d] = _rotr(v[d] ^ v[a], 32)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 24)
+    v[a] = v[a] + v[b] + y
+    v[d] = _rotr(v[d] ^ v[a], 16)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 63)
+
+
+cdef void _compress(uint64_t* h, const unsigned char* block, uint64_t t, bint last) noexcept nogil:
+    cdef uint64_t v[16]
+    cdef uint64_t m[16]
+    cdef int i, j
+    cdef const unsigned char* s
+    for i in range(16):
+        m[i] = 0
+        for j in range(8):   # little-endian words, whatever the host
+            m[i] |= (<uint64_t>block[8 * i + j]) << (8 * j)
+    for i in range(8):
+        v[i] = h[i]
+        v[i + 8] = _IV[i]
+    v[12] ^= t
+    if last:
+        v[14] = ~v[14]
+    for i in range(12):
+        s = _SIGMA[i % 10]
+        _g(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
+        _g(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
+        _g(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
+        _g(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
+        _g(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
+        _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
+        _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
+        _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
+    for i in range(8):
+        h[i] ^= v[i] ^ v[i + 8]
+
+
+cdef int _digests_init(Digests* dg, bytes key) except -1:
+    cdef unsigned char block[128]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
+    cdef int i
+    if not 1 <= n <= 64:
+        raise ValueError("a digest key is 1 to 64 bytes")
+    for i in range(8):
+        dg.keyed[i] = _IV[i]
+    dg.keyed[0] ^= 0x01010000 ^ (<uint64_t>n << 8) ^ 8
+    memset(block, 0, 128)
+    memcpy(block, PyBytes_AS_STRING(key), n)
+    _compress(dg.keyed, block, 128, False)   # arguments are never empty: the key block is not the last
+    dg.cache = <DigestEntry*>calloc(C_DIGEST_CACHE, sizeof(DigestEntry))
+    if dg.cache == NULL:
+        raise MemoryError()
+    return 0
+
+
+cdef void _digests_free(Digests* dg) noexcept nogil:
+    cdef Py_ssize_t i
+    if dg.cache != NULL:
+        for i in range(C_DIGEST_CACHE):
+            free(dg.cache[i].raw)
+        free(dg.cache)
+        dg.cache = NULL
+
+
+cdef void _digest(Digests* dg, const unsigned char* p, Py_ssize_t n, char* hex) noexcept nogil:
+    # The hex digest of p[:n] (n > 0), from the cache when these arguments were seen lately.
+    cdef uint64_t tag = 14695981039346656037ULL
+    cdef uint64_t h[8]
+    cdef uint64_t t = 128
+    cdef unsigned char block[128]
+    cdef Py_ssize_t i
+    cdef DigestEntry* entry
+    for i in range(n):
+        tag = (tag ^ p[i]) * 1099511628211ULL
+    entry = &dg.cache[tag & (C_DIGEST_CACHE - 1)]
+    if entry.raw != NULL and entry.tag == tag and entry.len == n and memcmp(entry.raw, p, n) == 0:
+        memcpy(hex, entry.hex, 16)
+        return
+    memcpy(h, dg.keyed, sizeof(h))
+    while n > 128:
+        t += 128
+        _compress(h, p, t, False)
+        p += 128
+        n -= 128
+    memset(block, 0, 128)
+    memcpy(block, p, n)
+    _compress(h, block, t + n, True)
+    for i in range(8):
+        hex[2 * i] = _HEX[(h[0] >> (8 * i + 4)) & 15]
+        hex[2 * i + 1] = _HEX[(h[0] >> (8 * i)) & 15]
+    p -= (t - 128)
+    n += t - 128
+    if n <= DIGEST_CACHE_BYTES:
+        free(entry.raw)
+        entry.raw = <char*>malloc(n)
+        if entry.raw != NULL:
+            memcpy(entry.raw, p, n)
+            entry.tag = tag
+            entry.len = n
+            memcpy(entry.hex, hex, 16)
+
+
+def digest(bytes key, bytes raw):
+    """The hex digest tasks.log gives ``raw`` under ``key`` (keyed BLAKE2b, 8 bytes)."""
+    cdef Digests dg
+    cdef char hex[16]
+    if not raw:
+        raise ValueError("nothing to digest")
+    _digests_init(&dg, key)
+    _digest(&dg, <const unsigned char*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), hex)
+    _digests_free(&dg)
+    return PyBytes_FromStringAndSize(hex, 16)
+
+
+# -- the line buffer ---------------------------------------------------------------------------
+
+cdef bint _reserve(Out* out, Py_ssize_t more) noexcept nogil:
+    # Room for ``more`` bytes; False (and ``out.failed`` set) when memory runs out.
     cdef Py_ssize_t cap = out.cap
     cdef char* grown
     if out.len + more <= cap:
-        return 0
+        return True
     while cap < out.len + more:
         cap = cap * 2 if cap else 65536
-    grown = <char*>PyMem_Realloc(out.data, cap)
+    grown = <char*>realloc(out.data, cap)
     if grown == NULL:
-        raise MemoryError()
+        out.failed = True
+        return False
     out.data = grown
     out.cap = cap
-    return 0
+    return True
 
 
-cdef int _put(Out* out, bytes data) except -1:
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    _reserve(out, n)
-    memcpy(out.data + out.len, PyBytes_AS_STRING(data), n)
-    out.len += n
-    return 0
+cdef inline void _put_text(Out* out, const char* text, Py_ssize_t n) noexcept nogil:
+    if _reserve(out, n):
+        memcpy(out.data + out.len, text, n)
+        out.len += n
 
 
-cdef int _put_text(Out* out, const char* text, Py_ssize_t n) except -1:
-    _reserve(out, n)
-    memcpy(out.data + out.len, text, n)
-    out.len += n
-    return 0
-
-
-cdef int _put_int(Out* out, long long value) except -1:
+cdef void _put_int(Out* out, long long value) noexcept nogil:
     # printf is slow enough to show at this rate; digits are written right to left.
     cdef char buf[24]
     cdef int i = 24
@@ -68,10 +229,10 @@ cdef int _put_int(Out* out, long long value) except -1:
     if negative:
         i -= 1
         buf[i] = 45
-    return _put_text(out, buf + i, 24 - i)
+    _put_text(out, buf + i, 24 - i)
 
 
-cdef int _put_milli(Out* out, double value) except -1:
+cdef void _put_milli(Out* out, double value) noexcept nogil:
     # ``value`` with three decimals (a JSON number): 1795511104.750, 0.002.
     cdef long long scaled = llround(value * 1000.0)
     cdef char buf[4]
@@ -84,8 +245,10 @@ cdef int _put_milli(Out* out, double value) except -1:
     buf[1] = <char>(48 + scaled // 100)
     buf[2] = <char>(48 + scaled // 10 % 10)
     buf[3] = <char>(48 + scaled % 10)
-    return _put_text(out, buf, 4)
+    _put_text(out, buf, 4)
 
+
+# -- finding id, name and arguments in a request line as sent -----------------------------------
 
 cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
@@ -209,103 +372,524 @@ def _parsed(bytes line):
             _dumps(args) if args is not None else b"{}")
 
 
-def format_tasks(bytes payload, double offset, long long pid, dict details, dict digests, digest_of):
+cdef int _parse_into(Out* scratch, const unsigned char* line, Py_ssize_t n, Spans* spans) except -1:
+    # The scanner's fallback: orjson finds the three values; they are copied to ``scratch``
+    # and ``spans`` point into it.
+    cdef bytes part
+    cdef Py_ssize_t at
+    scratch.len = 0
+    parts = _parsed(PyBytes_FromStringAndSize(<const char*>line, n))
+    for i, part in enumerate(parts):
+        at = scratch.len
+        _put_text(scratch, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
+        if i == 0:
+            spans.id_start, spans.id_end = at, scratch.len
+        elif i == 1:
+            spans.name_start, spans.name_end = at, scratch.len
+        else:
+            spans.args_start, spans.args_end = at, scratch.len
+    return 0
+
+
+def pack_details(details):
+    """What tools reported (``{row: detail}`` or ``[(row, detail), ...]``) as the formatter
+    reads it: for each row with plain values to add, its row, length and JSON members."""
+    items = details.items() if type(details) is dict else details
+    packed = []
+    for row, detail in sorted(items, key=lambda item: item[0]):
+        if type(detail) is not dict or not detail:
+            continue
+        extra = {key: value for key, value in (<dict>detail).items()
+                 if key not in _FIXED and (value is None or type(value) in (int, float, str, bool))}
+        if extra:
+            members = b"," + _dumps(extra)[1:-1]
+            packed.append(_DETAIL.pack(row, len(members)) + members)
+    return b"".join(packed)
+
+
+cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offset, long long pid,
+                        const unsigned char* details, Py_ssize_t dsize, Digests* dg, Out* out, Out* scratch,
+                        long long* errors) noexcept nogil:
+    # tasks.log lines for one batch (see format_tasks), appended to ``out``: the number of
+    # calls, or BAD_BATCH (malformed) or NO_MEMORY, with ``out`` as it was.
+    cdef Py_ssize_t count, pos, end, i, n
+    cdef Py_ssize_t dpos = 0
+    cdef long long drow, dlen
+    cdef Row row
+    cdef Spans spans
+    cdef const unsigned char* text
+    cdef char hex[16]
+    cdef Py_ssize_t mark = out.len
+    cdef bint parsed
+    if size < 4:
+        return BAD_BATCH
+    count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
+    pos = 4 + count * <Py_ssize_t>sizeof(Row)
+    if pos > size:
+        return BAD_BATCH
+    for i in range(count):
+        memcpy(&row, base + 4 + i * sizeof(Row), sizeof(Row))   # unaligned in the payload
+        if row.state != 1:
+            errors[0] += 1
+        pos = _ws(base, pos, size)
+        if i and pos < size and base[pos] == 44:
+            pos = _ws(base, pos + 1, size)
+        if pos >= size or base[pos] != 123:
+            out.len = mark
+            return BAD_BATCH
+        spans.id_start = spans.name_start = spans.args_start = -1
+        end = _members(base, pos, size, True, &spans)
+        text = base
+        if end < 0:
+            end = _value_end(base, pos, size)
+            if end < 0:
+                out.len = mark
+                return BAD_BATCH
+            with gil:
+                try:
+                    _parse_into(scratch, base + pos, end - pos, &spans)
+                    parsed = True
+                except Exception:
+                    parsed = False
+            if not parsed:
+                out.len = mark
+                return BAD_BATCH
+            text = <const unsigned char*>scratch.data
+        pos = end
+
+        _put_text(out, b'{"time":', 8)
+        _put_milli(out, row.end + offset)
+        _put_text(out, b',"pid":', 7)
+        _put_int(out, pid)
+        _put_text(out, b',"id":', 6)
+        if spans.id_start >= 0:
+            _put_text(out, <const char*>text + spans.id_start, spans.id_end - spans.id_start)
+        else:
+            _put_text(out, b"null", 4)
+        _put_text(out, b',"tool":', 8)
+        if spans.name_start >= 0:
+            _put_text(out, <const char*>text + spans.name_start, spans.name_end - spans.name_start)
+        else:
+            _put_text(out, b"null", 4)
+        _put_text(out, b',"status":', 10)
+        if 0 <= row.state < 7:
+            _put_status(out, row.state)
+        else:
+            _put_text(out, b'"', 1)
+            _put_int(out, row.state)
+            _put_text(out, b'"', 1)
+        _put_text(out, b',"duration_ms":', 15)
+        _put_milli(out, (row.end - row.start) * 1e3)
+        _put_text(out, b',"arg_bytes":', 13)
+        if spans.args_start >= 0:
+            n = spans.args_end - spans.args_start
+            _put_int(out, n)
+            _digest(dg, text + spans.args_start, n, hex)
+        else:
+            _put_int(out, 2)
+            _digest(dg, <const unsigned char*>b"{}", 2, hex)
+        _put_text(out, b',"arg_digest":"', 15)
+        _put_text(out, hex, 16)
+        _put_text(out, b'","bytes_in":', 13)
+        if row.size > 0:
+            _put_int(out, row.size)
+        else:
+            _put_text(out, b"null", 4)
+        _put_text(out, b',"bytes_out":', 13)
+        if row.sent > 0:
+            _put_int(out, row.sent)
+        else:
+            _put_text(out, b"null", 4)
+        while dpos + 16 <= dsize:   # what the tool reported, e.g. an exit code
+            memcpy(&drow, details + dpos, 8)
+            memcpy(&dlen, details + dpos + 8, 8)
+            if drow > i:
+                break
+            if drow == i:
+                _put_text(out, <const char*>details + dpos + 16, dlen)
+            dpos += 16 + dlen
+        _put_text(out, b"}\n", 2)
+    if out.failed:
+        out.failed = False
+        out.len = mark
+        return NO_MEMORY
+    return count
+
+
+cdef const char* _STATUS_TEXT[7]
+cdef Py_ssize_t _STATUS_LEN[7]
+for _i, _s in enumerate(STATUS):
+    _STATUS_TEXT[_i] = _s
+    _STATUS_LEN[_i] = len(_s)
+
+
+cdef inline void _put_status(Out* out, long long state) noexcept nogil:
+    _put_text(out, _STATUS_TEXT[state], _STATUS_LEN[state])
+
+
+def format_tasks(bytes payload, double offset, long long pid, details, bytes key):
     """tasks.log lines for one batch: ``(lines, calls, errors)``.
 
     ``payload``: a 4-byte big-endian count, that many records, then the request
     lines comma-separated (``Dispatcher.take_finished``). ``offset`` turns the
     monotonic clock into wall time; ``details`` maps a row to what its tool
-    reported; ``digests`` (arguments -> hex digest) is a cache kept across
-    batches; ``digest_of(raw)`` digests a miss.
+    reported; ``key`` keys the argument digests.
 
     The id, tool name and arguments are taken from each line as it was sent (a
     scanner finds them; nothing is parsed into objects): the digest is of the
     arguments' JSON exactly as the client wrote it.
     """
-    cdef const unsigned char* base = <const unsigned char*>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t count, pos, end, i
-    cdef Py_ssize_t errors = 0
-    cdef Row row
+    cdef Digests dg
     cdef Out out
-    cdef Spans spans
-    if size < 4:
-        raise ValueError("a tasks batch needs its count")
-    count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
-    pos = 4 + count * <Py_ssize_t>sizeof(Row)
-    if pos > size:
-        raise ValueError(f"a tasks batch of {count} rows is cut short")
-    out.data = NULL
-    out.len = out.cap = 0
+    cdef Out scratch
+    cdef long long errors = 0
+    cdef Py_ssize_t count
+    cdef bytes packed = pack_details(details) if details else b""
+    memset(&out, 0, sizeof(Out))
+    memset(&scratch, 0, sizeof(Out))
+    _digests_init(&dg, key)
     try:
-        for i in range(count):
-            memcpy(&row, base + 4 + i * sizeof(Row), sizeof(Row))   # unaligned in the payload
-            if row.state != 1:
-                errors += 1
-            pos = _ws(base, pos, size)
-            if i and pos < size and base[pos] == 44:
-                pos = _ws(base, pos + 1, size)
-            if pos >= size or base[pos] != 123:
-                raise ValueError(f"a tasks batch has {count} rows but only {i} request lines")
-            spans.id_start = spans.name_start = spans.args_start = -1
-            end = _members(base, pos, size, True, &spans)
-            if end >= 0:
-                id = PyBytes_FromStringAndSize(<const char*>base + spans.id_start, spans.id_end - spans.id_start) \
-                    if spans.id_start >= 0 else b"null"
-                name = PyBytes_FromStringAndSize(<const char*>base + spans.name_start,
-                                                 spans.name_end - spans.name_start) \
-                    if spans.name_start >= 0 else b"null"
-                raw = PyBytes_FromStringAndSize(<const char*>base + spans.args_start,
-                                                spans.args_end - spans.args_start) \
-                    if spans.args_start >= 0 else b"{}"
-            else:
-                end = _value_end(base, pos, size)
-                if end < 0:
-                    raise ValueError(f"request line {i} of a tasks batch is cut short")
-                id, name, raw = _parsed(payload[pos:end])
-            pos = end
-            digest = digests.get(raw)
-            if digest is None:
-                digest = digest_of(raw)
-                if len(digests) >= DIGEST_CACHE:
-                    digests.clear()
-                digests[raw] = digest
-
-            _put_text(&out, b'{"time":', 8)
-            _put_milli(&out, row.end + offset)
-            _put_text(&out, b',"pid":', 7)
-            _put_int(&out, pid)
-            _put_text(&out, b',"id":', 6)
-            _put(&out, id)
-            _put_text(&out, b',"tool":', 8)
-            _put(&out, name)
-            _put_text(&out, b',"status":', 10)
-            _put(&out, STATUS[row.state] if 0 <= row.state < 7 else b'"%d"' % row.state)
-            _put_text(&out, b',"duration_ms":', 15)
-            _put_milli(&out, (row.end - row.start) * 1e3)
-            _put_text(&out, b',"arg_bytes":', 13)
-            _put_int(&out, PyBytes_GET_SIZE(raw))
-            _put_text(&out, b',"arg_digest":"', 15)
-            _put(&out, digest)
-            _put_text(&out, b'","bytes_in":', 13)
-            if row.size > 0:
-                _put_int(&out, row.size)
-            else:
-                _put_text(&out, b"null", 4)
-            _put_text(&out, b',"bytes_out":', 13)
-            if row.sent > 0:
-                _put_int(&out, row.sent)
-            else:
-                _put_text(&out, b"null", 4)
-            if details:
-                detail = details.get(i)
-                if type(detail) is dict and detail:   # what the tool reported, e.g. an exit code
-                    extra = {key: value for key, value in (<dict>detail).items()
-                             if key not in _FIXED and (value is None or type(value) in (int, float, str, bool))}
-                    if extra:
-                        _put_text(&out, b",", 1)
-                        _put(&out, _dumps(extra)[1:-1])
-            _put_text(&out, b"}\n", 2)
+        count = _format(<const unsigned char*>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), offset,
+                        pid, <const unsigned char*>PyBytes_AS_STRING(packed), PyBytes_GET_SIZE(packed),
+                        &dg, &out, &scratch, &errors)
+        if count == BAD_BATCH:
+            raise ValueError("a malformed tasks batch: its count, rows and request lines do not agree")
+        if count == NO_MEMORY:
+            raise MemoryError()
         return PyBytes_FromStringAndSize(out.data, out.len), count, errors
     finally:
-        PyMem_Free(out.data)
+        free(out.data)
+        free(scratch.data)
+        _digests_free(&dg)
+
+
+# -- the writer thread --------------------------------------------------------------------------
+
+cdef inline double _clock(int which) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(which, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef void* _run(void* arg) noexcept nogil:
+    cdef WriterState* st = <WriterState*>arg
+    cdef Pending* batch
+    cdef Pending* next
+    cdef long long rows, errors
+    cdef bint stopping
+    cdef double began
+    while True:
+        pthread_mutex_lock(&st.lock)
+        while st.head == NULL and not st.stopping:
+            pthread_cond_wait(&st.wake, &st.lock)
+        batch = st.head
+        st.head = st.tail = NULL
+        stopping = st.stopping
+        pthread_mutex_unlock(&st.lock)
+        if batch == NULL and stopping:
+            return NULL
+        while batch != NULL:   # one write per batch: the cap and rotation see each
+            next = batch.next
+            rows = errors = 0
+            began = _clock(CLOCK_MONOTONIC)
+            if _format_pending(st, batch, &errors) == 0:
+                rows = batch.count
+                _write_out(st, rows)
+            st.busy_seconds += _clock(CLOCK_MONOTONIC) - began
+            pthread_mutex_lock(&st.lock)
+            st.queued -= batch.size + batch.dsize
+            st.calls += rows
+            st.errors += errors
+            pthread_mutex_unlock(&st.lock)
+            free(batch)
+            batch = next
+
+
+cdef int _format_pending(WriterState* st, Pending* batch, long long* errors) noexcept nogil:
+    cdef const unsigned char* payload = <const unsigned char*>(batch + 1)
+    cdef Py_ssize_t count = _format(payload, batch.size, batch.offset, st.pid, payload + batch.size,
+                                    batch.dsize, &st.digests, &st.out, &st.scratch, errors)
+    if count >= 0:
+        return 0
+    st.dropped += batch.count
+    with gil:
+        (<TaskWriter>st.owner)._report(count)
+    return -1
+
+
+cdef void _open_live(WriterState* st) noexcept nogil:
+    # (Re)open tasks.log by its name: at first, after the directory's caretaker renamed it
+    # away (rotation), or after another server did. The GIL only to create the directory.
+    cdef struct_stat info
+    cdef int fd = open(st.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+    if fd < 0:
+        with gil:
+            fd = (<TaskWriter>st.owner)._create()
+        if fd < 0:
+            return
+    if fstat(fd, &info) != 0:
+        close(fd)
+        return
+    if st.fd >= 0:
+        close(st.fd)
+    st.fd = fd
+    st.ino = info.st_ino
+
+
+cdef void _write_out(WriterState* st, long long rows) noexcept nogil:
+    # Append the formatted lines, without the GIL: rotation and the directory's cap are
+    # asked of the caretaker (TaskWriter.care, on another thread), which renames and
+    # deletes by name while this thread writes on; the GIL only after a failure.
+    cdef struct_stat info
+    cdef Py_ssize_t done = 0
+    cdef ssize_t n
+    cdef bint poke = False
+    if st.out.len == 0:
+        return
+    if st.fd < 0 and _clock(CLOCK_MONOTONIC) < st.retry_at:
+        st.dropped += rows
+        st.out.len = 0
+        return
+    if st.fd < 0 or stat(st.path, &info) != 0 or info.st_ino != st.ino:
+        _open_live(st)
+    if st.fd >= 0 and (st.total < 0 or st.total + st.out.len > st.max_total):
+        with gil:   # the caretaker is behind (or the size is not known yet): the cap holds
+            (<TaskWriter>st.owner)._make_room(st.out.len)
+    if st.fd >= 0:
+        while done < st.out.len:
+            n = write(st.fd, st.out.data + done, st.out.len - done)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                with gil:
+                    (<TaskWriter>st.owner)._failed(errno, rows)
+                break
+            done += n
+        else:
+            pthread_mutex_lock(&st.lock)
+            st.total += st.out.len
+            if fstat(st.fd, &info) == 0:
+                st.size = info.st_size
+            # Asked early (two files' worth of room left), so this thread need not wait
+            # for the GIL to keep the cap itself.
+            if not st.care and (st.size >= st.max_file or st.total + 2 * st.max_file > st.max_total):
+                st.care = poke = True
+            pthread_mutex_unlock(&st.lock)
+            if poke and st.wake_fd >= 0:
+                write(st.wake_fd, b"t", 1)   # the caretaker wakes (a full pipe: it is awake)
+    else:
+        st.dropped += rows
+    st.out.len = 0
+    if st.out.cap > OUT_KEEP:   # after a burst, do not hold its size
+        free(st.out.data)
+        st.out.data = NULL
+        st.out.cap = 0
+
+
+cdef class TaskWriter:
+    """Writes ``tasks.log`` from batches of finished calls, on a native thread of its own.
+
+    ``files``: a ``LogFiles`` for the log directory, used by this writer alone (its
+    rotation, cap and failure bookkeeping); ``pid`` goes on every line; ``key`` keys
+    the argument digests; more than ``limit`` bytes waiting and new batches are dropped
+    (counted). ``submit`` is for the event loop: a copy and a signal, never a wait on
+    the disk. Rotation and the cap are left to a caretaker that calls ``care()`` (with
+    the GIL, on a thread of its own) whenever a byte arrives on ``wake_fd``, so the
+    writer's thread never waits for the GIL while it keeps up. ``close`` writes
+    everything submitted, then stops the thread.
+    """
+
+    def __cinit__(self):
+        self.st = NULL
+        self.running = False
+
+    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit, int wake_fd=-1):
+        cdef WriterState* st = <WriterState*>calloc(1, sizeof(WriterState))
+        if st == NULL:
+            raise MemoryError()
+        self.files = files
+        self._path = os.fsencode(os.path.join(files.directory, "tasks.log"))
+        try:
+            _digests_init(&st.digests, key)
+        except BaseException:
+            free(st)
+            raise
+        pthread_mutex_init(&st.lock, NULL)
+        pthread_cond_init(&st.wake, NULL)
+        st.limit = limit
+        st.pid = pid
+        st.fd = -1
+        st.wake_fd = wake_fd
+        st.total = -1    # not known until the first write
+        st.path = PyBytes_AS_STRING(self._path)
+        st.max_file = files.max_file
+        st.max_total = files.max_total
+        st.owner = <PyObject*>self
+        self.st = st
+        if pthread_create(&self.thread, NULL, _run, st) != 0:
+            raise OSError(errno, strerror(errno).decode())
+        self.running = True
+        Py_INCREF(self)   # the thread calls back into it until close()
+
+    def submit(self, Py_ssize_t count, bytes records, bytes lines, details, double offset):
+        """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
+        ``offset``: wall clock minus monotonic); False if it was dropped (too much waiting)."""
+        cdef WriterState* st = self.st
+        cdef bytes packed = pack_details(details) if details else b""
+        cdef Py_ssize_t nrec = PyBytes_GET_SIZE(records), nlines = PyBytes_GET_SIZE(lines)
+        cdef Py_ssize_t size = 4 + nrec + nlines, dsize = PyBytes_GET_SIZE(packed)
+        cdef Pending* batch
+        cdef unsigned char* at
+        if not self.running:
+            raise ValueError("the tasks.log writer is closed")
+        pthread_mutex_lock(&st.lock)
+        if st.queued >= st.limit:
+            st.dropped += count
+            pthread_mutex_unlock(&st.lock)
+            return False
+        pthread_mutex_unlock(&st.lock)
+        batch = <Pending*>malloc(sizeof(Pending) + size + dsize)
+        if batch == NULL:
+            raise MemoryError()
+        batch.next = NULL
+        batch.offset = offset
+        batch.count = count
+        batch.size = size
+        batch.dsize = dsize
+        at = <unsigned char*>(batch + 1)
+        at[0], at[1], at[2], at[3] = (count >> 24) & 255, (count >> 16) & 255, (count >> 8) & 255, count & 255
+        memcpy(at + 4, PyBytes_AS_STRING(records), nrec)
+        memcpy(at + 4 + nrec, PyBytes_AS_STRING(lines), nlines)
+        memcpy(at + size, PyBytes_AS_STRING(packed), dsize)
+        pthread_mutex_lock(&st.lock)
+        if st.tail == NULL:
+            st.head = batch
+        else:
+            st.tail.next = batch
+        st.tail = batch
+        st.queued += size + dsize
+        pthread_cond_signal(&st.wake)
+        pthread_mutex_unlock(&st.lock)
+        return True
+
+    def stats(self):
+        """``(calls, errors)`` written since the last call, and rows dropped in all."""
+        cdef WriterState* st = self.st
+        pthread_mutex_lock(&st.lock)
+        calls, errors, dropped = st.calls, st.errors, st.dropped
+        st.calls = st.errors = 0
+        pthread_mutex_unlock(&st.lock)
+        return calls, errors, dropped + self.files.dropped
+
+    @property
+    def dropped(self):
+        """Rows that never reached tasks.log: too many waiting, or the directory failing."""
+        return self.st.dropped + self.files.dropped
+
+    @property
+    def queued(self):
+        """Bytes of rows waiting for the thread."""
+        return self.st.queued
+
+    @property
+    def busy_seconds(self):
+        """The thread's seconds formatting and writing, in all."""
+        return self.st.busy_seconds
+
+    def close(self):
+        """Write everything submitted, stop the thread and close the file."""
+        cdef WriterState* st = self.st
+        if not self.running:
+            return
+        pthread_mutex_lock(&st.lock)
+        st.stopping = True
+        pthread_cond_signal(&st.wake)
+        pthread_mutex_unlock(&st.lock)
+        with nogil:
+            pthread_join(self.thread, NULL)
+        self.running = False
+        if st.fd >= 0:
+            close(st.fd)
+            st.fd = -1
+        self.files.close()
+        Py_DECREF(self)
+
+    def __dealloc__(self):
+        cdef WriterState* st = self.st
+        if st == NULL or self.running:
+            return
+        _digests_free(&st.digests)
+        free(st.out.data)
+        free(st.scratch.data)
+        pthread_mutex_destroy(&st.lock)
+        pthread_cond_destroy(&st.wake)
+        free(st)
+        self.st = NULL
+
+    def care(self):
+        """Rotate tasks.log once full and keep the directory under its cap: the caretaker's
+        part, called with the GIL when ``wake_fd`` says so (or now and then)."""
+        cdef WriterState* st = self.st
+        pthread_mutex_lock(&st.lock)
+        need, st.care = st.care, False
+        size, ino, before = st.size, st.ino, st.total
+        pthread_mutex_unlock(&st.lock)
+        if not need:
+            return
+        try:
+            if size >= st.max_file:
+                self.files.rotate_away("tasks", ino)   # the thread follows the name to the new file
+            total = self.files.make_room(3 * st.max_file)
+        except OSError as exc:
+            if self.files.warn is not None:
+                self.files.warn(f"bemcp: tasks.log: {exc}")
+            return
+        pthread_mutex_lock(&st.lock)
+        st.total = total + (st.total - before if before >= 0 else 0)   # and what was written meanwhile
+        pthread_mutex_unlock(&st.lock)
+
+    # -- called by the thread, with the GIL: failures --------------------------------------
+
+    cdef void _make_room(self, Py_ssize_t room) noexcept:
+        cdef WriterState* st = self.st
+        try:
+            total = self.files.make_room(room)
+        except OSError as exc:
+            self._lost(exc, 0)
+            return
+        except BaseException:
+            return
+        pthread_mutex_lock(&st.lock)
+        st.total = total
+        pthread_mutex_unlock(&st.lock)
+
+    cdef int _create(self) noexcept:
+        # tasks.log could not be opened: make the directory, or say why not.
+        try:
+            os.makedirs(self.files.directory, mode=0o700, exist_ok=True)
+            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._lost(exc, 0)
+        except BaseException:
+            pass
+        return -1
+
+    cdef void _failed(self, int err, long long rows) noexcept:
+        self._lost(OSError(err, os.strerror(err)), rows)
+
+    cdef void _lost(self, exc, long long rows) noexcept:
+        try:
+            self.st.retry_at = self.files.failed(exc, rows)
+        except BaseException:
+            self.st.retry_at = _clock(CLOCK_MONOTONIC) + RETRY_SECONDS
+        if self.st.fd >= 0:
+            close(self.st.fd)
+        self.st.fd = -1
+
+    cdef void _report(self, Py_ssize_t code) noexcept:
+        try:
+            if self.files.warn is not None:
+                self.files.warn("bemcp: tasks.log writer: " + ("out of memory; a batch of rows was dropped"
+                                if code == NO_MEMORY else "a malformed batch of rows was dropped"))
+        except BaseException:
+            pass

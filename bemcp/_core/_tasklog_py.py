@@ -1,19 +1,25 @@
-"""tasks.log lines from the core's finished rows (pure-Python twin of _tasklog.pyx).
+"""tasks.log from the core's finished rows (pure-Python twin of _tasklog.pyx).
 
-The log writer process calls ``format_tasks`` on each batch the server hands it
-(``Dispatcher.take_finished``): one JSON line per tool call.
+The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
+to a ``TaskWriter``, whose thread formats one JSON line per call and appends them to
+``tasks.log`` through ``bemcp.logs.files``. ``format_tasks`` formats one batch.
 """
 
+import hashlib
 import re
 import struct
+import threading
+import time
+from collections import deque
 
 from orjson import dumps, loads
 
-STATUS = (b'"running"', b'"ok"', b'"error"', b'"timeout"', b'"cancelled"', b'"killed"', b'"rejected"')
+STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
 DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
 _PLAIN = (int, float, str, bool)
+_DETAIL = struct.Struct("=qq")   # a packed detail: row, length, then the JSON members
 _COUNT = struct.Struct("!I")
 _ROW = struct.Struct("=ddqqq")   # the compiled twin's Row; Dispatcher.take_finished's records
 # Formatted, not built as a dict and encoded.
@@ -135,19 +141,77 @@ def _parsed(line):
     return dumps(message.get("id")), dumps(params.get("name")), dumps(args) if args is not None else b"{}"
 
 
-def format_tasks(payload, offset, pid, details, digests, digest_of):
+def digest(key, raw):
+    """The hex digest tasks.log gives ``raw`` under ``key`` (keyed BLAKE2b, 8 bytes)."""
+    if not raw:
+        raise ValueError("nothing to digest")
+    return hashlib.blake2b(raw, key=key, digest_size=8).hexdigest().encode()
+
+
+class _Digests:
+    """Keyed digests of arguments, remembered: repeated calls hash once."""
+
+    def __init__(self, key):
+        if not 1 <= len(key) <= 64:
+            raise ValueError("a digest key is 1 to 64 bytes")
+        self._hasher = hashlib.blake2b(key=key, digest_size=8)
+        self._cache = {}
+
+    def __call__(self, raw):
+        digest = self._cache.get(raw)
+        if digest is None:
+            h = self._hasher.copy()
+            h.update(raw)
+            digest = h.hexdigest().encode()
+            if len(self._cache) >= DIGEST_CACHE:
+                self._cache.clear()
+            self._cache[raw] = digest
+        return digest
+
+
+def pack_details(details):
+    """What tools reported (``{row: detail}`` or ``[(row, detail), ...]``) as the formatter
+    reads it: for each row with plain values to add, its row, length and JSON members."""
+    items = details.items() if type(details) is dict else details
+    packed = []
+    for row, detail in sorted(items, key=lambda item: item[0]):
+        if type(detail) is not dict or not detail:
+            continue
+        extra = {key: value for key, value in detail.items()
+                 if key not in _FIXED and (value is None or type(value) in _PLAIN)}
+        if extra:
+            members = b"," + dumps(extra)[1:-1]
+            packed.append(_DETAIL.pack(row, len(members)) + members)
+    return b"".join(packed)
+
+
+def _unpack_details(packed):
+    details = {}
+    pos = 0
+    while pos + _DETAIL.size <= len(packed):
+        row, length = _DETAIL.unpack_from(packed, pos)
+        pos += _DETAIL.size
+        details[row] = details.get(row, b"") + packed[pos:pos + length]
+        pos += length
+    return details
+
+
+def format_tasks(payload, offset, pid, details, key):
     """tasks.log lines for one batch: ``(lines, calls, errors)``.
 
     ``payload``: a 4-byte big-endian count, that many records, then the request
     lines comma-separated (``Dispatcher.take_finished``). ``offset`` turns the
     monotonic clock into wall time; ``details`` maps a row to what its tool
-    reported; ``digests`` (arguments -> hex digest) is a cache kept across
-    batches; ``digest_of(raw)`` digests a miss.
+    reported; ``key`` keys the argument digests.
 
     The id, tool name and arguments are taken from each line as it was sent (a
     scanner finds them; nothing is parsed into objects): the digest is of the
     arguments' JSON exactly as the client wrote it.
     """
+    return _format(payload, offset, pid, pack_details(details) if details else b"", _Digests(key))
+
+
+def _format(payload, offset, pid, packed, digest_of):
     if len(payload) < _COUNT.size:
         raise ValueError("a tasks batch needs its count")
     (count,) = _COUNT.unpack_from(payload)
@@ -157,6 +221,7 @@ def format_tasks(payload, offset, pid, details, digests, digest_of):
     records = _ROW.iter_unpack(memoryview(payload)[_COUNT.size:pos])
     out = []
     errors = 0
+    details = _unpack_details(packed) if packed else None
     for i, (start, end, state, size, sent) in enumerate(records):
         if state != 1:
             errors += 1
@@ -174,23 +239,121 @@ def format_tasks(payload, offset, pid, details, digests, digest_of):
             line_end = _value_end(payload, pos)
             if line_end < 0:
                 raise ValueError(f"request line {i} of a tasks batch is cut short")
-            id, name, raw = _parsed(payload[pos:line_end])
+            try:
+                id, name, raw = _parsed(payload[pos:line_end])
+            except ValueError:
+                raise ValueError(f"request line {i} of a tasks batch is not JSON") from None
         pos = line_end
-        digest = digests.get(raw)
-        if digest is None:
-            digest = digest_of(raw)
-            if len(digests) >= DIGEST_CACHE:
-                digests.clear()
-            digests[raw] = digest
+        digest = digest_of(raw)
         line = _LINE % (
             _milli(end + offset), pid, id, name, STATUS[state] if 0 <= state < 7 else b'"%d"' % state,
             _milli((end - start) * 1e3), len(raw), digest,
             b"%d" % size if size > 0 else b"null", b"%d" % sent if sent > 0 else b"null")
-        detail = details.get(i) if details else None
-        if type(detail) is dict and detail:   # what the tool reported, e.g. an exit code
-            extra = {key: value for key, value in detail.items()
-                     if key not in _FIXED and (value is None or type(value) in _PLAIN)}
-            if extra:
-                line += b"," + dumps(extra)[1:-1]
+        if details:   # what the tool reported, e.g. an exit code
+            line += details.get(i, b"")
         out.append(line + b"}\n")
     return b"".join(out), count, errors
+
+
+class TaskWriter:
+    """Writes ``tasks.log`` from batches of finished calls, on a thread of its own.
+
+    ``files``: a ``LogFiles`` for the log directory, used by this writer alone; ``pid``
+    goes on every line; ``key`` keys the argument digests; more than ``limit`` bytes
+    waiting and new batches are dropped (counted). ``close`` writes everything
+    submitted, then stops the thread.
+    """
+
+    def __init__(self, files, pid, key, limit, wake_fd=-1):
+        self.files = files
+        self._pid = pid
+        self._limit = limit
+        self._digests = _Digests(key)
+        self._pending = deque()
+        self._queued = 0
+        self._calls = self._errors = self._dropped = 0
+        self._busy = 0.0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="bemcp-tasks-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, count, records, lines, details, offset):
+        """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
+        ``offset``: wall clock minus monotonic); False if it was dropped (too much waiting)."""
+        if not self._running:
+            raise ValueError("the tasks.log writer is closed")
+        size = len(records) + len(lines)
+        with self._lock:
+            if self._queued >= self._limit:
+                self._dropped += count
+                return False
+            self._queued += size
+        packed = pack_details(details) if details else b""
+        self._pending.append((count, _COUNT.pack(count) + records + lines, packed, offset, size))
+        self._wake.set()
+        return True
+
+    def _run(self):
+        pending = self._pending
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            stopping = self._stopping
+            while pending:   # one write per batch: the cap and rotation see each
+                count, payload, packed, offset, size = pending.popleft()
+                rows = errors = 0
+                began = time.monotonic()
+                try:
+                    lines, _, errors = _format(payload, offset, self._pid, packed, self._digests)
+                except (ValueError, MemoryError) as exc:
+                    with self._lock:
+                        self._dropped += count
+                    if self.files.warn is not None:
+                        self.files.warn(f"bemcp: tasks.log writer: a batch of rows was dropped: {exc}")
+                else:
+                    self.files.append("tasks", lines, count)
+                    rows = count
+                self._busy += time.monotonic() - began
+                with self._lock:
+                    self._queued -= size
+                    self._calls += rows
+                    self._errors += errors
+            if stopping and not pending:
+                return
+
+    def stats(self):
+        """``(calls, errors)`` written since the last call, and rows dropped in all."""
+        with self._lock:
+            calls, errors, self._calls, self._errors = self._calls, self._errors, 0, 0
+            return calls, errors, self._dropped + self.files.dropped
+
+    @property
+    def dropped(self):
+        """Rows that never reached tasks.log: too many waiting, or the directory failing."""
+        return self._dropped + self.files.dropped
+
+    @property
+    def queued(self):
+        """Bytes of rows waiting for the thread."""
+        return self._queued
+
+    @property
+    def busy_seconds(self):
+        """The thread's seconds formatting and writing, in all."""
+        return self._busy
+
+    def care(self):
+        """Nothing to do here: this twin's thread rotates and caps as it appends."""
+
+    def close(self):
+        """Write everything submitted, stop the thread and close the file."""
+        if not self._running:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._running = False
+        self.files.close()

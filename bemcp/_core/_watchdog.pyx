@@ -21,7 +21,7 @@ STATE_CANCELLED = C_STATE_CANCELLED
 STATE_KILLED = C_STATE_KILLED
 STATE_REJECTED = C_STATE_REJECTED
 
-STATE_NAMES = ("running", "ok", "error", "timeout", "cancelled", "killed", "rejected")
+STATE_NAMES = ("running", "ok", "error", "timed_out", "cancelled", "killed", "rejected")
 
 cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)

@@ -19,7 +19,7 @@ STATE_CANCELLED = 4
 STATE_KILLED = 5
 STATE_REJECTED = 6
 
-STATE_NAMES = ("running", "ok", "error", "timeout", "cancelled", "killed", "rejected")
+STATE_NAMES = ("running", "ok", "error", "timed_out", "cancelled", "killed", "rejected")
 
 # Rebuild the heap once this many finished requests still sit in it.
 _COMPACT_MIN = 1024

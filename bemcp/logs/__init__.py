@@ -4,7 +4,8 @@ The directory (``--log-dir``; by default the platform's per-user state directory
 e.g. ``~/.local/state/bemcp``) holds:
 
 - ``tasks.log``: one JSON line per finished tool call: time, pid, request id, tool,
-  status (ok, error, timeout, cancelled, killed, rejected), duration, argument
+  status (ok, error, timed_out, cancelled, killed, rejected; a timed-out call also
+  has ``limit_s``), duration, argument
   size and a keyed digest of the arguments as sent (never their values), bytes in and out
   (the request line and the answer, from the core), and what the tool reported in
   ``request.detail`` (e.g. ``run_command``'s exit code);
@@ -16,9 +17,10 @@ e.g. ``~/.local/state/bemcp``) holds:
 
 Off the hot path: as each tool call ends, the core copies a fixed-size record and
 the request line into C buffers (``Dispatcher.keep_finished``: no Python call, no
-object); every few milliseconds the loop takes them as two byte strings, and a
-background thread hands those to the writer process (:mod:`bemcp.logs.sink`),
-which formats (compiled: ``bemcp._core._tasklog``), hashes, rotates and samples psutil.
+object); every few milliseconds the loop hands them, as two byte strings, to the
+core's tasks.log writer, a native thread that formats, digests, rotates and writes
+without the GIL (:class:`bemcp.logs.writer.Logs` wires it; the pure twins use a
+Python thread). The server is one process.
 ``bemcp logs`` (:mod:`bemcp.logs.summary`) is the person's view of a directory.
 """
 

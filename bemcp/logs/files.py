@@ -108,6 +108,24 @@ class LogFiles:
             return None
         return path
 
+    # -- for a writer that appends on its own (bemcp._core's TaskWriter) ---------------
+
+    def make_room(self, room):
+        """Enforce the cap for ``room`` more bytes; the directory's total as now known."""
+        self.enforce_cap(room)
+        return self._total
+
+    def rotate_away(self, name, inode):
+        """Rotate ``<name>.log`` if it is still the file ``inode`` and has reached
+        ``max_file``; its writer, which holds its own descriptor, follows the name."""
+        with _DirLock(self.directory):
+            self._shift(name, inode)
+
+    def failed(self, exc, records):
+        """A write failed (``records`` lost): warn once; when to try again (monotonic)."""
+        self._failed(exc, records)
+        return self._retry_at
+
     @staticmethod
     def _write(fd, data):
         view = memoryview(data)
@@ -150,22 +168,26 @@ class LogFiles:
 
     def _rotate(self, name):
         with _DirLock(self.directory):
-            path = log_path(self.directory, name)
             fd, inode = self._fds[name]
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            # Someone else may have rotated it while we waited for the lock.
-            if current is not None and current.st_ino == inode and current.st_size >= self.max_file:
-                rotated = [p for p in generations(self.directory, name) if p != path]   # oldest first
-                for old in rotated:
-                    n = int(old.rsplit(".", 1)[1])
-                    os.replace(old, log_path(self.directory, name, n + 1))
-                os.replace(path, log_path(self.directory, name, 1))
+            self._shift(name, inode)
             os.close(fd)
             del self._fds[name]
             self._open(name)
+
+    def _shift(self, name, inode):
+        # Under the lock: the live file becomes .1, .1 becomes .2 ... if it is still the
+        # full file ``inode`` (someone else may have rotated it while we waited).
+        path = log_path(self.directory, name)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return
+        if current.st_ino == inode and current.st_size >= self.max_file:
+            rotated = [p for p in generations(self.directory, name) if p != path]   # oldest first
+            for old in rotated:
+                n = int(old.rsplit(".", 1)[1])
+                os.replace(old, log_path(self.directory, name, n + 1))
+            os.replace(path, log_path(self.directory, name, 1))
 
     def enforce_cap(self, room=0):
         """Delete the oldest rotated logs, then the oldest crash reports, until ``room``
@@ -231,3 +253,36 @@ class _DirLock:
         if self.fd is not None:
             os.close(self.fd)   # closing releases the lock
             self.fd = None
+
+
+def digest_key(directory):
+    """The directory's key for argument digests, created on first use.
+
+    Keyed, so a digest in a shared log cannot be matched against guessed values
+    without the key file; the same arguments give the same digest across runs.
+    """
+    path = os.path.join(directory, ".digest-key")
+    key = _read_key(path)
+    if key is not None:
+        return key
+    key = os.urandom(16)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex())
+    except FileExistsError:
+        time.sleep(0.05)   # another server is writing it
+        return _read_key(path) or key
+    except OSError:
+        pass
+    return key
+
+
+def _read_key(path):
+    try:
+        with open(path, "rb") as f:
+            key = bytes.fromhex(f.read().decode().strip())
+    except (OSError, ValueError):
+        return None
+    return key if 16 <= len(key) <= 64 else None

@@ -97,6 +97,8 @@ def summarise(directory, limit=10):
         entry = by_tool.setdefault(tool, {"calls": 0, "errors": 0, "durations": []})
         entry["calls"] += 1
         status = t.get("status") or "?"
+        if status == "timeout":   # rows written before timed_out was the name
+            status = t["status"] = "timed_out"
         statuses[status] = statuses.get(status, 0) + 1
         if status != "ok":
             entry["errors"] += 1
@@ -214,7 +216,10 @@ def render(s):
 
 
 def _task_row(x):
-    return [_when(x.get("time")), _short(x.get("id")), x.get("tool"), x.get("status"), _num(x.get("duration_ms"))]
+    status = x.get("status")
+    if isinstance(x.get("limit_s"), (int, float)):   # timed out: at which limit
+        status = f"{status} ({x['limit_s']:g} s)"
+    return [_when(x.get("time")), _short(x.get("id")), x.get("tool"), status, _num(x.get("duration_ms"))]
 
 
 def _event_text(e):

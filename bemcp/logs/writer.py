@@ -1,20 +1,22 @@
-"""The server's side of the logs: collecting records cheaply and handing them on.
+"""The logs, written inside the server, off the event loop.
 
 Threads and what each may do:
 
 - the event loop: the core keeps a C record and the request line of each tool
   call as it ends (``Dispatcher.keep_finished``: no Python call, no object made);
-  a timer every few milliseconds measures the loop's lag and takes the rows as
-  two byte strings, so nothing per request is left for another thread to touch;
+  a timer every few milliseconds measures the loop's lag and hands the rows, as
+  two byte strings, to the core's ``TaskWriter``;
+- the core's tasks.log writer: a native thread (the pure twins: a Python thread)
+  that formats, digests and appends the rows, never waiting for the GIL on its way;
 - any thread: ``record(kind, fields)`` (forensics events, crashes) appends to a deque;
-- the feeder thread (``bemcp-logs``): sends frames to the writer process, writes
-  crash reports, assembles perf samples; it never formats a task record.
+- the feeder thread (``bemcp-logs``): appends forensics events, writes crash reports
+  and perf samples; all of these are few.
 """
 
 import faulthandler
 import logging
 import os
-import subprocess
+import struct
 import sys
 import threading
 import time
@@ -26,34 +28,36 @@ from orjson import OPT_NON_STR_KEYS, dumps
 from . import default_log_dir
 from .crash import (CrashReporter, close_fatal_file, crash_filename, open_fatal_file,
                     plain, summarize_crash, unseen_crashes)
-from .files import MAX_FILE, MAX_TOTAL, LogFiles
-from .sink import COUNT, FRAME, Sink
+from .files import MAX_FILE, MAX_TOTAL, LogFiles, digest_key
 from .stderr import install_logging, install_pump, pump
 
 log = logging.getLogger("bemcp.logs")
 
+# A batch of finished calls as Dispatcher.take_finished gives it: the count (big-endian,
+# as TaskWriter's payload starts), then that many records (the core's FinishedRow, in the
+# server's byte order).
+COUNT = struct.Struct("!I")
+RECORD = struct.Struct("=ddqqq")
+
 PERF_INTERVAL = 5.0      # seconds between perf.log samples
-TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + flush (small batches: no big buffers)
+TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + hand-off (small batches)
 TICK_IDLE = 0.1          # ... while nothing finishes
-FEED_BUSY = 0.005        # feeder wake-ups while rows come in: little held, each batch freed soon
-FEED_IDLE = 0.1          # ... while nothing does
-OUTBOX_LIMIT = 32 << 20  # bytes of task rows waiting for the writer before new ones are dropped
+FEED_WAKE = 0.1          # the feeder's wake-ups for forensics events
+TASKS_LIMIT = 8 << 20    # bytes of task rows waiting for the writer before new ones are dropped
+                         # (~60k calls: a busy machine's stall of the writer thread, bounded)
 EVENTS_LIMIT = 10000     # forensics records waiting
-RETRY_SECONDS = 30.0     # an unwritable directory is tried again this often
-STOP_SECONDS = 3.0       # the most shutdown waits for the feeder and writer process
-IOV_MAX = 1024           # pieces per writev (Linux's limit)
+STOP_SECONDS = 3.0       # the most shutdown waits for the feeder
 
 
 class Logs:
     """Logs for one server (see the package doc). Built by ``setup_logging(server)``.
 
     Options: ``directory`` (overrides config.log_dir), ``perf_interval`` (seconds),
-    ``max_file``/``max_total`` (bytes: rotation size, cap on the directory),
-    ``in_process`` (write from a thread instead of the writer process).
+    ``max_file``/``max_total`` (bytes: rotation size, cap on the directory).
     """
 
     def __init__(self, server, directory=None, *, perf_interval=PERF_INTERVAL,
-                 max_file=MAX_FILE, max_total=MAX_TOTAL, in_process=False):
+                 max_file=MAX_FILE, max_total=MAX_TOTAL):
         cfg = server.config
         self.server = server
         self.enabled = bool(cfg.log_files)
@@ -61,28 +65,27 @@ class Logs:
         self.perf_interval = perf_interval
         self.max_file = max_file
         self.max_total = max_total
-        self.in_process = in_process
         self.pid = os.getpid()
-        self.writer = None            # "process", "thread", or None (not writing)
-        self.writer_pid = None
-        self.dropped = 0              # records dropped on this side (outbox full, directory unwritable)
-        self.files = LogFiles(self.directory, max_file, max_total, warn=self._warn)
+        self.writer = None            # what writes tasks.log: "native thread", "thread", or None
+        self._dir_warned = False
+        self.files = LogFiles(self.directory, max_file, max_total, warn=self._warn_dir)
         self.reporter = CrashReporter(server, self.files)
-        self._outbox = deque()        # (kind, rows, parts) for the writer
-        self._queued = 0              # bytes put in the outbox (by the loop's thread only)
-        self._taken = 0               # bytes taken out (by the feeder thread only)
+        self._tasks = None            # the core's TaskWriter
+        self._files_lock = threading.Lock()   # the feeder and a dying main thread share self.files
         self._events = deque()        # forensics records (dicts)
         self._crashes = deque()       # (file name, report) to write
         self._crash_names = set()
         self._lags = []
         self._due = 0.0
         self._tick_handle = None
-        self._wake = threading.Event()
+        self._wake = None              # the feeder's wake-up (a _Waker); the tasks.log writer pokes it too
         self._stopping = threading.Event()
         self._feeder = None
         self._feeding = False
-        self._sink = None
-        self._unwritable_until = 0.0
+        self._calls = 0               # for perf.log: tool calls and errors since the last sample
+        self._errors = 0
+        self._cpu = None              # (monotonic, process CPU seconds) at the last sample
+        self._writer_busy = 0.0         # the writer thread's busy seconds at the last sample
         self._fatal = (None, None)
         self._hooks = None
         self._dropped_events = 0
@@ -109,6 +112,8 @@ class Logs:
         self._fatal = open_fatal_file(self.directory, self._started_at)
         faulthandler.enable(file=self._fatal[0] or sys.__stderr__ or 2, all_threads=True)
         self._install_hooks()
+        self._wake = _Waker()
+        self._open_tasks()
         self._due = monotonic() + TICK_IDLE
         self._tick_handle = self.loop.call_later(TICK_IDLE, self._tick)
         self._feeding = True
@@ -121,10 +126,14 @@ class Logs:
             self._tick_handle = None
             self._flush_finished()
             self.server.dispatcher.keep_finished(False)
+        if self._tasks is not None:
+            self._tasks.close()   # everything handed over is written
         if self._feeder is not None:
             self._stopping.set()
             self._wake.set()
             self._feeder.join(STOP_SECONDS)
+            if not self._feeder.is_alive():
+                self._wake.close()
         self._uninstall_hooks()
         if getattr(self, "_faulthandler_before", False):
             faulthandler.enable(file=sys.__stderr__ or 2, all_threads=True)   # as it was (e.g. pytest's)
@@ -146,19 +155,20 @@ class Logs:
         self._tick_handle = self.loop.call_later(delay, self._tick)
 
     def _flush_finished(self):
-        """Queue the tool calls finished since the last tick for the writer; False if none."""
+        """Hand the tool calls finished since the last tick to the writer; False if none."""
         taken = self.server.dispatcher.take_finished()
         if taken is None:
             return False
         count, records, lines, details = taken
-        if self._queued - self._taken >= OUTBOX_LIMIT:   # the writer is not keeping up
-            self.dropped += count
-            return True
-        if details:   # before the T frame they belong to
-            self._outbox.append((b"D", 0, (dumps(details, default=repr, option=OPT_NON_STR_KEYS),)))
-        self._queued += len(records) + len(lines)
-        self._outbox.append((b"T", count, (COUNT.pack(count), records, lines)))
+        self._tasks.submit(count, records, lines, details, time.time() - monotonic())
         return True
+
+    def _open_tasks(self):
+        from .. import _core
+        files = LogFiles(self.directory, self.max_file, self.max_total, warn=self._warn_dir)
+        self._tasks = _core.TaskWriter(files, self.pid, digest_key(self.directory), TASKS_LIMIT,
+                                       self._wake.fileno())
+        self.writer = "native thread" if _core.USE_EXTENSIONS else "thread"
 
     # -- events and crashes (any thread) ------------------------------------------------------
 
@@ -199,8 +209,9 @@ class Logs:
                  "report": name}
         if name is None:
             event["suppressed"] = True
-        if sync:   # O_APPEND: safe alongside the writer process
-            self.files.append("forensics", dumps(event, default=repr) + b"\n")
+        if sync:
+            with self._files_lock:
+                self.files.append("forensics", dumps(event, default=repr) + b"\n")
         else:
             self._queue_event(event)
 
@@ -264,110 +275,51 @@ class Logs:
     def _feed(self):
         try:
             self._announce_crashes()
-            self._open_sink()
-            # First in forensics.log, before whatever was recorded while the writer started.
+            # First in forensics.log, before whatever was recorded while the server started.
             self._events.appendleft({"time": round(self._started_at, 3), "pid": self.pid, "kind": "start",
                                      "versions": plain(self.server.describe()), "log_dir": self.directory,
-                                     "writer": self.writer, "writer_pid": self.writer_pid})
+                                     "writer": self.writer})
             next_perf = monotonic() + self.perf_interval
             last_perf = monotonic()
-            busy = False
+            self._cpu = (last_perf, sum(os.times()[:2]))
             while True:
                 stopping = self._stopping.is_set()
                 if not stopping:
-                    self._wake.wait(FEED_BUSY if busy else FEED_IDLE)
-                    self._wake.clear()
+                    self._wake.wait(FEED_WAKE)
                     stopping = self._stopping.is_set()
                 try:
+                    if self._tasks is not None:
+                        self._tasks.care()   # rotation and the cap, for the writer thread
                     self._write_crashes()
                     now = monotonic()
                     if stopping:
                         self._queue_event(self._stop_event())
+                    self._write_events()
                     if now >= next_perf or stopping:
-                        perf = self._perf_sample(now - last_perf)
+                        self._write_perf(now - last_perf)
                         last_perf = now
                         next_perf = now + self.perf_interval
-                    else:
-                        perf = None
-                    busy = self._send_all(perf)
                 except Exception as exc:   # the logs must never take the server down
                     self._warn(f"bemcp: log writer error: {type(exc).__name__}: {exc}")
                 if stopping:
                     break
         finally:
             self._feeding = False
-            self._close_sink()
             self._write_crashes()
+            with self._files_lock:
+                self.files.close()
 
-    def _send_all(self, perf):
-        """Hand everything waiting to the writer; True if there were task rows."""
-        if self._sink is None and monotonic() >= self._unwritable_until:
-            self._open_sink()
-        frames = []
-        outbox, events = self._outbox, self._events
-        busy = bool(outbox)
-        for _ in range(len(events)):
-            frames.append((b"E", 1, (dumps(events.popleft(), default=repr, option=OPT_NON_STR_KEYS),)))
-        for _ in range(len(outbox)):
-            frame = outbox.popleft()
-            if frame[0] == b"T":
-                self._taken += len(frame[2][1]) + len(frame[2][2])
-            frames.append(frame)
-        if perf is not None:
-            frames.append((b"P", 0, (dumps(perf),)))
-        if self._sink is None:
-            self.dropped += sum(rows for kind, rows, _ in frames if kind != b"P")
-            return busy
-        offset = time.time() - monotonic()
-        unsent = self._sink.send(frames, offset)
-        if unsent:
-            # The writer process is gone: carry on in this thread.
-            self._fallback_to_thread()
-            try:
-                self._sink.send(unsent, offset)
-            except OSError:
-                self.dropped += sum(rows for _, rows, _ in unsent)
-        return busy
+    def _write_events(self):
+        events = self._events
+        lines = [dumps(events.popleft(), default=repr, option=OPT_NON_STR_KEYS) for _ in range(len(events))]
+        if lines:
+            with self._files_lock:
+                self.files.append("forensics", b"\n".join(lines) + b"\n", len(lines))
 
-    def _open_sink(self):
-        try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            if not os.access(self.directory, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied", self.directory)
-        except OSError as exc:
-            self._unwritable_until = monotonic() + RETRY_SECONDS
-            if not self.files.warned:
-                self.files.warned = True
-                self._warn(f"bemcp: cannot write logs in {self.directory}: {exc.strerror or exc}; "
-                           f"serving on without them (dropped records are counted)")
-            return
-        if not self.in_process:
-            try:
-                self._sink = ProcessSink(self.directory, self.max_file, self.max_total)
-                self.writer, self.writer_pid = "process", self._sink.pid
-                return
-            except OSError:
-                pass
-        self._sink = Sink(self.files, self.pid)
-        self.writer, self.writer_pid = "thread", None
-
-    def _fallback_to_thread(self):
-        lost = self._sink
-        self._sink = Sink(self.files, self.pid)
-        self.writer, self.writer_pid = "thread", None
-        if isinstance(lost, ProcessSink):
-            lost.close(0.1)
-            self._queue_event({"time": round(time.time(), 3), "pid": self.pid, "kind": "log_writer_lost",
-                               "writer_pid": lost.pid, "exit_code": lost.proc.poll(),
-                               "action": "writing logs from a thread of the server"})
-
-    def _close_sink(self):
-        if self._sink is not None:
-            try:
-                self._sink.close()
-            except Exception:
-                pass
-            self._sink = None
+    def _write_perf(self, interval):
+        sample = self._perf_sample(interval)
+        with self._files_lock:
+            self.files.append("perf", dumps(sample) + b"\n")
 
     def _write_crashes(self):
         crashes = self._crashes
@@ -376,22 +328,52 @@ class Logs:
             self.reporter.write(name, report)
 
     def _perf_sample(self, interval):
+        from ..watchdog import sample_memory
         lags, self._lags = self._lags, []
         lags.sort()
         dispatcher = self.server.dispatcher
+        calls, errors, _ = self._tasks.stats() if self._tasks is not None else (0, 0, 0)
         sample = {"time": round(time.time(), 3), "pid": self.pid, "interval_s": round(interval, 3),
                   "lag_p50_ms": _ms(_pick(lags, 50)), "lag_p99_ms": _ms(_pick(lags, 99)),
                   "lag_max_ms": _ms(lags[-1] if lags else None),
                   "in_flight": len(dispatcher.table) if dispatcher is not None else 0,
-                  "queued": len(getattr(dispatcher, "queue", ())) if dispatcher is not None else 0,
-                  "dropped": self.dropped + self._dropped_events,
-                  "stderr_dropped_bytes": pump().dropped_bytes}
+                  "queued": len(getattr(dispatcher, "queue", ())) if dispatcher is not None else 0}
+        try:
+            rss, children, child_rss = sample_memory()
+            sample.update(rss=rss, rss_children=child_rss, children=children)
+        except Exception:
+            pass
+        now, cpu = monotonic(), sum(os.times()[:2])
+        if self._cpu is not None:
+            sample["cpu_pct"] = round(100.0 * (cpu - self._cpu[1]) / max(now - self._cpu[0], 1e-3), 1)
+        self._cpu = (now, cpu)
+        sample["threads"] = threading.active_count() if not os.path.isdir("/proc/self/task") \
+            else len(os.listdir("/proc/self/task"))
+        sample.update(calls_per_s=round(calls / max(interval, 1e-3), 1), errors=errors,
+                      log_queued_bytes=self._tasks.queued if self._tasks is not None else 0,
+                      **self._writer_load(interval),
+                      dropped=self.dropped, log_dropped=self.files.dropped,
+                      stderr_dropped_bytes=pump().dropped_bytes)
         return sample
+
+    def _writer_load(self, interval):
+        """The tasks.log writer thread's busy share of the interval (%)."""
+        if self._tasks is None:
+            return {}
+        busy = self._tasks.busy_seconds
+        share = (busy - self._writer_busy) * 100.0 / max(interval, 1e-3)
+        self._writer_busy = busy
+        return {"log_writer_busy_pct": round(share, 1)}
+
+    @property
+    def dropped(self):
+        """Records that never reached the disk: task rows and forensics events."""
+        return (self._tasks.dropped if self._tasks is not None else 0) + self._dropped_events
 
     def _stop_event(self):
         counts = getattr(getattr(self.server.dispatcher, "table", None), "counts", None)
         event = {"time": round(time.time(), 3), "pid": self.pid, "kind": "stop",
-                 "dropped": self.dropped + self._dropped_events,
+                 "dropped": self.dropped,
                  "stderr_dropped_bytes": pump().dropped_bytes,
                  "crash_reports": self.reporter.written, "crash_reports_suppressed": self.reporter.suppressed}
         if counts is not None:
@@ -412,6 +394,12 @@ class Logs:
         lines.append("bemcp: `bemcp logs` summarises them.")
         pump().write("\n".join(lines) + "\n")
 
+    def _warn_dir(self, message):
+        # The directory's trouble, once: tasks.log's writer has its own LogFiles.
+        if not self._dir_warned:
+            self._dir_warned = True
+            self._warn(message)
+
     def _warn(self, message):
         pump().write(message + "\n")
 
@@ -420,88 +408,48 @@ class Logs:
     def status(self):
         """Where the logs are and what was lost (the ``bemcp://logs`` resource)."""
         return {"log_dir": self.directory, "log_files": self.enabled, "writer": self.writer,
-                "writer_pid": self.writer_pid,
-                "dropped_records": self.dropped + self._dropped_events + self.files.dropped,
+                "dropped_records": self.dropped + self.files.dropped,
                 "stderr_dropped_bytes": pump().dropped_bytes,
                 "crash_reports_written": self.reporter.written,
                 "crash_reports_suppressed": self.reporter.suppressed,
                 "directory_error": str(self.files.error) if self.files.error else None}
 
 
-class ProcessSink:
-    """The writer process, fed through a pipe (frames as in bemcp.logs.sink)."""
+class _Waker:
+    """A wake-up for the feeder thread that a native thread can give without the GIL:
+    a byte down a non-blocking pipe."""
 
-    def __init__(self, directory, max_file, max_total):
-        read_fd, self.fd = os.pipe()   # both ends close-on-exec: tools' children never inherit them
+    def __init__(self):
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def fileno(self):
+        """The end to write a byte to."""
+        return self._w
+
+    def set(self):
         try:
-            _grow_pipe(self.fd)
-            env = dict(os.environ)
-            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bemcp.logs.sink", directory, str(os.getpid()),
-                 str(max_file), str(max_total)],
-                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=None, env=env,
-                close_fds=True, start_new_session=True)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        finally:
-            os.close(read_fd)
-        from ..processes import leave_alone
-        leave_alone(self.proc.pid)   # its own session, waited for here: not an adopted orphan
-        self.pid = self.proc.pid
+            os.write(self._w, b"w")
+        except (BlockingIOError, OSError):
+            pass   # full: a wake-up is pending anyway
 
-    def send(self, frames, offset):
-        """Write ``frames`` ((kind, rows, parts), ...) in as few system calls as the pipe takes.
-
-        Few calls matter: each time this thread returns from one it must take the GIL
-        back from the busy event loop. It blocks (without the GIL) while the pipe is
-        full. Returns the frames not wholly written if the writer process is gone.
-        """
-        iov = []
-        owner = []   # the frame each piece belongs to
-        for i, (kind, _, parts) in enumerate(frames):
-            iov.append(FRAME.pack(kind, offset, sum(map(len, parts))))
-            iov.extend(parts)
-            owner.extend([i] * (len(parts) + 1))
-        done = 0
-        try:
-            while done < len(iov):
-                written = os.writev(self.fd, iov[done:done + IOV_MAX])
-                while done < len(iov) and written >= len(iov[done]):
-                    written -= len(iov[done])
-                    done += 1
-                if written:
-                    iov[done] = memoryview(iov[done])[written:]
-        except OSError:
-            return frames[owner[done]:]
-        return []
-
-    def close(self, timeout=STOP_SECONDS - 0.5):
-        if self.fd is not None:
+    def wait(self, timeout):
+        import select
+        ready, _, _ = select.select([self._r], [], [], timeout)
+        if ready:
             try:
-                os.close(self.fd)   # EOF: the writer finishes what it has and exits
+                while os.read(self._r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    def close(self):
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
             except OSError:
                 pass
-            self.fd = None
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _grow_pipe(fd, size=1 << 20):
-    """A bigger pipe buffer (Linux) absorbs bursts while the writer catches up."""
-    try:
-        import fcntl
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
-    except (ImportError, OSError):
-        pass
-
-
-
 
 
 def _pick(sorted_values, q):

@@ -17,6 +17,9 @@ from bemcp.watchdog import register_status
 
 server = Server("watchdog-test", config=config.parse(sys.argv[1:]))
 register_status(server)
+if "--log-dir" in sys.argv:   # log files only when a test asks for them
+    from bemcp.logs import setup_logging
+    setup_logging(server)
 STATE = {}
 GATES = {}
 RECORDS = os.environ.get("BEMCP_TEST_RECORDS")
