@@ -218,15 +218,15 @@ class Server:
             "logging/setLevel": self._modern_gone(self._handle_set_level),
             "server/discover": self._handle_discover,
             "tools/list": self._handle_tools_list,
-            "resources/list": self._handle_resources_list,
-            "resources/templates/list": self._handle_templates_list,
-            "resources/read": self._handle_resources_read,
+            "resources/list": self._after_plugins(self._handle_resources_list),
+            "resources/templates/list": self._after_plugins(self._handle_templates_list),
+            "resources/read": self._after_plugins(self._handle_resources_read),
             "resources/subscribe": self._modern_gone(self.subscriptions.subscribe),
             "resources/unsubscribe": self._modern_gone(self.subscriptions.unsubscribe),
             "subscriptions/listen": self.subscriptions.listen,
-            "prompts/list": self._handle_prompts_list,
-            "prompts/get": self._handle_prompts_get,
-            "completion/complete": self._handle_complete,
+            "prompts/list": self._after_plugins(self._handle_prompts_list),
+            "prompts/get": self._after_plugins(self._handle_prompts_get),
+            "completion/complete": self._after_plugins(self._handle_complete),
         })
         d.notifications.update({
             "notifications/initialized": self._handle_initialized,
@@ -237,6 +237,21 @@ class Server:
         self.tasks.install(d)
         self._sync_tools()
         return d
+
+    def _after_plugins(self, handler):
+        """``handler``, answering only once the plugins loading in the background have
+        registered what they offer: a list or a lookup never misses a plugin's prompt or
+        resource (tools/list and tools/call wait the same way)."""
+        async def when_ready(params, req):
+            await self.tools_ready.wait()
+            result = handler(params, req)
+            return await result if inspect.isawaitable(result) else result
+
+        def gated(params, req):
+            if self.tools_ready.is_set():
+                return handler(params, req)
+            return when_ready(params, req)
+        return gated
 
     # -- handshake era ------------------------------------------------------------
 
@@ -310,9 +325,9 @@ class Server:
     def capabilities(self, modern):
         # listChanged: through subscriptions/listen in 2026-07-28, to a client holding a list before.
         caps = {"tools": {"listChanged": True}, "logging": {}}
-        if self.prompts:
+        if self.prompts or not self.tools_ready.is_set():   # plugins loading may add prompts
             caps["prompts"] = {"listChanged": True}
-        if self.resources or self.templates:
+        if self.resources or self.templates or not self.tools_ready.is_set():
             caps["resources"] = {"subscribe": True, "listChanged": True}
         if any(p.completions for p in self.prompts.values()) or \
                 any(r.completions for r in self.templates.values()):

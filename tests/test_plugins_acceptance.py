@@ -149,3 +149,20 @@ def test_a_plugin_failure_is_said_at_once_and_a_hanging_one_is_named_at_exit(spa
     failed = {e["plugin"]: e["reason"] for e in events if e["kind"] == "plugin_failed"}
     assert failed["broken_import"] == "import failed: RuntimeError: broken at import on purpose"
     assert failed["slow_import"].startswith("abandoned at exit after ")
+
+
+def test_prompts_and_resources_of_a_plugin_still_loading_are_declared_and_listed(spawn):
+    # initialize is answered before the plugin has loaded: the capabilities say prompts and
+    # resources may come, and the lists and lookups wait for the plugin instead of missing it.
+    prompting = os.path.join(os.path.dirname(__file__), "plugin_fixtures", "prompting")
+    server = spawn("--plugins-dir", prompting, "--no-log-files", env=ENV)
+    caps = server.initialize()["result"]["capabilities"]
+    assert caps["prompts"] == {"listChanged": True} and caps["resources"]["listChanged"] is True
+    names = [p["name"] for p in server.request("prompts/list")["result"]["prompts"]]
+    assert "plugin_greeting" in names
+    got = server.request("prompts/get", {"name": "plugin_greeting", "arguments": {"name": "Ada"}})
+    assert got["result"]["messages"][0]["content"]["text"] == "Say hello to Ada."
+    templates = server.request("resources/templates/list")["result"]["resourceTemplates"]
+    assert "notes://{topic}" in [t["uriTemplate"] for t in templates]
+    read = server.request("resources/read", {"uri": "notes://cats"})["result"]
+    assert read["contents"][0]["text"] == "notes on cats"
