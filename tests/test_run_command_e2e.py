@@ -211,7 +211,11 @@ def test_daemons_that_leave_the_session_are_adopted_reaped_and_stopped_at_exit(s
     # setsid + a parent that exits: the classic escape from process-group and session kills.
     server = spawn(*BASE, "--shell")
     server.initialize()
-    text = call(server, "run_command", {"command": "setsid sleep 3600 >/dev/null 2>&1 </dev/null & "
+    # The shell waits until the daemon has its own session (field 6 of /proc/PID/stat): a
+    # child still in the command's session when the shell exits is stopped with it, rightly.
+    text = call(server, "run_command", {"command": "setsid sleep 3600 >/dev/null 2>&1 </dev/null & d=$!; "
+                                                   "until [ \"$(cut -d' ' -f6 /proc/$d/stat)\" = $d ]; "
+                                                   "do sleep 0.01; done; "
                                                    "setsid sh -c 'sleep 0.2' >/dev/null 2>&1 </dev/null & "
                                                    "echo $!"})["structuredContent"]["stdout"]
     short = int(text.split()[-1])
