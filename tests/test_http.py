@@ -406,10 +406,23 @@ def test_a_silent_client_is_let_go(http_server):
     silent = socket.create_connection(("127.0.0.1", server.port))
     half = socket.create_connection(("127.0.0.1", server.port))
     half.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    # A kept-alive connection that serves requests for longer than a request's headers
+    # may take, then stalls in the next one's headers.
+    later = socket.create_connection(("127.0.0.1", server.port))
+    later.settimeout(10)
+    until = time.monotonic() + 12
+    while time.monotonic() < until:
+        later.sendall(b"DELETE /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}"):     # the whole answer: its JSON-RPC error ends it
+            answer += later.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400")
+        time.sleep(1)
+    later.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     with httpx.Client(timeout=10) as c:
         r = modern_post(c, server.url, "tools/call", {"name": "echo", "arguments": {"text": "served"}})
         assert r.json()["result"]["content"][0]["text"] == "served"
-    for sock in (silent, half):
+    for sock in (silent, half, later):
         sock.settimeout(30)
         assert sock.recv(100) == b""     # closed by the server
         sock.close()

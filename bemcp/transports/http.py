@@ -964,7 +964,10 @@ def _request_guard():
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class Protocol(HttpToolsProtocol):
+        # One timer per connection, moved on by a deadline rather than cancelled and made
+        # again at each step of each request: it re-arms itself when it fires early.
         _timer = None
+        _deadline = 0.0
         _waiting = True      # a request has begun (or may begin) and has not fully arrived
 
         def connection_made(self, transport):
@@ -978,28 +981,31 @@ def _request_guard():
 
         def on_headers_complete(self):
             super().on_headers_complete()
-            self._arm(BODY_SECONDS)
+            self._deadline = self.loop.time() + BODY_SECONDS
 
         def on_message_complete(self):
             super().on_message_complete()
             self._waiting = False
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
         def connection_lost(self, exc):
             if self._timer is not None:
                 self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
         def _arm(self, seconds):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_later(seconds, self._too_slow)
+            self._deadline = self.loop.time() + seconds
+            if self._timer is None:
+                self._timer = self.loop.call_later(seconds, self._check)
 
-        def _too_slow(self):
+        def _check(self):
             self._timer = None
-            if self._waiting:
+            if not self._waiting:
+                return                  # idle between requests: uvicorn's keep-alive limit applies
+            left = self._deadline - self.loop.time()
+            if left > 0:
+                self._timer = self.loop.call_later(left, self._check)
+            else:
                 self.transport.close()
     return Protocol
 
