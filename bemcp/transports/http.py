@@ -107,7 +107,12 @@ class Exchange(Stream):
                  "sse", "asks")
 
     def __init__(self, transport, session, msg_id, iid, peer, modern):
-        super().__init__()
+        # Stream's fields, set here: one call less on every request.
+        self.frames = []
+        self.base = 0
+        self.finished = False
+        self._changed = None
+        self.no = 0
         self.transport = transport
         self.session = session
         self.id = msg_id
@@ -498,6 +503,9 @@ class HttpTransport:
         if listen:
             exchange.sse = True
         self._dispatch(msg, body)
+        if exchange.answer is not None and not exchange.frames:
+            await self._send_answer(exchange, send, None)   # answered at once (an eager tool)
+            return
         await self._respond(exchange, receive, send, None)
 
     def _check_modern(self, headers, dup, version, msg):
@@ -704,10 +712,12 @@ class HttpTransport:
             watcher.cancel()
 
     async def _send_answer(self, exchange, send, session):
+        body = exchange.answer
         status = 200
         if exchange.error and exchange.modern:
-            status = _STATUS.get(loads(exchange.answer)["error"].get("code"), 200)
-        await _send_json(send, status, exchange.answer)
+            status = _STATUS.get(loads(body)["error"].get("code"), 200)
+        await send({"type": "http.response.start", "status": status, "headers": _json_headers(len(body))})
+        await send({"type": "http.response.body", "body": body})
 
     def _abandon(self, exchange):
         # 2026-07-28: closing the response stream cancels the request. A handshake-era
@@ -889,8 +899,22 @@ def _same(value, given, kind):
     return given == str(value)
 
 
+_JSON = (b"content-type", b"application/json")
+_LENGTHS = {}
+
+
+def _json_headers(size):
+    """The headers of a JSON answer of ``size`` bytes (a new list: a middleware may change it)."""
+    length = _LENGTHS.get(size)
+    if length is None:
+        length = (b"content-length", b"%d" % size)
+        if len(_LENGTHS) < 4096:    # answers repeat their sizes
+            _LENGTHS[size] = length
+    return [_JSON, length]
+
+
 async def _send_json(send, status, body, extra=None):
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers = _json_headers(len(body))
     if extra:
         headers += extra
     await send({"type": "http.response.start", "status": status, "headers": headers})
