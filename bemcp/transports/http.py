@@ -685,6 +685,13 @@ class HttpTransport:
             return
         if session is not None:
             exchange.sse = True
+        if exchange.finished and exchange.answer is not None:
+            # Answered during dispatch: its whole stream goes out in one piece, with no
+            # task watching for the client to leave and none waiting on the stream.
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            body = self._open_stream(exchange, session) + _events(exchange, 0, session is not None)[0]
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
         gone = []
         watcher = asyncio.ensure_future(_watch_disconnect(receive, exchange, gone))
         try:
@@ -698,18 +705,23 @@ class HttpTransport:
                 return
             exchange.sse = True
             await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-            first = b""
-            if session is not None:
-                exchange.no = session.new_stream_no()
-                session.keep(exchange)
-                if session.peer.protocol_version not in _NO_PRIMING:
-                    # A priming event: an id to resume from, and how soon to come back.
-                    first = b"id: %d-0\nretry: %d\ndata: \n\n" % (exchange.no, RETRY_MS)
+            first = self._open_stream(exchange, session)
             await self._pump(exchange, send, 0, session is not None, gone, first)
             if gone:
                 self._abandon(exchange)
         finally:
             watcher.cancel()
+
+    def _open_stream(self, exchange, session):
+        """What an exchange's SSE stream starts with; a session keeps the stream for resumption."""
+        if session is None:
+            return b""
+        exchange.no = session.new_stream_no()
+        session.keep(exchange)
+        if session.peer.protocol_version in _NO_PRIMING:
+            return b""
+        # A priming event: an id to resume from, and how soon to come back.
+        return b"id: %d-0\nretry: %d\ndata: \n\n" % (exchange.no, RETRY_MS)
 
     async def _send_answer(self, exchange, send, session):
         body = exchange.answer
@@ -732,16 +744,9 @@ class HttpTransport:
         i = start         # the next frame to send, counted from the stream's first
         pending = first
         while True:
-            frames = stream.frames
-            end = stream.base + len(frames)
-            if i < end:
-                parts = [pending]
-                for k in range(max(i, stream.base), end):
-                    if with_ids:
-                        parts.append(b"id: %d-%d\n" % (stream.no, k + 1))
-                    parts.append(b"data: " + frames[k - stream.base] + b"\n\n")
-                i = end
-                pending = b"".join(parts)
+            if i < stream.base + len(stream.frames):
+                events, i = _events(stream, i, with_ids)
+                pending += events
             if pending:
                 try:
                     # A client that stops reading its stream is let go, not waited on.
@@ -834,6 +839,19 @@ def _joined(raw):
         else:
             headers[name] = value
     return headers, dup
+
+
+def _events(stream, start, with_ids):
+    """``stream``'s frames from ``start`` as SSE events, and the index after the last."""
+    frames = stream.frames
+    base = stream.base
+    end = base + len(frames)
+    parts = []
+    for k in range(max(start, base), end):
+        if with_ids:
+            parts.append(b"id: %d-%d\n" % (stream.no, k + 1))
+        parts.append(b"data: " + frames[k - base] + b"\n\n")
+    return b"".join(parts), end
 
 
 async def _watch_disconnect(receive, stream, gone):
