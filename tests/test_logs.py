@@ -373,6 +373,7 @@ def test_perf_log_samples_the_running_server(script, tmp_path):
     assert busy, samples
     for s in samples:
         assert s["rss"] > 0 and s["in_flight"] >= 0 and "cpu_pct" in s and s["rss_children"] >= 0
+        assert s["log_wait_ms"] >= 0 and s["log_waits"] >= 0 and s["dropped"] == 0
     assert sum(s["calls_per_s"] * s["interval_s"] for s in samples) > 0
 
 

@@ -13,7 +13,7 @@ for one batch, called directly.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EINTR, ETIMEDOUT, errno
 from libc.math cimport llround
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -34,8 +34,11 @@ cdef enum:
     C_DIGEST_CACHE = 4096        # argument digests remembered (repeated calls hash once)
     DIGEST_CACHE_BYTES = 512     # longer arguments are digested each time rather than copied
     OUT_KEEP = 1 << 20           # the line buffer is given back past this size (a burst is over)
+    WRITE_CHUNK = 64 << 10       # lines formatted before each write (at most a quarter of a file)
 DIGEST_CACHE = C_DIGEST_CACHE
 cdef double RETRY_SECONDS = 10.0 # after a failed write, rows are dropped this long before a retry
+cdef double GATHER_SECONDS = 0.02   # batches gather this long before the thread wakes to write them
+WAIT_SECONDS = 2.0   # a submitter waits this long on a full queue before calling the thread stuck
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
 _DETAIL = struct.Struct("=qq")
@@ -571,38 +574,84 @@ cdef inline double _clock(int which) noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+cdef inline void _deadline(double at, timespec* ts) noexcept nogil:
+    ts.tv_sec = <long>at
+    ts.tv_nsec = <long>((at - ts.tv_sec) * 1e9)
+
+
 cdef void* _run(void* arg) noexcept nogil:
     cdef WriterState* st = <WriterState*>arg
     cdef Pending* batch
     cdef Pending* next
     cdef long long rows, errors
+    cdef Py_ssize_t freed
     cdef bint stopping
     cdef double began
+    cdef timespec until
     while True:
         pthread_mutex_lock(&st.lock)
         while st.head == NULL and not st.stopping:
+            st.idle = True
             pthread_cond_wait(&st.wake, &st.lock)
+        st.idle = False
+        # Let a few ticks' batches gather: one wake-up and one write for many, and no
+        # signal per tick from the loop. A filling queue or a waiting submitter ends it.
+        if not st.stopping and st.queued < st.nudge and st.waiting == 0:
+            _deadline(_clock(CLOCK_MONOTONIC) + GATHER_SECONDS, &until)
+            st.gathering = True
+            while not st.stopping and st.queued < st.nudge and st.waiting == 0:
+                if pthread_cond_timedwait(&st.wake, &st.lock, &until) == ETIMEDOUT:
+                    break
+            st.gathering = False
         batch = st.head
         st.head = st.tail = NULL
         stopping = st.stopping
         pthread_mutex_unlock(&st.lock)
         if batch == NULL and stopping:
             return NULL
-        while batch != NULL:   # one write per batch: the cap and rotation see each
-            next = batch.next
-            rows = errors = 0
+        while batch != NULL:   # a write per chunk of lines: the cap and rotation see each
+            rows = errors = freed = 0
             began = _clock(CLOCK_MONOTONIC)
-            if _format_pending(st, batch, &errors) == 0:
-                rows = batch.count
-                _write_out(st, rows)
+            while batch != NULL and st.out.len < st.chunk:
+                next = batch.next
+                if _format_pending(st, batch, &errors) == 0:
+                    rows += batch.count
+                freed += batch.size + batch.dsize
+                free(batch)
+                batch = next
+            _write_out(st, rows)
             st.busy_seconds += _clock(CLOCK_MONOTONIC) - began
             pthread_mutex_lock(&st.lock)
-            st.queued -= batch.size + batch.dsize
+            st.queued -= freed
             st.calls += rows
             st.errors += errors
+            st.stuck = False   # moving again
+            if st.waiting and st.queued <= st.limit // 2:
+                pthread_cond_broadcast(&st.drained)
             pthread_mutex_unlock(&st.lock)
-            free(batch)
-            batch = next
+
+
+cdef bint _wait_drained(WriterState* st) noexcept nogil:
+    # The queue is full: wait (no GIL, no lock held on return) until the thread has
+    # written it down to half, at most ``st.wait`` seconds; False if it did not (stuck).
+    cdef timespec until
+    cdef double began = _clock(CLOCK_MONOTONIC)
+    cdef bint drained
+    _deadline(began + st.wait, &until)
+    pthread_mutex_lock(&st.lock)
+    st.waiting += 1
+    st.waits += 1
+    pthread_cond_signal(&st.wake)   # a gathering thread starts now
+    while st.queued > st.limit // 2 and not st.stuck:
+        if pthread_cond_timedwait(&st.drained, &st.lock, &until) == ETIMEDOUT:
+            if st.queued > st.limit // 2:
+                st.stuck = True
+            break
+    drained = not st.stuck
+    st.waiting -= 1
+    st.wait_seconds += _clock(CLOCK_MONOTONIC) - began
+    pthread_mutex_unlock(&st.lock)
+    return drained
 
 
 cdef int _format_pending(WriterState* st, Pending* batch, long long* errors) noexcept nogil:
@@ -691,9 +740,11 @@ cdef class TaskWriter:
 
     ``files``: a ``LogFiles`` for the log directory, used by this writer alone (its
     rotation, cap and failure bookkeeping); ``pid`` goes on every line; ``key`` keys
-    the argument digests; more than ``limit`` bytes waiting and new batches are dropped
-    (counted). ``submit`` is for the event loop: a copy and a signal, never a wait on
-    the disk. Rotation and the cap are left to a caretaker that calls ``care()`` (with
+    the argument digests. ``submit`` is for the event loop: a copy, and a signal only
+    now and then (batches gather for a few ticks). With ``limit`` bytes waiting, the
+    next submit waits (without the GIL) until the thread has written the queue down to
+    half; a thread that has not done so in ``wait`` seconds is stuck, and batches that
+    find the queue full are dropped (counted) until it moves again. Rotation and the cap are left to a caretaker that calls ``care()`` (with
     the GIL, on a thread of its own) whenever a byte arrives on ``wake_fd``, so the
     writer's thread never waits for the GIL while it keeps up. ``close`` writes
     everything submitted, then stops the thread.
@@ -703,8 +754,10 @@ cdef class TaskWriter:
         self.st = NULL
         self.running = False
 
-    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit, int wake_fd=-1):
+    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit, int wake_fd=-1,
+                 double wait=WAIT_SECONDS):
         cdef WriterState* st = <WriterState*>calloc(1, sizeof(WriterState))
+        cdef pthread_condattr_t monotonic
         if st == NULL:
             raise MemoryError()
         self.files = files
@@ -715,8 +768,14 @@ cdef class TaskWriter:
             free(st)
             raise
         pthread_mutex_init(&st.lock, NULL)
-        pthread_cond_init(&st.wake, NULL)
+        pthread_condattr_init(&monotonic)
+        pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC)   # the timed waits' deadlines
+        pthread_cond_init(&st.wake, &monotonic)
+        pthread_cond_init(&st.drained, &monotonic)
+        pthread_condattr_destroy(&monotonic)
         st.limit = limit
+        st.nudge = limit // 4
+        st.wait = wait
         st.pid = pid
         st.fd = -1
         st.wake_fd = wake_fd
@@ -724,6 +783,7 @@ cdef class TaskWriter:
         st.path = PyBytes_AS_STRING(self._path)
         st.max_file = files.max_file
         st.max_total = files.max_total
+        st.chunk = min(WRITE_CHUNK, files.max_file // 4)
         st.owner = <PyObject*>self
         self.st = st
         if pthread_create(&self.thread, NULL, _run, st) != 0:
@@ -733,8 +793,9 @@ cdef class TaskWriter:
 
     def submit(self, Py_ssize_t count, bytes records, bytes lines, details, double offset):
         """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
-        ``offset``: wall clock minus monotonic); False if it was dropped (too much waiting)."""
+        ``offset``: wall clock minus monotonic); False if it was dropped (a stuck writer)."""
         cdef WriterState* st = self.st
+        cdef bint full, drained
         cdef bytes packed = pack_details(details) if details else b""
         cdef Py_ssize_t nrec = PyBytes_GET_SIZE(records), nlines = PyBytes_GET_SIZE(lines)
         cdef Py_ssize_t size = 4 + nrec + nlines, dsize = PyBytes_GET_SIZE(packed)
@@ -743,11 +804,20 @@ cdef class TaskWriter:
         if not self.running:
             raise ValueError("the tasks.log writer is closed")
         pthread_mutex_lock(&st.lock)
-        if st.queued >= st.limit:
+        full = st.queued >= st.limit
+        if full and (st.stuck or st.wait <= 0):
             st.dropped += count
             pthread_mutex_unlock(&st.lock)
             return False
         pthread_mutex_unlock(&st.lock)
+        if full:
+            with nogil:
+                drained = _wait_drained(st)
+            if not drained:
+                pthread_mutex_lock(&st.lock)
+                st.dropped += count
+                pthread_mutex_unlock(&st.lock)
+                return False
         batch = <Pending*>malloc(sizeof(Pending) + size + dsize)
         if batch == NULL:
             raise MemoryError()
@@ -768,7 +838,8 @@ cdef class TaskWriter:
             st.tail.next = batch
         st.tail = batch
         st.queued += size + dsize
-        pthread_cond_signal(&st.wake)
+        if st.idle or (st.gathering and st.queued >= st.nudge):
+            pthread_cond_signal(&st.wake)
         pthread_mutex_unlock(&st.lock)
         return True
 
@@ -790,6 +861,16 @@ cdef class TaskWriter:
     def queued(self):
         """Bytes of rows waiting for the thread."""
         return self.st.queued
+
+    @property
+    def wait_seconds(self):
+        """Seconds submitters spent waiting for a full queue to drain, in all."""
+        return self.st.wait_seconds
+
+    @property
+    def waits(self):
+        """Submits that found the queue full and waited."""
+        return self.st.waits
 
     @property
     def busy_seconds(self):
@@ -823,6 +904,7 @@ cdef class TaskWriter:
         free(st.scratch.data)
         pthread_mutex_destroy(&st.lock)
         pthread_cond_destroy(&st.wake)
+        pthread_cond_destroy(&st.drained)
         free(st)
         self.st = NULL
 
