@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, cdivision=True
 """tasks.log from the core's finished rows, written by a native thread (compiled; twin: _tasklog_py.py).
 
 The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
@@ -49,6 +49,8 @@ cdef enum:
 cdef object _loads = loads
 cdef object _dumps = dumps
 cdef const char* _HEX = b"0123456789abcdef"
+cdef uint64_t _ONE = 1
+cdef bint _LITTLE = (<unsigned char*>&_ONE)[0] == 1   # message words load with one copy
 
 cdef uint64_t _IV[8]
 _IV[:] = [0x6a09e667f3bcc908, 0xbb67ae8584caa73b, 0x3c6ef372fe94f82b, 0xa54ff53a5f1d36f1,
@@ -91,10 +93,13 @@ cdef void _compress(uint64_t* h, const unsigned char* block, uint64_t t, bint la
     cdef uint64_t m[16]
     cdef int i, j
     cdef const unsigned char* s
-    for i in range(16):
-        m[i] = 0
-        for j in range(8):   # little-endian words, whatever the host
-            m[i] |= (<uint64_t>block[8 * i + j]) << (8 * j)
+    if _LITTLE:
+        memcpy(m, block, 128)
+    else:
+        for i in range(16):
+            m[i] = 0
+            for j in range(8):   # little-endian words, whatever the host
+                m[i] |= (<uint64_t>block[8 * i + j]) << (8 * j)
     for i in range(8):
         v[i] = h[i]
         v[i + 8] = _IV[i]
