@@ -55,44 +55,57 @@ cdef bint _LITTLE = (<unsigned char*>&_ONE)[0] == 1   # message words load with 
 cdef uint64_t _IV[8]
 _IV[:] = [0x6a09e667f3bcc908, 0xbb67ae8584caa73b, 0x3c6ef372fe94f82b, 0xa54ff53a5f1d36f1,
           0x510e527fade682d1, 0x9b05688c2b3e6c1f, 0x1f83d9abfb41bd6b, 0x5be0cd19137e2179]
-cdef unsigned char _SIGMA[10][16]
-for _r, _row in enumerate((
-        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        (14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3),
-        (11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4),
-        (7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8),
-        (9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13),
-        (2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9),
-        (12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11),
-        (13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10),
-        (6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5),
-        (10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0))):
-    for _c, _v in enumerate(_row):
-        _SIGMA[_r][_c] = _v
 
 
 # -- keyed BLAKE2b with an 8-byte digest (RFC 7693), the same as hashlib.blake2b(key=..., digest_size=8)
 
-cdef inline uint64_t _rotr(uint64_t x, int n) noexcept nogil:
-    return (x >> n) | (x << (64 - n))
-
-
-cdef inline void _g(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept nogil:
-    v[a] = v[a] + v[b] + x
-    v[d] = _rotr(v[d] ^ v[a], 32)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 24)
-    v[a] = v[a] + v[b] + y
-    v[d] = _rotr(v[d] ^ v[a], 16)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 63)
+cdef extern from *:
+    """
+    /* BLAKE2b's compression (RFC 7693) with its twelve rounds written out, so that the
+       message schedule is constant and the working state can live in registers. */
+    static const unsigned char bemcp_sigma[12][16] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+        {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+        {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+        {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+        {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+        {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+        {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+        {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+        {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+    #define BEMCP_ROTR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+    #define BEMCP_G(r, i, a, b, c, d) do { \
+        a = a + b + m[bemcp_sigma[r][2 * (i)]]; d = BEMCP_ROTR(d ^ a, 32); \
+        c = c + d; b = BEMCP_ROTR(b ^ c, 24); \
+        a = a + b + m[bemcp_sigma[r][2 * (i) + 1]]; d = BEMCP_ROTR(d ^ a, 16); \
+        c = c + d; b = BEMCP_ROTR(b ^ c, 63); } while (0)
+    #define BEMCP_ROUND(r) do { \
+        BEMCP_G(r, 0, v0, v4, v8, v12); BEMCP_G(r, 1, v1, v5, v9, v13); \
+        BEMCP_G(r, 2, v2, v6, v10, v14); BEMCP_G(r, 3, v3, v7, v11, v15); \
+        BEMCP_G(r, 4, v0, v5, v10, v15); BEMCP_G(r, 5, v1, v6, v11, v12); \
+        BEMCP_G(r, 6, v2, v7, v8, v13); BEMCP_G(r, 7, v3, v4, v9, v14); } while (0)
+    static void bemcp_blake2b_compress(uint64_t *h, const uint64_t *m, const uint64_t *iv,
+                                       uint64_t t, int last) {
+        uint64_t v0 = h[0], v1 = h[1], v2 = h[2], v3 = h[3], v4 = h[4], v5 = h[5], v6 = h[6], v7 = h[7];
+        uint64_t v8 = iv[0], v9 = iv[1], v10 = iv[2], v11 = iv[3];
+        uint64_t v12 = iv[4] ^ t, v13 = iv[5], v14 = last ? ~iv[6] : iv[6], v15 = iv[7];
+        BEMCP_ROUND(0); BEMCP_ROUND(1); BEMCP_ROUND(2); BEMCP_ROUND(3);
+        BEMCP_ROUND(4); BEMCP_ROUND(5); BEMCP_ROUND(6); BEMCP_ROUND(7);
+        BEMCP_ROUND(8); BEMCP_ROUND(9); BEMCP_ROUND(10); BEMCP_ROUND(11);
+        h[0] ^= v0 ^ v8; h[1] ^= v1 ^ v9; h[2] ^= v2 ^ v10; h[3] ^= v3 ^ v11;
+        h[4] ^= v4 ^ v12; h[5] ^= v5 ^ v13; h[6] ^= v6 ^ v14; h[7] ^= v7 ^ v15;
+    }
+    """
+    void bemcp_blake2b_compress(uint64_t* h, const uint64_t* m, const uint64_t* iv, uint64_t t,
+                                int last) noexcept nogil
 
 
 cdef void _compress(uint64_t* h, const unsigned char* block, uint64_t t, bint last) noexcept nogil:
-    cdef uint64_t v[16]
     cdef uint64_t m[16]
     cdef int i, j
-    cdef const unsigned char* s
     if _LITTLE:
         memcpy(m, block, 128)
     else:
@@ -100,24 +113,7 @@ cdef void _compress(uint64_t* h, const unsigned char* block, uint64_t t, bint la
             m[i] = 0
             for j in range(8):   # little-endian words, whatever the host
                 m[i] |= (<uint64_t>block[8 * i + j]) << (8 * j)
-    for i in range(8):
-        v[i] = h[i]
-        v[i + 8] = _IV[i]
-    v[12] ^= t
-    if last:
-        v[14] = ~v[14]
-    for i in range(12):
-        s = _SIGMA[i % 10]
-        _g(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
-        _g(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
-        _g(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
-        _g(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
-        _g(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
-        _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
-        _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
-        _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
-    for i in range(8):
-        h[i] ^= v[i] ^ v[i + 8]
+    bemcp_blake2b_compress(h, m, _IV, t, last)
 
 
 cdef int _digests_init(Digests* dg, bytes key) except -1:
