@@ -90,9 +90,7 @@ cdef struct WriterState:
     bint stuck                  # a wait ran out: full batches are dropped until the thread moves again
     double wait_seconds         # submitters' seconds spent waiting, in all
     long long waits
-    bint idle                   # the thread waits for a first batch (a submit wakes it)
-    bint gathering              # the thread lets batches gather (woken early only by a full queue)
-    Py_ssize_t nudge            # queued bytes that end a gathering early
+    bint idle                   # the thread waits for a batch (a submit wakes it)
     bint stopping
     long long calls
     long long errors

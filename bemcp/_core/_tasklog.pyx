@@ -37,7 +37,6 @@ cdef enum:
     WRITE_CHUNK = 64 << 10       # lines formatted before each write (at most a quarter of a file)
 DIGEST_CACHE = C_DIGEST_CACHE
 cdef double RETRY_SECONDS = 10.0 # after a failed write, rows are dropped this long before a retry
-cdef double GATHER_SECONDS = 0.02   # batches gather this long before the thread wakes to write them
 WAIT_SECONDS = 2.0   # a submitter waits this long on a full queue before calling the thread stuck
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
@@ -49,6 +48,8 @@ cdef enum:
 cdef object _loads = loads
 cdef object _dumps = dumps
 cdef const char* _HEX = b"0123456789abcdef"
+_PAIRS_TEXT = "".join("%02d" % i for i in range(100)).encode()
+cdef const char* _PAIRS = _PAIRS_TEXT   # "00" to "99": two digits a step
 cdef uint64_t _ONE = 1
 cdef bint _LITTLE = (<unsigned char*>&_ONE)[0] == 1   # message words load with one copy
 
@@ -213,23 +214,31 @@ cdef bint _reserve(Out* out, Py_ssize_t more) noexcept nogil:
 
 
 cdef inline void _put_text(Out* out, const char* text, Py_ssize_t n) noexcept nogil:
-    if _reserve(out, n):
+    if out.len + n <= out.cap or _reserve(out, n):
         memcpy(out.data + out.len, text, n)
         out.len += n
 
 
 cdef void _put_int(Out* out, long long value) noexcept nogil:
-    # printf is slow enough to show at this rate; digits are written right to left.
+    # printf is slow enough to show at this rate; digits are written right to left, two at a time.
     cdef char buf[24]
     cdef int i = 24
     cdef bint negative = value < 0
     cdef unsigned long long v = <unsigned long long>(-value if negative else value)
-    while True:
+    cdef unsigned int pair
+    while v >= 100:
+        pair = <unsigned int>(v % 100)
+        v //= 100
+        i -= 2
+        buf[i] = _PAIRS[2 * pair]
+        buf[i + 1] = _PAIRS[2 * pair + 1]
+    if v >= 10:
+        i -= 2
+        buf[i] = _PAIRS[2 * v]
+        buf[i + 1] = _PAIRS[2 * v + 1]
+    else:
         i -= 1
-        buf[i] = <char>(48 + v % 10)
-        v //= 10
-        if v == 0:
-            break
+        buf[i] = <char>(48 + v)
     if negative:
         i -= 1
         buf[i] = 45
@@ -425,8 +434,14 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     cdef char hex[16]
     cdef Py_ssize_t mark = out.len
     cdef bint parsed
+    cdef char pid_buf[48]
+    cdef Out pid_text   # the same on every line: written once
     if size < 4:
         return BAD_BATCH
+    pid_text.data, pid_text.len, pid_text.cap, pid_text.failed = pid_buf, 0, 48, False
+    _put_text(&pid_text, b',"pid":', 7)
+    _put_int(&pid_text, pid)
+    _put_text(&pid_text, b',"id":', 6)
     count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
     pos = 4 + count * <Py_ssize_t>sizeof(Row)
     if pos > size:
@@ -463,9 +478,7 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
 
         _put_text(out, b'{"time":', 8)
         _put_milli(out, row.end + offset)
-        _put_text(out, b',"pid":', 7)
-        _put_int(out, pid)
-        _put_text(out, b',"id":', 6)
+        _put_text(out, pid_text.data, pid_text.len)   # ,"pid":N,"id":
         if spans.id_start >= 0:
             _put_text(out, <const char*>text + spans.id_start, spans.id_end - spans.id_start)
         else:
@@ -588,22 +601,12 @@ cdef void* _run(void* arg) noexcept nogil:
     cdef Py_ssize_t freed
     cdef bint stopping
     cdef double began
-    cdef timespec until
     while True:
         pthread_mutex_lock(&st.lock)
         while st.head == NULL and not st.stopping:
             st.idle = True
             pthread_cond_wait(&st.wake, &st.lock)
         st.idle = False
-        # Let a few ticks' batches gather: one wake-up and one write for many, and no
-        # signal per tick from the loop. A filling queue or a waiting submitter ends it.
-        if not st.stopping and st.queued < st.nudge and st.waiting == 0:
-            _deadline(_clock(CLOCK_MONOTONIC) + GATHER_SECONDS, &until)
-            st.gathering = True
-            while not st.stopping and st.queued < st.nudge and st.waiting == 0:
-                if pthread_cond_timedwait(&st.wake, &st.lock, &until) == ETIMEDOUT:
-                    break
-            st.gathering = False
         batch = st.head
         st.head = st.tail = NULL
         stopping = st.stopping
@@ -642,7 +645,6 @@ cdef bint _wait_drained(WriterState* st) noexcept nogil:
     pthread_mutex_lock(&st.lock)
     st.waiting += 1
     st.waits += 1
-    pthread_cond_signal(&st.wake)   # a gathering thread starts now
     while st.queued > st.limit // 2 and not st.stuck:
         if pthread_cond_timedwait(&st.drained, &st.lock, &until) == ETIMEDOUT:
             if st.queued > st.limit // 2:
@@ -742,7 +744,7 @@ cdef class TaskWriter:
     ``files``: a ``LogFiles`` for the log directory, used by this writer alone (its
     rotation, cap and failure bookkeeping); ``pid`` goes on every line; ``key`` keys
     the argument digests. ``submit`` is for the event loop: a copy, and a signal only
-    now and then (batches gather for a few ticks). With ``limit`` bytes waiting, the
+    when the thread is idle. With ``limit`` bytes waiting, the
     next submit waits (without the GIL) until the thread has written the queue down to
     half; a thread that has not done so in ``wait`` seconds is stuck, and batches that
     find the queue full are dropped (counted) until it moves again. Rotation and the cap are left to a caretaker that calls ``care()`` (with
@@ -775,7 +777,6 @@ cdef class TaskWriter:
         pthread_cond_init(&st.drained, &monotonic)
         pthread_condattr_destroy(&monotonic)
         st.limit = limit
-        st.nudge = limit // 4
         st.wait = wait
         st.pid = pid
         st.fd = -1
@@ -839,7 +840,7 @@ cdef class TaskWriter:
             st.tail.next = batch
         st.tail = batch
         st.queued += size + dsize
-        if st.idle or (st.gathering and st.queued >= st.nudge):
+        if st.idle:   # a busy thread finds the batch on its own: no signal
             pthread_cond_signal(&st.wake)
         pthread_mutex_unlock(&st.lock)
         return True

@@ -16,7 +16,6 @@ from orjson import dumps, loads
 
 STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
 DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
-GATHER_SECONDS = 0.02    # batches gather this long before the thread wakes to write them
 WAIT_SECONDS = 2.0       # a submitter waits this long on a full queue before calling the thread stuck
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
@@ -261,8 +260,7 @@ class TaskWriter:
     """Writes ``tasks.log`` from batches of finished calls, on a thread of its own.
 
     ``files``: a ``LogFiles`` for the log directory, used by this writer alone; ``pid``
-    goes on every line; ``key`` keys the argument digests. Batches gather for a few
-    ticks before the thread wakes. With ``limit`` bytes waiting, the next submit waits
+    goes on every line; ``key`` keys the argument digests. With ``limit`` bytes waiting, the next submit waits
     until the thread has written the queue down to half; a thread that has not done so
     in ``wait`` seconds is stuck, and batches that find the queue full are dropped
     (counted) until it moves again. ``close`` writes everything submitted, then stops
@@ -273,7 +271,6 @@ class TaskWriter:
         self.files = files
         self._pid = pid
         self._limit = limit
-        self._nudge = limit // 4
         self._wait = wait
         self._waiting = 0
         self._stuck = False
@@ -286,8 +283,7 @@ class TaskWriter:
         self._busy = 0.0
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)   # the queue fell to half its limit
-        self._wake = threading.Event()      # a first batch is waiting
-        self._hurry = threading.Event()     # ... and the gathering should end now
+        self._wake = threading.Event()
         self._stopping = False
         self._running = True
         self._thread = threading.Thread(target=self._run, name="bemcp-tasks-log", daemon=True)
@@ -304,12 +300,9 @@ class TaskWriter:
                 self._dropped += count
                 return False
             self._queued += size
-            hurry = self._queued >= self._nudge
         packed = pack_details(details) if details else b""
         self._pending.append((count, _COUNT.pack(count) + records + lines, packed, offset, size))
         self._wake.set()
-        if hurry:
-            self._hurry.set()
         return True
 
     def _wait_drained(self):
@@ -320,7 +313,6 @@ class TaskWriter:
         began = time.monotonic()
         self._waiting += 1
         self._waits += 1
-        self._hurry.set()
         if not self._drained.wait_for(lambda: self._queued <= self._limit // 2 or self._stuck, self._wait):
             self._stuck = True
         self._waiting -= 1
@@ -331,9 +323,7 @@ class TaskWriter:
         pending = self._pending
         while True:
             self._wake.wait()
-            self._hurry.wait(GATHER_SECONDS)   # a few ticks' batches: one wake-up for many
             self._wake.clear()
-            self._hurry.clear()
             stopping = self._stopping
             while pending:   # one write per batch: the cap and rotation see each
                 count, payload, packed, offset, size = pending.popleft()
@@ -400,7 +390,6 @@ class TaskWriter:
             return
         self._stopping = True
         self._wake.set()
-        self._hurry.set()
         self._thread.join()
         self._running = False
         self.files.close()
