@@ -43,8 +43,9 @@ PERF_INTERVAL = 5.0      # seconds between perf.log samples
 TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + hand-off (small batches)
 TICK_IDLE = 0.1          # ... while nothing finishes
 FEED_WAKE = 0.1          # the feeder's wake-ups for forensics events
-TASKS_LIMIT = 8 << 20    # bytes of task rows waiting for the writer before the loop waits for it
-                         # (~60k calls: a busy machine's stall of the writer thread, bounded)
+TASKS_LIMIT = 4 << 20    # bytes of task rows waiting for the writer before the loop waits for it
+                         # (~25k calls, ~90 ms at full speed: most stalls of the writer thread on a
+                         # busy machine pass without a wait, and the server's RSS stays bounded)
 EVENTS_LIMIT = 10000     # forensics records waiting
 STOP_SECONDS = 3.0       # the most shutdown waits for the feeder
 
