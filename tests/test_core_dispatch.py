@@ -283,7 +283,7 @@ def test_dispatch_answers_a_parsed_message_at_once_and_logs_its_bytes(core, run)
         assert [text_of(m) for m in w.out] == ["now"]     # written before any loop turn
         w.d.dispatch(request(4, "ping"))
         assert w.out[-1] == {"jsonrpc": "2.0", "id": 4, "result": {}}
-        from bemcp.logs.sink import RECORD
+        from bemcp.logs.writer import RECORD
         count, records, lines, details = w.d.take_finished()
         assert count == 1 and lines == line
         assert [row[3] for row in RECORD.iter_unpack(records)] == [len(line) + 1]

@@ -785,7 +785,7 @@ cdef class TaskWriter:
         st.path = PyBytes_AS_STRING(self._path)
         st.max_file = files.max_file
         st.max_total = files.max_total
-        st.chunk = min(WRITE_CHUNK, files.max_file // 4)
+        st.chunk = max(1, min(WRITE_CHUNK, files.max_file // 4))
         st.owner = <PyObject*>self
         self.st = st
         if pthread_create(&self.thread, NULL, _run, st) != 0:
