@@ -245,12 +245,59 @@ def test_the_task_writer_rotates_caps_and_drops_what_it_cannot_hold(core, tmp_pa
     for path in generations(str(tmp_path), "tasks"):
         with open(path, "rb") as f:
             assert all(orjson.loads(x)["tool"] == "echo" for x in f.read().splitlines())
-    # Nothing may wait beyond the limit: past it, batches are dropped and counted.
-    tight = core.TaskWriter(LogFiles(str(tmp_path / "tight")), 1, KEY, 1)
+    # A writer given no time to drain a full queue is stuck: past the limit, batches are
+    # dropped and counted, and nothing waits beyond it.
+    tight = core.TaskWriter(LogFiles(str(tmp_path / "tight")), 1, KEY, 1, wait=0.0)
     accepted = sum(tight.submit(20, records, lines, None, 0.0) for _ in range(500))
     tight.close()
     assert tight.dropped == (500 - accepted) * 20 and accepted >= 1
     assert len((tmp_path / "tight" / "tasks.log").read_bytes().splitlines()) == accepted * 20
+
+
+class SlowFiles(LogFiles):
+    """A log directory whose first write stalls, as a disk or a starved thread can."""
+
+    def __init__(self, directory, stall):
+        super().__init__(directory)
+        self.stall = stall
+
+    def _stalled(self):
+        stall, self.stall = self.stall, 0.0
+        time.sleep(stall)
+
+    def make_room(self, room):   # the compiled writer asks for room before its first write
+        self._stalled()
+        return super().make_room(room)
+
+    def append(self, name, data, records=1):   # the pure writer appends through here
+        self._stalled()
+        return super().append(name, data, records)
+
+
+def test_a_full_queue_makes_the_submitter_wait_and_loses_no_row(core, tmp_path):
+    calls = [((i, "echo", {"text": "x" * 50}), 1.0, 2.0, 1, 10, 10) for i in range(20)]
+    _, records, lines = batch(calls)
+    limit = 4 * (len(records) + len(lines))   # four batches
+    writer = core.TaskWriter(SlowFiles(str(tmp_path), 0.3), 1, KEY, limit)
+    began = time.monotonic()
+    assert all(writer.submit(20, records, lines, None, 0.0) for _ in range(200))
+    submitted = time.monotonic() - began
+    writer.close()
+    assert writer.dropped == 0 and writer.stats()[2] == 0
+    assert writer.waits >= 1 and 0.1 < writer.wait_seconds <= submitted
+    ids = [orjson.loads(x)["id"] for x in (tmp_path / "tasks.log").read_bytes().splitlines()]
+    assert ids == list(range(20)) * 200
+
+
+def test_a_stuck_writer_costs_the_submitter_one_bounded_wait(core, tmp_path):
+    _, records, lines = batch([((i, "echo", {}), 1.0, 2.0, 1, 10, 10) for i in range(20)])
+    writer = core.TaskWriter(SlowFiles(str(tmp_path), 1.5), 1, KEY, 1, wait=0.2)
+    results = [writer.submit(20, records, lines, None, 0.0) for _ in range(50)]
+    assert 0.15 < writer.wait_seconds < 1.0 and writer.waits == 1   # then it drops without waiting
+    writer.close()
+    accepted = sum(results)
+    assert results[0] and writer.dropped == (50 - accepted) * 20 and accepted < 50
+    assert len((tmp_path / "tasks.log").read_bytes().splitlines()) == accepted * 20
 
 
 def test_the_task_writer_warns_once_about_an_unwritable_directory(core, tmp_path):

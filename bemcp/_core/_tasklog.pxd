@@ -1,6 +1,7 @@
 from libc.stdint cimport uint64_t
 from posix.types cimport ino_t
 from cpython.object cimport PyObject
+from posix.time cimport timespec
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -10,16 +11,23 @@ cdef extern from "<pthread.h>" nogil:
         pass
     ctypedef struct pthread_attr_t:
         pass
+    ctypedef struct pthread_condattr_t:
+        pass
     int pthread_create(pthread_t*, const pthread_attr_t*, void* (*)(void*) noexcept nogil, void*)
     int pthread_join(pthread_t, void**)
     int pthread_mutex_init(pthread_mutex_t*, const void*)
     int pthread_mutex_destroy(pthread_mutex_t*)
     int pthread_mutex_lock(pthread_mutex_t*)
     int pthread_mutex_unlock(pthread_mutex_t*)
-    int pthread_cond_init(pthread_cond_t*, const void*)
+    int pthread_cond_init(pthread_cond_t*, const pthread_condattr_t*)
+    int pthread_condattr_init(pthread_condattr_t*)
+    int pthread_condattr_setclock(pthread_condattr_t*, int)
+    int pthread_condattr_destroy(pthread_condattr_t*)
+    int pthread_cond_timedwait(pthread_cond_t*, pthread_mutex_t*, const timespec*)
     int pthread_cond_destroy(pthread_cond_t*)
     int pthread_cond_wait(pthread_cond_t*, pthread_mutex_t*)
     int pthread_cond_signal(pthread_cond_t*)
+    int pthread_cond_broadcast(pthread_cond_t*)
 
 
 # The server's Dispatcher.take_finished records: the same 40 bytes as _dispatch.pxd's
@@ -72,10 +80,17 @@ cdef struct Pending:
 cdef struct WriterState:
     pthread_mutex_t lock
     pthread_cond_t wake
+    pthread_cond_t drained      # the queue fell to half its limit (a submitter may be waiting)
     Pending* head
     Pending* tail
     Py_ssize_t queued
     Py_ssize_t limit
+    double wait                 # seconds a submitter waits on a full queue before calling the thread stuck
+    int waiting                 # submitters waiting on ``drained``
+    bint stuck                  # a wait ran out: full batches are dropped until the thread moves again
+    double wait_seconds         # submitters' seconds spent waiting, in all
+    long long waits
+    bint idle                   # the thread waits for a batch (a submit wakes it)
     bint stopping
     long long calls
     long long errors
@@ -92,6 +107,7 @@ cdef struct WriterState:
     char* path
     Py_ssize_t max_file
     Py_ssize_t max_total
+    Py_ssize_t chunk            # lines formatted before each write
     Py_ssize_t total
     double retry_at
     double busy_seconds

@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, cdivision=True
 """tasks.log from the core's finished rows, written by a native thread (compiled; twin: _tasklog_py.py).
 
 The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
@@ -13,7 +13,7 @@ for one batch, called directly.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EINTR, ETIMEDOUT, errno
 from libc.math cimport llround
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -34,8 +34,10 @@ cdef enum:
     C_DIGEST_CACHE = 4096        # argument digests remembered (repeated calls hash once)
     DIGEST_CACHE_BYTES = 512     # longer arguments are digested each time rather than copied
     OUT_KEEP = 1 << 20           # the line buffer is given back past this size (a burst is over)
+    WRITE_CHUNK = 64 << 10       # lines formatted before each write (at most a quarter of a file)
 DIGEST_CACHE = C_DIGEST_CACHE
 cdef double RETRY_SECONDS = 10.0 # after a failed write, rows are dropped this long before a retry
+WAIT_SECONDS = 2.0   # a submitter waits this long on a full queue before calling the thread stuck
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
 _DETAIL = struct.Struct("=qq")
@@ -46,70 +48,73 @@ cdef enum:
 cdef object _loads = loads
 cdef object _dumps = dumps
 cdef const char* _HEX = b"0123456789abcdef"
+_PAIRS_TEXT = "".join("%02d" % i for i in range(100)).encode()
+cdef const char* _PAIRS = _PAIRS_TEXT   # "00" to "99": two digits a step
+cdef uint64_t _ONE = 1
+cdef bint _LITTLE = (<unsigned char*>&_ONE)[0] == 1   # message words load with one copy
 
 cdef uint64_t _IV[8]
 _IV[:] = [0x6a09e667f3bcc908, 0xbb67ae8584caa73b, 0x3c6ef372fe94f82b, 0xa54ff53a5f1d36f1,
           0x510e527fade682d1, 0x9b05688c2b3e6c1f, 0x1f83d9abfb41bd6b, 0x5be0cd19137e2179]
-cdef unsigned char _SIGMA[10][16]
-for _r, _row in enumerate((
-        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        (14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3),
-        (11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4),
-        (7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8),
-        (9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13),
-        (2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9),
-        (12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11),
-        (13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10),
-        (6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5),
-        (10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0))):
-    for _c, _v in enumerate(_row):
-        _SIGMA[_r][_c] = _v
 
 
 # -- keyed BLAKE2b with an 8-byte digest (RFC 7693), the same as hashlib.blake2b(key=..., digest_size=8)
 
-cdef inline uint64_t _rotr(uint64_t x, int n) noexcept nogil:
-    return (x >> n) | (x << (64 - n))
-
-
-cdef inline void _g(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept nogil:
-    v[a] = v[a] + v[b] + x
-    v[d] = _rotr(v[d] ^ v[a], 32)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 24)
-    v[a] = v[a] + v[b] + y
-    v[d] = _rotr(v[d] ^ v[a], 16)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 63)
+cdef extern from *:
+    """
+    /* BLAKE2b's compression (RFC 7693) with its twelve rounds written out, so that the
+       message schedule is constant and the working state can live in registers. */
+    static const unsigned char bemcp_sigma[12][16] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+        {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+        {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+        {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+        {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+        {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+        {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+        {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+        {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+    #define BEMCP_ROTR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+    #define BEMCP_G(r, i, a, b, c, d) do { \
+        a = a + b + m[bemcp_sigma[r][2 * (i)]]; d = BEMCP_ROTR(d ^ a, 32); \
+        c = c + d; b = BEMCP_ROTR(b ^ c, 24); \
+        a = a + b + m[bemcp_sigma[r][2 * (i) + 1]]; d = BEMCP_ROTR(d ^ a, 16); \
+        c = c + d; b = BEMCP_ROTR(b ^ c, 63); } while (0)
+    #define BEMCP_ROUND(r) do { \
+        BEMCP_G(r, 0, v0, v4, v8, v12); BEMCP_G(r, 1, v1, v5, v9, v13); \
+        BEMCP_G(r, 2, v2, v6, v10, v14); BEMCP_G(r, 3, v3, v7, v11, v15); \
+        BEMCP_G(r, 4, v0, v5, v10, v15); BEMCP_G(r, 5, v1, v6, v11, v12); \
+        BEMCP_G(r, 6, v2, v7, v8, v13); BEMCP_G(r, 7, v3, v4, v9, v14); } while (0)
+    static void bemcp_blake2b_compress(uint64_t *h, const uint64_t *m, const uint64_t *iv,
+                                       uint64_t t, int last) {
+        uint64_t v0 = h[0], v1 = h[1], v2 = h[2], v3 = h[3], v4 = h[4], v5 = h[5], v6 = h[6], v7 = h[7];
+        uint64_t v8 = iv[0], v9 = iv[1], v10 = iv[2], v11 = iv[3];
+        uint64_t v12 = iv[4] ^ t, v13 = iv[5], v14 = last ? ~iv[6] : iv[6], v15 = iv[7];
+        BEMCP_ROUND(0); BEMCP_ROUND(1); BEMCP_ROUND(2); BEMCP_ROUND(3);
+        BEMCP_ROUND(4); BEMCP_ROUND(5); BEMCP_ROUND(6); BEMCP_ROUND(7);
+        BEMCP_ROUND(8); BEMCP_ROUND(9); BEMCP_ROUND(10); BEMCP_ROUND(11);
+        h[0] ^= v0 ^ v8; h[1] ^= v1 ^ v9; h[2] ^= v2 ^ v10; h[3] ^= v3 ^ v11;
+        h[4] ^= v4 ^ v12; h[5] ^= v5 ^ v13; h[6] ^= v6 ^ v14; h[7] ^= v7 ^ v15;
+    }
+    """
+    void bemcp_blake2b_compress(uint64_t* h, const uint64_t* m, const uint64_t* iv, uint64_t t,
+                                int last) noexcept nogil
 
 
 cdef void _compress(uint64_t* h, const unsigned char* block, uint64_t t, bint last) noexcept nogil:
-    cdef uint64_t v[16]
     cdef uint64_t m[16]
     cdef int i, j
-    cdef const unsigned char* s
-    for i in range(16):
-        m[i] = 0
-        for j in range(8):   # little-endian words, whatever the host
-            m[i] |= (<uint64_t>block[8 * i + j]) << (8 * j)
-    for i in range(8):
-        v[i] = h[i]
-        v[i + 8] = _IV[i]
-    v[12] ^= t
-    if last:
-        v[14] = ~v[14]
-    for i in range(12):
-        s = _SIGMA[i % 10]
-        _g(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
-        _g(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
-        _g(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
-        _g(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
-        _g(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
-        _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
-        _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
-        _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
-    for i in range(8):
-        h[i] ^= v[i] ^ v[i + 8]
+    if _LITTLE:
+        memcpy(m, block, 128)
+    else:
+        for i in range(16):
+            m[i] = 0
+            for j in range(8):   # little-endian words, whatever the host
+                m[i] |= (<uint64_t>block[8 * i + j]) << (8 * j)
+    bemcp_blake2b_compress(h, m, _IV, t, last)
 
 
 cdef int _digests_init(Digests* dg, bytes key) except -1:
@@ -209,23 +214,31 @@ cdef bint _reserve(Out* out, Py_ssize_t more) noexcept nogil:
 
 
 cdef inline void _put_text(Out* out, const char* text, Py_ssize_t n) noexcept nogil:
-    if _reserve(out, n):
+    if out.len + n <= out.cap or _reserve(out, n):
         memcpy(out.data + out.len, text, n)
         out.len += n
 
 
 cdef void _put_int(Out* out, long long value) noexcept nogil:
-    # printf is slow enough to show at this rate; digits are written right to left.
+    # printf is slow enough to show at this rate; digits are written right to left, two at a time.
     cdef char buf[24]
     cdef int i = 24
     cdef bint negative = value < 0
     cdef unsigned long long v = <unsigned long long>(-value if negative else value)
-    while True:
+    cdef unsigned int pair
+    while v >= 100:
+        pair = <unsigned int>(v % 100)
+        v //= 100
+        i -= 2
+        buf[i] = _PAIRS[2 * pair]
+        buf[i + 1] = _PAIRS[2 * pair + 1]
+    if v >= 10:
+        i -= 2
+        buf[i] = _PAIRS[2 * v]
+        buf[i + 1] = _PAIRS[2 * v + 1]
+    else:
         i -= 1
-        buf[i] = <char>(48 + v % 10)
-        v //= 10
-        if v == 0:
-            break
+        buf[i] = <char>(48 + v)
     if negative:
         i -= 1
         buf[i] = 45
@@ -421,8 +434,14 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     cdef char hex[16]
     cdef Py_ssize_t mark = out.len
     cdef bint parsed
+    cdef char pid_buf[48]
+    cdef Out pid_text   # the same on every line: written once
     if size < 4:
         return BAD_BATCH
+    pid_text.data, pid_text.len, pid_text.cap, pid_text.failed = pid_buf, 0, 48, False
+    _put_text(&pid_text, b',"pid":', 7)
+    _put_int(&pid_text, pid)
+    _put_text(&pid_text, b',"id":', 6)
     count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
     pos = 4 + count * <Py_ssize_t>sizeof(Row)
     if pos > size:
@@ -459,9 +478,7 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
 
         _put_text(out, b'{"time":', 8)
         _put_milli(out, row.end + offset)
-        _put_text(out, b',"pid":', 7)
-        _put_int(out, pid)
-        _put_text(out, b',"id":', 6)
+        _put_text(out, pid_text.data, pid_text.len)   # ,"pid":N,"id":
         if spans.id_start >= 0:
             _put_text(out, <const char*>text + spans.id_start, spans.id_end - spans.id_start)
         else:
@@ -571,38 +588,73 @@ cdef inline double _clock(int which) noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+cdef inline void _deadline(double at, timespec* ts) noexcept nogil:
+    ts.tv_sec = <long>at
+    ts.tv_nsec = <long>((at - ts.tv_sec) * 1e9)
+
+
 cdef void* _run(void* arg) noexcept nogil:
     cdef WriterState* st = <WriterState*>arg
     cdef Pending* batch
     cdef Pending* next
     cdef long long rows, errors
+    cdef Py_ssize_t freed
     cdef bint stopping
     cdef double began
     while True:
         pthread_mutex_lock(&st.lock)
         while st.head == NULL and not st.stopping:
+            st.idle = True
             pthread_cond_wait(&st.wake, &st.lock)
+        st.idle = False
         batch = st.head
         st.head = st.tail = NULL
         stopping = st.stopping
         pthread_mutex_unlock(&st.lock)
         if batch == NULL and stopping:
             return NULL
-        while batch != NULL:   # one write per batch: the cap and rotation see each
-            next = batch.next
-            rows = errors = 0
+        while batch != NULL:   # a write per chunk of lines: the cap and rotation see each
+            rows = errors = freed = 0
             began = _clock(CLOCK_MONOTONIC)
-            if _format_pending(st, batch, &errors) == 0:
-                rows = batch.count
-                _write_out(st, rows)
+            while batch != NULL and st.out.len < st.chunk:
+                next = batch.next
+                if _format_pending(st, batch, &errors) == 0:
+                    rows += batch.count
+                freed += batch.size + batch.dsize
+                free(batch)
+                batch = next
+            _write_out(st, rows)
             st.busy_seconds += _clock(CLOCK_MONOTONIC) - began
             pthread_mutex_lock(&st.lock)
-            st.queued -= batch.size + batch.dsize
+            st.queued -= freed
             st.calls += rows
             st.errors += errors
+            st.stuck = False   # moving again
+            if st.waiting and st.queued <= st.limit // 2:
+                pthread_cond_broadcast(&st.drained)
             pthread_mutex_unlock(&st.lock)
-            free(batch)
-            batch = next
+
+
+cdef bint _wait_drained(WriterState* st) noexcept nogil:
+    # The queue is full: wait (no GIL, no lock held on return) until the thread has
+    # written it down to half, at most ``st.wait`` seconds; False if it did not (stuck).
+    cdef timespec until
+    cdef double began = _clock(CLOCK_MONOTONIC)
+    cdef bint drained
+    _deadline(began + st.wait, &until)
+    pthread_mutex_lock(&st.lock)
+    st.waiting += 1
+    st.waits += 1
+    while st.queued > st.limit // 2 and not st.stuck:
+        if pthread_cond_timedwait(&st.drained, &st.lock, &until) == ETIMEDOUT:
+            if st.queued > st.limit // 2:
+                st.stuck = True
+            break
+    drained = not st.stuck
+    st.waiting -= 1
+    st.wait_seconds += _clock(CLOCK_MONOTONIC) - began
+    pthread_mutex_unlock(&st.lock)
+    return drained
 
 
 cdef int _format_pending(WriterState* st, Pending* batch, long long* errors) noexcept nogil:
@@ -691,9 +743,11 @@ cdef class TaskWriter:
 
     ``files``: a ``LogFiles`` for the log directory, used by this writer alone (its
     rotation, cap and failure bookkeeping); ``pid`` goes on every line; ``key`` keys
-    the argument digests; more than ``limit`` bytes waiting and new batches are dropped
-    (counted). ``submit`` is for the event loop: a copy and a signal, never a wait on
-    the disk. Rotation and the cap are left to a caretaker that calls ``care()`` (with
+    the argument digests. ``submit`` is for the event loop: a copy, and a signal only
+    when the thread is idle. With ``limit`` bytes waiting, the
+    next submit waits (without the GIL) until the thread has written the queue down to
+    half; a thread that has not done so in ``wait`` seconds is stuck, and batches that
+    find the queue full are dropped (counted) until it moves again. Rotation and the cap are left to a caretaker that calls ``care()`` (with
     the GIL, on a thread of its own) whenever a byte arrives on ``wake_fd``, so the
     writer's thread never waits for the GIL while it keeps up. ``close`` writes
     everything submitted, then stops the thread.
@@ -703,8 +757,10 @@ cdef class TaskWriter:
         self.st = NULL
         self.running = False
 
-    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit, int wake_fd=-1):
+    def __init__(self, files, long long pid, bytes key, Py_ssize_t limit, int wake_fd=-1,
+                 double wait=WAIT_SECONDS):
         cdef WriterState* st = <WriterState*>calloc(1, sizeof(WriterState))
+        cdef pthread_condattr_t monotonic
         if st == NULL:
             raise MemoryError()
         self.files = files
@@ -715,8 +771,13 @@ cdef class TaskWriter:
             free(st)
             raise
         pthread_mutex_init(&st.lock, NULL)
-        pthread_cond_init(&st.wake, NULL)
+        pthread_condattr_init(&monotonic)
+        pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC)   # the timed waits' deadlines
+        pthread_cond_init(&st.wake, &monotonic)
+        pthread_cond_init(&st.drained, &monotonic)
+        pthread_condattr_destroy(&monotonic)
         st.limit = limit
+        st.wait = wait
         st.pid = pid
         st.fd = -1
         st.wake_fd = wake_fd
@@ -724,6 +785,7 @@ cdef class TaskWriter:
         st.path = PyBytes_AS_STRING(self._path)
         st.max_file = files.max_file
         st.max_total = files.max_total
+        st.chunk = max(1, min(WRITE_CHUNK, files.max_file // 4))
         st.owner = <PyObject*>self
         self.st = st
         if pthread_create(&self.thread, NULL, _run, st) != 0:
@@ -733,8 +795,9 @@ cdef class TaskWriter:
 
     def submit(self, Py_ssize_t count, bytes records, bytes lines, details, double offset):
         """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
-        ``offset``: wall clock minus monotonic); False if it was dropped (too much waiting)."""
+        ``offset``: wall clock minus monotonic); False if it was dropped (a stuck writer)."""
         cdef WriterState* st = self.st
+        cdef bint full, drained
         cdef bytes packed = pack_details(details) if details else b""
         cdef Py_ssize_t nrec = PyBytes_GET_SIZE(records), nlines = PyBytes_GET_SIZE(lines)
         cdef Py_ssize_t size = 4 + nrec + nlines, dsize = PyBytes_GET_SIZE(packed)
@@ -743,11 +806,20 @@ cdef class TaskWriter:
         if not self.running:
             raise ValueError("the tasks.log writer is closed")
         pthread_mutex_lock(&st.lock)
-        if st.queued >= st.limit:
+        full = st.queued >= st.limit
+        if full and (st.stuck or st.wait <= 0):
             st.dropped += count
             pthread_mutex_unlock(&st.lock)
             return False
         pthread_mutex_unlock(&st.lock)
+        if full:
+            with nogil:
+                drained = _wait_drained(st)
+            if not drained:
+                pthread_mutex_lock(&st.lock)
+                st.dropped += count
+                pthread_mutex_unlock(&st.lock)
+                return False
         batch = <Pending*>malloc(sizeof(Pending) + size + dsize)
         if batch == NULL:
             raise MemoryError()
@@ -768,7 +840,8 @@ cdef class TaskWriter:
             st.tail.next = batch
         st.tail = batch
         st.queued += size + dsize
-        pthread_cond_signal(&st.wake)
+        if st.idle:   # a busy thread finds the batch on its own: no signal
+            pthread_cond_signal(&st.wake)
         pthread_mutex_unlock(&st.lock)
         return True
 
@@ -790,6 +863,16 @@ cdef class TaskWriter:
     def queued(self):
         """Bytes of rows waiting for the thread."""
         return self.st.queued
+
+    @property
+    def wait_seconds(self):
+        """Seconds submitters spent waiting for a full queue to drain, in all."""
+        return self.st.wait_seconds
+
+    @property
+    def waits(self):
+        """Submits that found the queue full and waited."""
+        return self.st.waits
 
     @property
     def busy_seconds(self):
@@ -823,6 +906,7 @@ cdef class TaskWriter:
         free(st.scratch.data)
         pthread_mutex_destroy(&st.lock)
         pthread_cond_destroy(&st.wake)
+        pthread_cond_destroy(&st.drained)
         free(st)
         self.st = NULL
 

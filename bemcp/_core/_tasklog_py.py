@@ -16,6 +16,7 @@ from orjson import dumps, loads
 
 STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
 DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
+WAIT_SECONDS = 2.0       # a submitter waits this long on a full queue before calling the thread stuck
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
                     "bytes_in", "bytes_out"))
 _PLAIN = (int, float, str, bool)
@@ -259,21 +260,29 @@ class TaskWriter:
     """Writes ``tasks.log`` from batches of finished calls, on a thread of its own.
 
     ``files``: a ``LogFiles`` for the log directory, used by this writer alone; ``pid``
-    goes on every line; ``key`` keys the argument digests; more than ``limit`` bytes
-    waiting and new batches are dropped (counted). ``close`` writes everything
-    submitted, then stops the thread.
+    goes on every line; ``key`` keys the argument digests. With ``limit`` bytes waiting, the next submit waits
+    until the thread has written the queue down to half; a thread that has not done so
+    in ``wait`` seconds is stuck, and batches that find the queue full are dropped
+    (counted) until it moves again. ``close`` writes everything submitted, then stops
+    the thread.
     """
 
-    def __init__(self, files, pid, key, limit, wake_fd=-1):
+    def __init__(self, files, pid, key, limit, wake_fd=-1, wait=WAIT_SECONDS):
         self.files = files
         self._pid = pid
         self._limit = limit
+        self._wait = wait
+        self._waiting = 0
+        self._stuck = False
+        self._wait_seconds = 0.0
+        self._waits = 0
         self._digests = _Digests(key)
         self._pending = deque()
         self._queued = 0
         self._calls = self._errors = self._dropped = 0
         self._busy = 0.0
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)   # the queue fell to half its limit
         self._wake = threading.Event()
         self._stopping = False
         self._running = True
@@ -282,12 +291,12 @@ class TaskWriter:
 
     def submit(self, count, records, lines, details, offset):
         """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
-        ``offset``: wall clock minus monotonic); False if it was dropped (too much waiting)."""
+        ``offset``: wall clock minus monotonic); False if it was dropped (a stuck writer)."""
         if not self._running:
             raise ValueError("the tasks.log writer is closed")
         size = len(records) + len(lines)
         with self._lock:
-            if self._queued >= self._limit:
+            if self._queued >= self._limit and not self._wait_drained():
                 self._dropped += count
                 return False
             self._queued += size
@@ -295,6 +304,20 @@ class TaskWriter:
         self._pending.append((count, _COUNT.pack(count) + records + lines, packed, offset, size))
         self._wake.set()
         return True
+
+    def _wait_drained(self):
+        # The queue is full (the lock is held): wait until the thread has written it down
+        # to half, at most ``wait`` seconds; False if it did not (stuck).
+        if self._stuck or self._wait <= 0:
+            return False
+        began = time.monotonic()
+        self._waiting += 1
+        self._waits += 1
+        if not self._drained.wait_for(lambda: self._queued <= self._limit // 2 or self._stuck, self._wait):
+            self._stuck = True
+        self._waiting -= 1
+        self._wait_seconds += time.monotonic() - began
+        return not self._stuck
 
     def _run(self):
         pending = self._pending
@@ -321,6 +344,9 @@ class TaskWriter:
                     self._queued -= size
                     self._calls += rows
                     self._errors += errors
+                    self._stuck = False   # moving again
+                    if self._waiting and self._queued <= self._limit // 2:
+                        self._drained.notify_all()
             if stopping and not pending:
                 return
 
@@ -339,6 +365,16 @@ class TaskWriter:
     def queued(self):
         """Bytes of rows waiting for the thread."""
         return self._queued
+
+    @property
+    def wait_seconds(self):
+        """Seconds submitters spent waiting for a full queue to drain, in all."""
+        return self._wait_seconds
+
+    @property
+    def waits(self):
+        """Submits that found the queue full and waited."""
+        return self._waits
 
     @property
     def busy_seconds(self):

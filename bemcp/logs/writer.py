@@ -43,8 +43,9 @@ PERF_INTERVAL = 5.0      # seconds between perf.log samples
 TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + hand-off (small batches)
 TICK_IDLE = 0.1          # ... while nothing finishes
 FEED_WAKE = 0.1          # the feeder's wake-ups for forensics events
-TASKS_LIMIT = 8 << 20    # bytes of task rows waiting for the writer before new ones are dropped
-                         # (~60k calls: a busy machine's stall of the writer thread, bounded)
+TASKS_LIMIT = 4 << 20    # bytes of task rows waiting for the writer before the loop waits for it
+                         # (~25k calls, ~90 ms at full speed: most stalls of the writer thread on a
+                         # busy machine pass without a wait, and the server's RSS stays bounded)
 EVENTS_LIMIT = 10000     # forensics records waiting
 STOP_SECONDS = 3.0       # the most shutdown waits for the feeder
 
@@ -86,6 +87,7 @@ class Logs:
         self._errors = 0
         self._cpu = None              # (monotonic, process CPU seconds) at the last sample
         self._writer_busy = 0.0         # the writer thread's busy seconds at the last sample
+        self._writer_wait = (0.0, 0)    # the loop's seconds and waits on a full queue, at the last sample
         self._fatal = (None, None)
         self._hooks = None
         self._dropped_events = 0
@@ -357,13 +359,17 @@ class Logs:
         return sample
 
     def _writer_load(self, interval):
-        """The tasks.log writer thread's busy share of the interval (%)."""
+        """The tasks.log writer thread's busy share of the interval (%), and how long the
+        loop waited in it for a full queue to drain (ms, and how many times)."""
         if self._tasks is None:
             return {}
-        busy = self._tasks.busy_seconds
+        tasks = self._tasks
+        busy, waited, waits = tasks.busy_seconds, tasks.wait_seconds, tasks.waits
         share = (busy - self._writer_busy) * 100.0 / max(interval, 1e-3)
         self._writer_busy = busy
-        return {"log_writer_busy_pct": round(share, 1)}
+        before, self._writer_wait = self._writer_wait, (waited, waits)
+        return {"log_writer_busy_pct": round(share, 1),
+                "log_wait_ms": round((waited - before[0]) * 1e3, 1), "log_waits": waits - before[1]}
 
     @property
     def dropped(self):
