@@ -108,12 +108,13 @@ def test_deadlines_expire_in_deadline_order(core):
     loop = FakeLoop()
     table, expired = make(core, loop)
     reqs = {}
-    for name, timeout in (("c", 0.003), ("a", 0.001), ("d", 0.004), ("b", 0.002)):
+    # Deadlines 30 ms apart: a busy machine may pause between two arm() calls, but not that long.
+    for name, timeout in (("c", 0.09), ("a", 0.03), ("d", 0.12), ("b", 0.06)):
         reqs[name] = table.open(name, "m", None, None)
         table.arm(reqs[name], timeout)
-    assert reqs["a"].deadline == pytest.approx(reqs["a"].start + 0.001)
+    assert reqs["a"].deadline == pytest.approx(reqs["a"].start + 0.03)
     assert all(r.armed for r in reqs.values())
-    time.sleep(0.01)
+    time.sleep(0.15)
     loop.fire()
     assert [r.id for r in expired] == ["a", "b", "c", "d"]
     # The table hands them over; closing them is the caller's business.
