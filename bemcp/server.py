@@ -79,7 +79,7 @@ class Server:
         self.recorders = []            # f(kind, fields) for every forensics event
         self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
         self.tasks = TaskManager(self)
-        self.sandbox = None            # the commands' Sandbox, with --sandbox (processes.py)
+        self.sandbox = None            # the commands' Sandbox, with --sandbox (builtins/commands.py)
         if self.config.state_key_file:
             self.use_state_key_file(self.config.state_key_file)   # a bad key file fails here, at start
         if self.config.watchdog:

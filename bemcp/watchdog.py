@@ -27,7 +27,7 @@ from time import monotonic
 
 from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
 from ._core._errors import SERVER_BUSY
-from .procfs import children_of
+from . import procfs
 from .tools import ToolError, ToolInterrupted, note
 
 log = logging.getLogger("bemcp.watchdog")
@@ -278,44 +278,16 @@ class Watchdog:
         }
 
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _statm_rss(pid):
-    """RSS of ``pid`` ("self" or a number) in bytes from /proc, or None."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _descendants():
-    """Pids of every process below this one, from /proc's children lists (Linux); None without them."""
-    found = []
-    todo = ["self"]
-    while todo:
-        pid = todo.pop()
-        children = children_of(pid)
-        if children is None:
-            if pid == "self":
-                return None
-            continue   # exited while we looked
-        found += children
-        todo += children
-    return found
-
-
 def sample_memory():
     """(own RSS, number of descendants, their RSS) in bytes.
 
     On Linux /proc gives all three, so psutil (and its memory) stays out of the
     server, even with tool processes below it; elsewhere psutil.
     """
-    pids = _descendants()
-    own = _statm_rss("self") if pids is not None else None
+    pids = procfs.descendants()
+    own = procfs.statm_rss("self") if pids is not None else None
     if own is not None:
-        return own, len(pids), sum(_statm_rss(pid) or 0 for pid in pids)
+        return own, len(pids), sum(procfs.statm_rss(pid) or 0 for pid in pids)
     import psutil
     me = psutil.Process()
     children = me.children(recursive=True)
@@ -357,16 +329,3 @@ def largest_child_tree():
             continue
     return best
 
-
-def register_status(server):
-    """The `server_status` tool and the bemcp://tasks resource."""
-    @server.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
-    async def server_status() -> dict:
-        """What the server is doing: in-flight tool calls (age, deadline), how requests ended,
-        watchdog actions, memory of the server and its child processes, and whether the
-        programs it starts run sandboxed."""
-        return dict(server.watchdog.status(), sandbox=server.sandbox_status())
-
-    @server.resource("bemcp://tasks", name="tasks", description="In-flight requests, counters and watchdog state")
-    def tasks_resource():
-        return server.watchdog.status()

@@ -1,51 +1,21 @@
-"""The directories file-touching plugins may use, and paths resolved inside them.
+"""The roots file-touching plugins (files, git, search) work in, and globs over paths.
 
 The roots are ``--root DIR`` (repeatable; ``roots = [...]`` in the config file). With no
 root configured, the one root is the directory the server was started in. Paths are
-resolved with every symlink followed, then must lie inside a root: a symlink pointing
-out of the roots is refused like any other outside path. A relative path is taken
-relative to the first root.
+resolved with every symlink followed, then must lie inside a root (bemcp.security.Roots,
+the same check the command policy makes): a symlink pointing out of the roots is refused
+like any other outside path. A relative path is taken relative to the first root.
 """
 
 import os
 
 from bemcp import ToolError
+from bemcp.security import Roots
 
 
-class Roots:
-    def __init__(self, config):
-        dirs = list(getattr(config, "roots", None) or []) or [os.getcwd()]
-        self.dirs = [os.path.realpath(os.path.expanduser(d)) for d in dirs]
-
-    @property
-    def default(self):
-        return self.dirs[0]
-
-    def contains(self, real):
-        return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.dirs)
-
-    def resolve(self, path, must_exist=True):
-        """The real path of ``path`` (relative to the first root); ToolError outside the roots."""
-        if not isinstance(path, str) or "\0" in path:
-            raise ToolError("path must be a string without NUL characters")
-        joined = os.path.join(self.default, os.path.expanduser(path or "."))
-        real = os.path.realpath(joined)
-        if not self.contains(real):
-            raise ToolError(f"{path!r} resolves to {real}, outside the allowed roots "
-                            f"({', '.join(self.dirs)}); configure more with --root")
-        if must_exist and not os.path.lexists(real):
-            raise ToolError(f"{path!r} does not exist ({real})")
-        return real
-
-    def display(self, real):
-        """``real`` relative to the root holding it (for compact results)."""
-        for root in self.dirs:
-            if real == root:
-                return "."
-            if real.startswith(root.rstrip(os.sep) + os.sep):
-                rel = os.path.relpath(real, root)
-                return rel if root == self.default else real
-        return real
+def plugin_roots(config):
+    """The plugins' Roots: ``--root``, else the start directory; outside paths raise ToolError."""
+    return Roots(getattr(config, "roots", None) or [os.getcwd()], error=ToolError)
 
 
 def glob_matcher(pattern):

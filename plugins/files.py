@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from bemcp import ToolError, ToolResult, text
 
-from ._roots import Roots, glob_matcher
+from ._roots import glob_matcher, plugin_roots
 
 READ_MAX_BYTES = 256 * 1024
 LINE_MAX_BYTES = 16 * 1024
@@ -26,7 +26,7 @@ READ_ONLY = {"readOnlyHint": True, "openWorldHint": False}
 
 
 def setup(server):
-    roots = Roots(server.config)
+    roots = plugin_roots(server.config)
 
     @server.tool(annotations=READ_ONLY)
     def files_list(path: str = ".", depth: Annotated[int, {"minimum": 1, "maximum": 10}] = 1,

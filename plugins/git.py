@@ -16,7 +16,7 @@ from typing import Annotated
 
 from bemcp import ToolError
 
-from ._roots import Roots
+from ._roots import plugin_roots
 
 TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 256 * 1024
@@ -32,7 +32,7 @@ MaxBytes = Annotated[int, {"minimum": 1024, "maximum": MAX_BYTES_CAP}]
 
 
 def setup(server):
-    roots = Roots(server.config)
+    roots = plugin_roots(server.config)
     launcher = GitLauncher(server.config, getattr(server, "sandbox", None))
 
     async def repository(repo):
@@ -222,11 +222,9 @@ class GitLauncher:
         self._policy = None
 
     def prepare(self, cwd, argv):
-        from bemcp.policy import Policy, PolicyError
+        from bemcp.security import PolicyError, command_policy
         if self._policy is None:
-            cfg = self.config
-            self._policy = Policy(allow=cfg.allow, deny=cfg.deny, env_allow=cfg.env_allow,
-                                  env_deny=cfg.env_deny, sandbox=self.sandbox)
+            self._policy = command_policy(self.config, self.sandbox)
         try:
             launch = self._policy.prepare(argv, cwd)
         except PolicyError as exc:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from bemcp import Context, ToolError
 
-from ._roots import Roots, glob_matcher
+from ._roots import glob_matcher, plugin_roots
 
 SKIP_DIRS = frozenset((".git", ".hg", ".svn", "node_modules", "__pycache__"))
 MAX_FILE_BYTES = 8 * 1024 * 1024
@@ -24,7 +24,7 @@ LINE_SHOWN = 400   # characters of a matching line kept in a result
 
 
 def setup(server):
-    roots = Roots(server.config)
+    roots = plugin_roots(server.config)
 
     @server.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
     def search_text(pattern: str, path: str = ".", regex: bool = False, ignore_case: bool = False,

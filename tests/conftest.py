@@ -153,7 +153,7 @@ def no_leaks(_process_globals):
     children = me.children(recursive=True)
     while children and time.monotonic() < deadline:
         time.sleep(0.02)
-        children = [c for c in me.children(recursive=True) if _alive(c)]
+        children = [c for c in me.children(recursive=True) if _unreaped(c)]
     if children:
         described = [_describe(c) for c in children]
         for child in children:
@@ -175,7 +175,7 @@ def no_leaks(_process_globals):
         pytest.fail(f"open fds went from {len(before)} to {len(after)}: new {opened}, gone {closed}")
 
 
-def _alive(proc):
+def _unreaped(proc):
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
             # A zombie is a child nobody waited for: a leak unless its Popen is reaped soon.

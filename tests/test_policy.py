@@ -1,13 +1,14 @@
 """The command policy: string splitting, shell-syntax refusal, allow/deny, launchers,
-roots and the environment filter (bemcp/policy.py). Nothing is spawned here."""
+roots and the environment filter (bemcp/security/). Nothing is spawned here."""
 
 import os
 import shutil
 
 import pytest
 
-from bemcp.policy import (DEFAULT_ENV_DENY, Policy, PolicyConfigError, PolicyError,
-                          ShellSyntaxError, split_command)
+from bemcp.security import Policy, PolicyConfigError, PolicyError, ShellSyntaxError
+from bemcp.security.policy import DEFAULT_ENV_DENY
+from bemcp.security.shellwords import split_command
 
 # -- splitting command strings -----------------------------------------------------------
 

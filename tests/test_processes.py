@@ -1,4 +1,4 @@
-"""Spawning, killing and capturing in-process (bemcp/processes.py), on uvloop and on
+"""Spawning, killing and capturing in-process (bemcp/processes/), on uvloop and on
 the standard asyncio loop. End-to-end behaviour over stdio is in test_run_command_e2e.py."""
 
 import asyncio
@@ -11,9 +11,11 @@ import pytest
 import uvloop
 
 from bemcp import processes
-from bemcp.policy import Launch, Policy
+from bemcp.builtins.commands import _utf8_boundary
+from bemcp.procfs import is_running, tree_members
 from bemcp.processes import (Capture, ProcessLimitError, ProcessRegistry, ProgressLines,
-                             SpawnError, Spool, _tree_pids, _utf8_boundary, spawn)
+                             SpawnError, Spool, registry, spawn, spawning)
+from bemcp.security import Launch, Policy
 
 PY = sys.executable
 
@@ -52,7 +54,7 @@ class Collected:
 
 def live(pids):
     """The pids of ``pids`` still running (zombies are dead, whoever reaps them)."""
-    return [pid for pid in pids if processes._alive(pid)]
+    return [pid for pid in pids if is_running(pid)]
 
 
 async def wait_until(predicate, timeout=5.0):
@@ -208,7 +210,7 @@ def test_the_thread_fallback_without_pidfd(run, monkeypatch):
 
 
 def test_the_popen_fallback(run, monkeypatch):
-    monkeypatch.setattr(processes, "_FORK_EXEC", None)
+    monkeypatch.setattr(spawning, "_FORK_EXEC", None)
 
     async def main():
         sink = Collected()
@@ -226,8 +228,8 @@ def test_the_popen_fallback(run, monkeypatch):
 def test_kill_stops_a_tree_that_ignores_sigterm(run):
     async def main():
         child = spawn(launch(["sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"]), Collected())
-        assert await wait_until(lambda: len(_tree_pids(child.pid)) >= 3)
-        tree = list(_tree_pids(child.pid))
+        assert await wait_until(lambda: len(tree_members(child.pid)) >= 3)
+        tree = list(tree_members(child.pid))
         started = time.monotonic()
         await child.kill(0.3)
         took = time.monotonic() - started
@@ -241,8 +243,8 @@ def test_kill_stops_a_tree_that_ignores_sigterm(run):
 def test_kill_reaches_descendants_that_left_the_session(run):
     async def main():
         child = spawn(launch(["sh", "-c", "setsid sleep 60 & sleep 60"]), Collected())
-        assert await wait_until(lambda: any(pgrp != child.pid for _, pgrp in _tree_pids(child.pid).values()))
-        tree = list(_tree_pids(child.pid))
+        assert await wait_until(lambda: any(pgrp != child.pid for _, pgrp in tree_members(child.pid).values()))
+        tree = list(tree_members(child.pid))
         await child.kill(0.5)
         return tree
     tree = run(main())
@@ -253,8 +255,8 @@ def test_a_grandchild_holding_the_pipes_cannot_hang_a_foreground_command(run):
     async def main():
         sink = Collected()
         child = spawn(launch(["sh", "-c", "sleep 60 & echo started"]), sink, grace=0.3)
-        assert await wait_until(lambda: len(_tree_pids(child.pid)) >= 2 or child.returncode is not None)
-        tree = set(_tree_pids(child.pid))
+        assert await wait_until(lambda: len(tree_members(child.pid)) >= 2 or child.returncode is not None)
+        tree = set(tree_members(child.pid))
         started = time.monotonic()
         code = await child.done
         took = time.monotonic() - started
@@ -410,8 +412,8 @@ def test_registry_shutdown_stops_every_tree(run):
         reg = ProcessRegistry(Policy(), kill_grace=5.0)
         fg = reg.spawn(launch(["sh", "-c", "trap '' TERM; sleep 60 & sleep 60"]), Collected())
         bg = reg.start_background(launch(["sh", "-c", "sleep 60 & sleep 60"]))
-        assert await wait_until(lambda: len(_tree_pids(fg.pid)) >= 2 and len(_tree_pids(bg.child.pid)) >= 2)
-        tree = list(_tree_pids(fg.pid)) + list(_tree_pids(bg.child.pid))
+        assert await wait_until(lambda: len(tree_members(fg.pid)) >= 2 and len(tree_members(bg.child.pid)) >= 2)
+        tree = list(tree_members(fg.pid)) + list(tree_members(bg.child.pid))
         started = time.monotonic()
         await reg.shutdown()
         took = time.monotonic() - started
@@ -424,7 +426,7 @@ def test_registry_shutdown_stops_every_tree(run):
 
 
 def test_background_output_goes_to_the_spool_and_old_entries_are_forgotten(run, monkeypatch):
-    monkeypatch.setattr(processes, "FINISHED_KEPT", 2)
+    monkeypatch.setattr(registry, "FINISHED_KEPT", 2)
 
     async def main():
         reg = ProcessRegistry(Policy())

@@ -13,7 +13,7 @@ import orjson
 import psutil
 import pytest
 
-from bemcp.processes import _alive
+from bemcp.procfs import is_running
 
 PY = sys.executable
 BASE = ("--no-plugins", "--no-log-files")
@@ -45,7 +45,7 @@ def wait_for(predicate, timeout):
 
 
 def running(pids):
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if is_running(pid)]
 
 
 def named_children(server, name, count=1, timeout=5.0):
@@ -179,7 +179,7 @@ def test_a_timeout_on_a_tree_ignoring_sigterm_leaves_nothing(spawn):
     sc = res["structuredContent"]
     assert sc["timed_out"] is True and sc["exit_code"] == -signal.SIGKILL
     assert "Timed out after 1 s" in res["content"][0]["text"]
-    assert not [p for p in descendants(server.proc.pid) if _alive(p.pid)]
+    assert not [p for p in descendants(server.proc.pid) if is_running(p.pid)]
 
 
 def test_closing_stdin_with_children_running_leaves_none(spawn):

@@ -242,10 +242,10 @@ def unseen_crashes(directory, own_pid):
             except OSError:
                 continue
             if empty:
-                if not _alive(pid):
+                if not _pid_exists(pid):
                     _unlink(path)   # a server that was killed before it could tidy up
                 continue
-            if _alive(pid):
+            if _pid_exists(pid):
                 continue
         new.append(name)
     if new:
@@ -257,7 +257,7 @@ def unseen_crashes(directory, own_pid):
     return new
 
 
-def _alive(pid):
+def _pid_exists(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -13,7 +13,7 @@ import time
 import orjson
 
 from bemcp import Server, config
-from bemcp.watchdog import register_status
+from bemcp.builtins.status import register_status
 
 server = Server("watchdog-test", config=config.parse(sys.argv[1:]))
 register_status(server)

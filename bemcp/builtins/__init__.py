@@ -1,4 +1,5 @@
-"""The tools every `bemcp serve` has."""
+"""The tools every `bemcp serve` has: echo here, run_command and process_* in
+commands.py, server_status in status.py."""
 
 
 def register_builtins(server):
@@ -11,8 +12,8 @@ def register_builtins(server):
         """
         return text
 
-    from .processes import register_process_tools
-    register_process_tools(server)
+    from .commands import register_commands
+    register_commands(server)
     if server.watchdog is not None:
-        from .watchdog import register_status
+        from .status import register_status
         register_status(server)
