@@ -3,12 +3,15 @@ roots and the environment filter (bemcp/security/). Nothing is spawned here."""
 
 import os
 import shutil
+import types
 
 import pytest
 
-from bemcp.security import Policy, PolicyConfigError, PolicyError, ShellSyntaxError
+from bemcp import ToolError
+from bemcp.security import Policy, PolicyConfigError, PolicyError, Roots, ShellSyntaxError
 from bemcp.security.policy import DEFAULT_ENV_DENY
 from bemcp.security.shellwords import split_command
+from bemcp_plugins._roots import plugin_roots
 
 # -- splitting command strings -----------------------------------------------------------
 
@@ -380,6 +383,27 @@ def test_a_root_that_does_not_exist_fails_at_start(bins):
 def test_the_servers_cwd_is_the_default(bins):
     tmp, _ = bins
     assert policy_for(bins).prepare(["tool"]).cwd == os.path.realpath(tmp)
+
+
+def test_one_roots_check_with_the_default_each_caller_states(bins, monkeypatch):
+    tmp, _ = bins
+    root = tmp / "a"
+    (root / "sub").mkdir(parents=True)
+    (tmp / "ab").mkdir()                                      # shares the prefix, not the directory
+    roots = Roots([str(root)])
+    assert roots.contains(str(root)) and roots.contains(str(root / "sub"))
+    assert not roots.contains(str(tmp / "ab")) and not roots.contains(str(tmp))
+    assert not Roots([]).contains(str(root))                  # no directory: nothing is inside
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        roots.resolve("../ab")
+    # Commands: no --root, no bound. File plugins: no --root, the start directory.
+    assert policy_for(bins).prepare(["tool"], cwd=str(tmp / "ab")).cwd == str(tmp / "ab")
+    monkeypatch.chdir(root)
+    plugin = plugin_roots(types.SimpleNamespace(roots=[]))
+    assert plugin.dirs == [str(root)]
+    with pytest.raises(ToolError, match="outside the allowed roots"):
+        plugin.resolve(str(tmp / "ab"))
+    assert plugin.resolve("sub") == str(root / "sub")
 
 
 # -- the environment filter -------------------------------------------------------------------------

@@ -454,3 +454,31 @@ def test_a_finished_tree_is_never_signalled_again(run):
         await child.kill(0.1)            # a kill after the end is harmless and immediate
         return child.returncode
     assert run(main()) == 0
+
+
+def test_the_mechanisms_import_nothing_from_the_api():
+    # Process mechanics, command security and /proc sit below the API: the tools built on
+    # them (bemcp/builtins/) import them, never the other way round.
+    import ast
+    import pathlib
+    root = pathlib.Path(processes.__file__).parent.parent
+    api = ("bemcp.server", "bemcp.tools", "bemcp.plugins", "bemcp.builtins")
+    sources = [*root.glob("processes/*.py"), *root.glob("security/*.py"), root / "procfs.py"]
+    offenders = []
+    for path in sources:
+        package = ["bemcp"] if path.parent == root else ["bemcp", path.parent.name]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = ".".join(package[:len(package) - node.level + 1] if node.level else [])
+                module = ".".join(filter(None, (module, node.module)))
+                # bemcp's root is the API; its submodules (procfs, _core) are not.
+                names = [f"{module}.{a.name}" for a in node.names if module == "bemcp" and not (
+                    (root / f"{a.name}.py").exists() or (root / a.name).is_dir())] + [module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.startswith(api) or n.startswith("bemcp.") and n.count(".") == 1
+                          and not ((root / f"{n[6:]}.py").exists() or (root / n[6:]).is_dir())]
+    assert len(sources) >= 11 and offenders == []
