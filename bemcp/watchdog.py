@@ -314,7 +314,10 @@ def memory_limits(soft_mb, hard_mb):
 
 
 def largest_child_tree():
-    """(pgid, rss, command) of the direct child whose process tree uses most memory."""
+    """(pgid, rss, command) of the direct child whose process tree uses most memory.
+
+    psutil rather than procfs: this runs only above the hard limit, where its cost is moot.
+    """
     import psutil
     best = None
     for child in psutil.Process().children():
