@@ -116,7 +116,10 @@ class Spool:
 
 class ProgressLines:
     """Turns a foreground command's output into progress notifications carrying the
-    new lines, at most one per PROGRESS_INTERVAL, so they never starve the answer."""
+    new lines, at most one per PROGRESS_INTERVAL, so they never starve the answer.
+
+    ``ctx``: anything with ``report_progress(progress, message=...)`` (a tool's Context).
+    """
 
     def __init__(self, ctx, loop):
         self.ctx = ctx
