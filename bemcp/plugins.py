@@ -93,6 +93,7 @@ class PluginInfo:
     tools: list = field(default_factory=list)       # names as registered
     renamed: dict = field(default_factory=dict)     # the plugin's tool name -> registered name
     refused: dict = field(default_factory=dict)     # tool name -> why it was not registered
+    prompts: list = field(default_factory=list)
     resources: list = field(default_factory=list)
     seconds: float = 0.0
     traceback: str = ""
@@ -105,13 +106,13 @@ class PluginInfo:
 
 
 class PluginServer:
-    """What a plugin's ``setup(server)`` receives: the Server's API, with registrations held.
+    """What a plugin's ``setup(server)`` receives: registration and a few services, nothing
+    of the server's internals (the list is in docs/plugins.md, "What setup(server) receives").
 
-    Registrations are collected until the plugin has loaded in time, then applied to the
-    real server in discovery order (collision rules included); a plugin that fails or
-    times out has them dropped, even if its thread registers something later. Once applied,
-    later registrations (e.g. from an ``on_start`` callback) go straight through. Anything
-    else (``config``, ``record``, ``notify``, ``describe``...) is the real server's.
+    Registrations are held until the plugin has loaded in time, then applied to the real
+    server in discovery order (collision rules included); a plugin that fails or times out
+    has them dropped, even if its thread registers something later. Once applied, later
+    registrations (e.g. from an ``on_start`` callback) go straight through.
     """
 
     def __init__(self, server, info, manager):
@@ -122,10 +123,9 @@ class PluginServer:
         self._state = "collecting"   # then "live" or "discarded"
         self._pending = []           # (kind, item) in registration order
         self.plugin = info.name
+        self.config = server.config    # the server's settings (roots, command policy, ...)
+        self.sandbox = server.sandbox  # the Sandbox commands run in (--sandbox), or None
         self.log = logging.getLogger(f"bemcp.plugin.{info.name}")
-
-    def __getattr__(self, name):
-        return getattr(self._server, name)
 
     def tool(self, fn=None, **options):
         """``@server.tool`` / ``@server.tool(name=..., ...)``, as on Server."""
@@ -136,23 +136,39 @@ class PluginServer:
             return fn
         return register(fn) if fn is not None else register
 
-    def add_tool(self, tool):
-        self._add("tool", tool)
+    def prompt(self, fn=None, **options):
+        """``@server.prompt`` / ``@server.prompt(name=..., ...)``, as on Server."""
+        from .prompts import Prompt
+
+        def register(fn):
+            self._add("prompt", Prompt(fn, **options))
+            return fn
+        return register(fn) if fn is not None else register
 
     def resource(self, uri, **options):
-        """``@server.resource(uri, ...)``, as on Server."""
+        """``@server.resource(uri, ...)``, as on Server (a fixed URI or a URI template)."""
         def register(fn):
             self._add("resource", (uri, options, fn))
             return fn
         return register
 
     def on_start(self, callback):
+        """Call ``callback()`` (sync or async) once the server serves, as on Server."""
         self._add("on_start", callback)
         return callback
 
     def on_shutdown(self, callback):
+        """Call ``callback()`` (sync or async) when the server stops, as on Server."""
         self._add("on_shutdown", callback)
         return callback
+
+    def record(self, kind, **fields):
+        """A forensics event (forensics.log), marked with the plugin's name."""
+        self._server.record(kind, plugin=self.plugin, **fields)
+
+    def notify_resource_updated(self, uri):
+        """Tell the clients subscribed to ``uri`` that it changed; safe from any thread."""
+        self._server.notify_resource_updated(uri)
 
     def _add(self, kind, item):
         with self._lock:
@@ -492,12 +508,19 @@ class PluginManager:
                 self._add_tool(info, item)
             elif kind == "resource":
                 uri, options, fn = item
-                if uri in server.resources:
+                if uri in server.resources or uri in server.templates:
                     info.refused[uri] = "a resource with this URI is already registered"
                     log.warning("plugin %r: resource %s already registered; refused", info.name, uri)
                 else:
                     server.resource(uri, **options)(fn)
                     info.resources.append(uri)
+            elif kind == "prompt":
+                if item.name in server.prompts:
+                    info.refused[item.name] = "a prompt with this name is already registered"
+                    log.warning("plugin %r: prompt %r already registered; refused", info.name, item.name)
+                else:
+                    server.add_prompt(item)
+                    info.prompts.append(item.name)
             elif kind == "on_start":
                 server.on_start(item)
             elif kind == "on_shutdown":
@@ -658,41 +681,6 @@ def load_plugins(server, background=False):
         server.record("plugin_failed", plugin="*", reason=f"the plugin loader failed: {exc!r}",
                       traceback=traceback.format_exc())
     return manager
-
-
-def show_plugins(server, as_json=False, out=None):
-    """Print ``bemcp plugins``; the exit code is 1 when a plugin failed, else 0."""
-    out = out or sys.stdout
-    manager = getattr(server, "plugins", None)
-    if manager is None:
-        manager = load_plugins(server)
-    snap = manager.snapshot()
-    if as_json:
-        import orjson
-        out.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 1 if snap[FAILED] else 0
-    if not manager.enabled:
-        out.write("plugins are disabled (--no-plugins, BEMCP_NO_PLUGINS or plugins = false)\n")
-        return 0
-    for info in manager.plugins:
-        where = f"{info.source}: {info.origin}" if info.origin else info.source
-        if info.status == LOADED:
-            out.write(f"{info.name:<12} loaded    ({where}, {info.seconds * 1000:.0f} ms)\n")
-        else:
-            out.write(f"{info.name:<12} {info.status.upper():<9} ({where})\n")
-            out.write(f"    reason: {info.reason}\n")
-        if info.description:
-            out.write(f"    {info.description}\n")
-        if info.tools:
-            out.write(f"    tools: {', '.join(info.tools)}\n")
-        for original, registered in info.renamed.items():
-            out.write(f"    renamed: {original} -> {registered} (name already taken)\n")
-        for name, why in info.refused.items():
-            out.write(f"    refused: {name}: {why}\n")
-        if info.resources:
-            out.write(f"    resources: {', '.join(info.resources)}\n")
-    out.write(f"{snap[LOADED]} loaded, {snap[FAILED]} failed, {snap[DISABLED]} disabled\n")
-    return 1 if snap[FAILED] else 0
 
 
 def scan_entry_points(group):

@@ -68,16 +68,16 @@ class TaskManager:
         self.tasks = {}
         self._sweeper = None
 
-    def install(self, dispatcher):
+    def handlers(self):
+        """The task methods, for the server to register with the dispatcher."""
+        return {"tasks/get": self._handle_get, "tasks/result": self._handle_result,
+                "tasks/list": self._handle_list, "tasks/cancel": self._handle_cancel,
+                "tasks/update": self._handle_update}
+
+    def attach(self, dispatcher):
+        """The server built its dispatcher: tasks run through it."""
         self.dispatcher = dispatcher
         self.loop = self.server.loop
-        dispatcher.methods.update({
-            "tasks/get": self._handle_get,
-            "tasks/result": self._handle_result,
-            "tasks/list": self._handle_list,
-            "tasks/cancel": self._handle_cancel,
-            "tasks/update": self._handle_update,
-        })
 
     def route_for(self, tool):
         """The dispatcher route for a tool with task support (None without)."""

@@ -67,7 +67,8 @@ def _task_stack(task):
 
 
 class Watchdog:
-    """Attach with ``Watchdog(server)``; it starts and stops with the server."""
+    """The watchdog of ``server`` (``server.watchdog``, made by the Server when
+    ``config.watchdog`` is set); it starts and stops with the server."""
 
     def __init__(self, server):
         self.server = server
@@ -88,7 +89,6 @@ class Watchdog:
         self._loop_ident = None
         self._use_signal = False
         self._refusal = None
-        server.watchdog = self
         server.on_start(self.start)
         server.on_shutdown(self.stop)
 
@@ -97,7 +97,6 @@ class Watchdog:
     def start(self):
         self.loop = self.server.loop
         self.dispatcher = self.server.dispatcher
-        self.dispatcher.on_cancelled = self._on_cancelled
         self._loop_ident = threading.get_ident()
         if threading.current_thread() is threading.main_thread():
             # A signal handler can break a blocking sleep or syscall, not only bytecode.
@@ -116,8 +115,10 @@ class Watchdog:
 
     # -- escalation ----------------------------------------------------------------
 
-    def _on_cancelled(self, req):
-        self.loop.call_later(ESCALATE_AFTER, self._escalate, req, 1)
+    def escalate_later(self, req):
+        """``req`` was stopped (deadline or client): escalate if it has not ended in time.
+        The server makes this the dispatcher's ``on_cancelled``."""
+        self.server.loop.call_later(ESCALATE_AFTER, self._escalate, req, 1)
 
     def _escalate(self, req, attempt):
         task = req.task

@@ -14,8 +14,9 @@ import pytest
 
 from bemcp import Server
 from bemcp.builtins import register_builtins
+from bemcp.cli import show_plugins
 from bemcp.config import Config, parse
-from bemcp.plugins import BUNDLED, RESOURCE_URI, load_plugins, show_plugins
+from bemcp.plugins import BUNDLED, RESOURCE_URI, load_plugins
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "plugin_fixtures")
 

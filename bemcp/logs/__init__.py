@@ -53,4 +53,5 @@ def setup_logging(server, **options):
     Logs object, also available as ``server.logs``.
     """
     from .writer import Logs
-    return Logs(server, **options)
+    server.logs = Logs(server, **options)
+    return server.logs

@@ -91,11 +91,9 @@ class Logs:
         self._fatal = (None, None)
         self._hooks = None
         self._dropped_events = 0
-        server.logs = self
         install_logging(cfg.log_level)
         if self.enabled:
             server.recorders.append(self.record)
-            server.keep_finished = True
         server.on_start(self._start)
         server.on_shutdown(self._stop)
         server.resource("bemcp://logs", name="logs",
