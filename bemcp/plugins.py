@@ -1,52 +1,14 @@
-"""Plugins: discovery, isolated loading, control, and what people and clients see of them.
+"""Plugins: discovery, isolated loading, and their state (the long form: docs/plugins.md).
 
-A plugin is a pure-Python module (or package) with a ``setup(server)`` function that
-registers tools (and resources) with ``@server.tool`` / ``@server.resource``::
-
-    # weather.py, in a --plugins-dir directory
-    def setup(server):
-        @server.tool
-        def weather_now(city: str) -> dict:
-            "Current weather for a city."
-            ...
-
-Keep the module's top level light (import heavy libraries inside the tools): every
-plugin is imported before the server answers its first request.
-
-Sources, in this order (the order also settles tool-name collisions):
-
-1. bundled: ``sysinfo``, ``files``, ``http``, ``git``, ``search`` from the package
-   ``bemcp_plugins`` (the repository's ``plugins/`` directory, shipped in the wheel);
-2. installed packages declaring an entry point in the group ``bemcp.plugins``
-   (``myplugin = "my_package.mcp"`` or ``"my_package.mcp:setup"``), sorted by name;
-3. each ``--plugins-dir DIR`` in the order given: every ``*.py`` file and every package
-   (a directory with ``__init__.py``) in it, sorted by name; names starting with ``_`` or
-   ``.`` are skipped. A package may use relative imports; the directory is not added to
-   ``sys.path``.
-
-The first plugin of a given name wins; a later one of the same name is reported as failed.
-
-Isolation: every plugin is imported and set up in its own daemon thread; all start together
-and the loader waits at most ``plugin_timeout`` seconds (2 s) in total, so no plugin, nor
-several, can delay ``initialize`` by more than that. A plugin that raises (at import or in
-``setup``) or misses the deadline is marked failed with its reason, logged on stderr
-(logger ``bemcp.plugins``) and recorded as a ``plugin_failed`` forensics event; the server
-and the other plugins carry on. A plugin registers through a ``PluginServer`` that holds
-its registrations until it has loaded in time: a failed or late plugin leaves nothing
-behind, even if its thread finishes afterwards. While plugins load, anything they print
-goes to stderr, never to the protocol's stdout.
-
-Collisions: a tool whose name is already taken (by a built-in tool or an earlier plugin)
-is registered as ``<plugin>_<tool>``; if that name is taken too, the tool is refused. Both
-are logged, recorded (``plugin_collision``) and listed by ``bemcp plugins``. Underscores
-rather than dots keep the names valid for clients that restrict tool names to
-``[A-Za-z0-9_-]``.
-
-Control: ``--no-plugins`` or ``BEMCP_NO_PLUGINS=1`` load none; ``--plugin NAME`` (repeatable)
-loads only those; ``--disable-plugin NAME`` skips one; the config file takes the same
-settings (``plugins``, ``plugin_only``, ``plugin_disable``, ``plugin_dirs``, ``plugin_timeout``).
-
-State is visible to people (``bemcp plugins``) and to clients (the resource ``bemcp://plugins``).
+A plugin is a module or package with ``setup(server)``; ``server`` is a ``PluginServer``,
+the narrow facade below. Sources, in order (which also settles name collisions): the
+bundled ``bemcp_plugins``, the entry points of group ``bemcp.plugins``, each ``--plugins-dir``.
+Each plugin loads in its own thread, all within ``plugin_timeout`` seconds in total;
+``bemcp serve`` starts loading once the client's first message (``initialize``) is answered,
+or after 0.1 s of silence; until loading ends, tools/call, the lists, prompts and resources
+wait for it (never longer than the budget). A plugin that raises or misses the budget is reported and leaves
+nothing registered. State: ``server.plugins`` (PluginManager), ``bemcp plugins`` and the
+resource ``bemcp://plugins``.
 """
 
 import asyncio
