@@ -278,13 +278,10 @@ async def test_a_sync_tool_sleeping_does_not_block_ping(make_session):
         time.sleep(seconds)
         return "rested"
     s = make_session(server)
-    loop = asyncio.get_running_loop()
     rid = s.start("tools/call", {"name": "nap", "arguments": {"seconds": 1.0}})
-    started = loop.time()
     ping = await s.request("ping")
     assert ping["result"] == {}
     assert s.answer(rid) is None  # the ping came back first
-    assert loop.time() - started < 0.9
     assert (await s.wait(rid))["result"]["content"][0]["text"] == "rested"
 
 
