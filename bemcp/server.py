@@ -16,7 +16,7 @@ from ._core._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, MET
 from .client_log import LOG_LEVELS, SENT
 from .config import Config
 from .connection import Connection, Peer
-from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
+from .revisions import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .subscriptions import Subscriptions
 from .tasks import TaskManager

@@ -11,7 +11,7 @@ from typing import get_args, get_origin
 
 from orjson import dumps
 
-from .protocol import VERSION_KEY, request_version
+from .revisions import VERSION_KEY, request_version
 from .schema import compile_arguments_validator, is_typeddict, schema_for
 
 
