@@ -11,9 +11,9 @@ import pytest
 
 from bemcp.logs import default_log_dir
 from bemcp.logs.files import LogFiles, generations
-from bemcp.logs.writer import COUNT, RECORD
+from bemcp.logs.collector import COUNT, RECORD
 from bemcp.logs.stderr import StderrPump
-from bemcp.logs.summary import percentile
+from bemcp.percentiles import percentile
 
 
 def directory_bytes(path):
@@ -311,3 +311,14 @@ def test_the_task_writer_warns_once_about_an_unwritable_directory(core, tmp_path
         time.sleep(0.05)
     writer.close()
     assert writer.dropped == 3 and len(warnings) == 1 and "cannot write logs" in warnings[0]
+
+
+def test_percentiles_are_by_nearest_rank_everywhere():
+    """perf.log's lag p99, `bemcp logs`' durations and `bemcp bench` use this one definition."""
+    hundred = list(range(1, 101))
+    assert [percentile(hundred, q) for q in (0, 1, 50, 99, 100)] == [1, 1, 50, 99, 100]
+    assert [percentile([5, 7, 9], q) for q in (33, 34, 66, 67, 99)] == [5, 7, 7, 9, 9]
+    assert percentile([], 50) is None and percentile([3.5], 99) == 3.5
+    from bemcp.bench import stats
+    from bemcp.logs import collector, summary
+    assert stats.percentile is summary.percentile is collector.percentile is percentile

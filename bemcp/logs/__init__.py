@@ -19,7 +19,7 @@ Off the hot path: as each tool call ends, the core copies a fixed-size record an
 the request line into C buffers (``Dispatcher.keep_finished``: no Python call, no
 object); every few milliseconds the loop hands them, as two byte strings, to the
 core's tasks.log writer, a native thread that formats, digests, rotates and writes
-without the GIL (:class:`bemcp.logs.writer.Logs` wires it; the pure twins use a
+without the GIL (:class:`bemcp.logs.collector.Logs` wires it; the pure twins use a
 Python thread). The server is one process.
 ``bemcp logs`` (:mod:`bemcp.logs.summary`) is the person's view of a directory.
 """
@@ -49,9 +49,9 @@ def setup_logging(server, **options):
 
     Call before the server starts serving (``make_server`` does). Settings come
     from ``server.config`` (log_dir, log_files, log_level, log_bodies); ``options``
-    are for tests and embedders (see :class:`bemcp.logs.writer.Logs`). Returns the
+    are for tests and embedders (see :class:`bemcp.logs.collector.Logs`). Returns the
     Logs object, also available as ``server.logs``.
     """
-    from .writer import Logs
+    from .collector import Logs
     server.logs = Logs(server, **options)
     return server.logs
