@@ -1,7 +1,7 @@
 """The watchdog: what happens to work that overruns, blocks the loop, or eats memory.
 
 The bookkeeping (in-flight table, deadline heap, slot limits) is in the compiled
-core; this module is the policy on top of it:
+core; this module decides what happens on top of it:
 
 - escalation: a request stopped by its deadline or the client gets ``escalate_after``
   seconds to end; an async task still running is recorded with its stack and
