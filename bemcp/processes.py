@@ -1093,7 +1093,7 @@ def register_process_tools(server):
                 progress.close()
         duration = (child.ended or time.monotonic()) - child.started
         if ctx is not None:
-            ctx.request.detail = {"exit_code": child.returncode, **(started or {})}   # for tasks.log
+            ctx.note(exit_code=child.returncode, **(started or {}))   # for tasks.log
             if child.timed_out:
                 ctx.timed_out(limit)
         structured = {"exit_code": child.returncode, "stdout": out.text(), "stderr": err.text(),
@@ -1129,7 +1129,7 @@ def register_process_tools(server):
         except (ProcessLimitError, SpawnError) as exc:
             raise ToolError(str(exc)) from None
         if started and ctx is not None:
-            ctx.request.detail = started
+            ctx.note(**started)
         return {"id": entry.id, "pid": entry.child.pid}
 
     @server.tool(eager=True, annotations={"readOnlyHint": True, "openWorldHint": False})
