@@ -1,4 +1,8 @@
-"""Server: the registries and MCP semantics (both protocol eras) above the core."""
+"""Server: the registries and MCP semantics (both protocol eras) above the core.
+
+The Server declares its subsystems (``Server.__init__``) and is the one place that wires
+them to the core's dispatcher (``build_dispatcher``); the API is in docs/api.md.
+"""
 
 import asyncio
 import inspect
