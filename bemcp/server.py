@@ -265,6 +265,11 @@ class Server:
         self._sync_tools()
         return d
 
+    def refuse_tool_calls(self, reason):
+        """Answer every new tool call with a busy error saying ``reason``, until called with
+        None (the watchdog does so under memory pressure); calls already running go on."""
+        self.dispatcher.refusing = reason
+
     def _after_plugins(self, handler):
         """``handler``, answering only once the plugins loading in the background have
         registered what they offer: a list or a lookup never misses a plugin's prompt or

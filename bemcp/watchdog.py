@@ -213,13 +213,13 @@ class Watchdog:
         if total > self.soft_bytes and self._refusal is None:
             self._refusal = (f"Server under memory pressure: {total / 2**20:.0f} MB in use "
                              f"(soft limit {self.soft_bytes / 2**20:.0f} MB); new tool calls are refused until it drops")
-            self.dispatcher.refusing = self._refusal
+            self.server.refuse_tool_calls(self._refusal)
             self.counts["memory_refusals"] += 1
             log.warning("%s", self._refusal)
             self.server.record("memory_soft_limit", action="refusing new tool calls", **figures)
         elif total < self.soft_bytes * 0.9 and self._refusal is not None:
             self._refusal = None
-            self.dispatcher.refusing = None
+            self.server.refuse_tool_calls(None)
             self.server.record("memory_recovered", action="accepting tool calls again", **figures)
         if total > self.hard_bytes:
             self.loop.call_soon_threadsafe(self._relieve, figures)

@@ -176,3 +176,25 @@ def test_prompts_and_resources_of_a_plugin_still_loading_are_declared_and_listed
     assert "notes://{topic}" in [t["uriTemplate"] for t in templates]
     read = server.request("resources/read", {"uri": "notes://cats"})["result"]
     assert read["contents"][0]["text"] == "notes on cats"
+
+
+def test_a_plugin_loading_in_the_background_gets_its_start_and_shutdown_callbacks(spawn, tmp_path):
+    # Under `bemcp serve` plugins load after the server started: a start callback they
+    # register runs at once, not never; a shutdown callback runs at exit.
+    marker = tmp_path / "stopped"
+    (tmp_path / "lifecycle.py").write_text(
+        "import pathlib\n"
+        "events = []\n\n"
+        "def setup(server):\n"
+        "    @server.tool\n"
+        "    def lifecycle_events() -> list:\n"
+        "        'The lifecycle callbacks that ran.'\n"
+        "        return events\n"
+        "    server.on_start(lambda: events.append('started'))\n"
+        f"    server.on_shutdown(lambda: pathlib.Path({str(marker)!r}).write_text('stopped'))\n")
+    server = spawn("--plugin", "lifecycle", "--plugins-dir", str(tmp_path), env=ENV)
+    server.initialize()
+    result = server.call_tool("lifecycle_events")["result"]
+    assert result["structuredContent"] == {"result": ["started"]}, result
+    assert server.close() == 0
+    assert marker.read_text() == "stopped"
