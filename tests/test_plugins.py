@@ -304,10 +304,7 @@ def test_a_failed_plugin_leaves_no_prompt_or_resource_behind(tmp_path):
     """)
     write_plugin(tmp_path, "whole", """
         def setup(server):
-            @server.prompt
-            def whole_prompt() -> str:
-                "A prompt of a plugin that loads."
-                return "hi"
+            server.prompt(lambda: "hi", name="whole_prompt", description="A prompt of a plugin that loads.")
     """)
     server = make(plugin_dirs=[str(tmp_path)])
     infos = by_name(server)
