@@ -21,7 +21,7 @@ from .client_log import LOG_LEVELS, SENT
 from .config import Config
 from .connection import Connection, Peer
 from .revisions import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
-                       SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
+                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .subscriptions import Subscriptions
 from .tasks import TaskManager
 from .tools import Context, Tool, ToolError, ToolInterrupted
@@ -205,14 +205,21 @@ class Server:
         return callback
 
     def _start_late(self, callback):
+        where = f"start callback {callback!r}"
         try:
             result = callback()
-            if asyncio.iscoroutine(result):
-                task = self.loop.create_task(result)
-                self._waiting_calls.add(task)
-                task.add_done_callback(self._waiting_calls.discard)
         except Exception as exc:
-            self.report_crash(exc, where=f"start callback {callback!r}")
+            self.report_crash(exc, where=where)
+            return
+        if asyncio.iscoroutine(result):
+            task = self.loop.create_task(result)
+            self._waiting_calls.add(task)
+
+            def done(task):
+                self._waiting_calls.discard(task)
+                if not task.cancelled() and task.exception() is not None:
+                    self.report_crash(task.exception(), where=where)
+            task.add_done_callback(done)
 
     def on_shutdown(self, callback):
         """Call ``callback()`` (sync or async) when the server stops."""

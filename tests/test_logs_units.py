@@ -12,7 +12,6 @@ import pytest
 from bemcp.logs import default_log_dir
 from bemcp.logs.files import LogFiles, generations
 from bemcp.logs.collector import COUNT, RECORD
-from bemcp.logs.stderr import StderrPump
 from bemcp.percentiles import percentile
 
 
