@@ -3,12 +3,12 @@
 A plugin is a module or package with ``setup(server)``; ``server`` is a ``PluginServer``,
 the narrow facade below. Sources, in order (which also settles name collisions): the
 bundled ``bemcp_plugins``, the entry points of group ``bemcp.plugins``, each ``--plugins-dir``.
-Each plugin loads in its own thread, all within ``plugin_timeout`` seconds in total;
+Each plugin loads in its own thread, all within ``plugin_timeout`` seconds in total.
 ``bemcp serve`` starts loading once the client's first message (``initialize``) is answered,
-or after 0.1 s of silence; until loading ends, tools/call, the lists, prompts and resources
-wait for it (never longer than the budget). A plugin that raises or misses the budget is reported and leaves
-nothing registered. State: ``server.plugins`` (PluginManager), ``bemcp plugins`` and the
-resource ``bemcp://plugins``.
+or after 0.1 s of silence; until loading ends, the lists, prompts, resources and calls to
+tools not yet known wait for it (never longer than the budget). A plugin that raises or misses the budget is
+reported and leaves nothing registered. State: ``server.plugins`` (PluginManager),
+``bemcp plugins`` and the resource ``bemcp://plugins``.
 """
 
 import asyncio
