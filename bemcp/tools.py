@@ -109,12 +109,12 @@ class Context:
     (``sample``, ``elicit``, ``list_roots``) are coroutines for async handlers.
     """
 
-    __slots__ = ("_request", "server", "_last_progress", "log", "_asker")
+    __slots__ = ("_request", "_server", "_last_progress", "log", "_asker")
 
     def __init__(self, request, server, log):
         from .client_log import RequestLog
         self._request = request
-        self.server = server
+        self._server = server
         self.log = RequestLog(log, server, request)
         self._last_progress = None
         self._asker = None
@@ -171,7 +171,7 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self.server.notify("notifications/progress", params, self._request)
+        self._server.notify("notifications/progress", params, self._request)
         return True
 
     # -- asking the client -----------------------------------------------------------
@@ -180,7 +180,7 @@ class Context:
     def client_capabilities(self):
         """The capabilities the client declared (for this request, in 2026-07-28)."""
         from .asking import client_capabilities
-        return client_capabilities(self.server, self._request)
+        return client_capabilities(self._server, self._request)
 
     def client_supports(self, capability):
         """Whether the client declared ``capability`` ("sampling", "elicitation", "roots")."""
@@ -189,7 +189,7 @@ class Context:
     def _ask(self, method, params, key):
         if self._asker is None:
             from .asking import Asker
-            self._asker = Asker(self.server, self._request)
+            self._asker = Asker(self._server, self._request)
         return self._asker.ask(method, params, key)
 
     async def sample(self, messages, *, max_tokens=1000, system_prompt=None, temperature=None,

@@ -477,7 +477,7 @@ async def test_context_facts_and_log(make_session, caplog):
 
     @server.tool
     async def introspect(ctx: Context) -> str:
-        facts.append((ctx.request_id, ctx.tool, ctx.server is server, ctx.cancelled, ctx.log.name))
+        facts.append((ctx.request_id, ctx.tool, ctx._server is server, ctx.cancelled, ctx.log.name))
         ctx.log.warning("from the tool")
         return "ok"
     s = make_session(server)
