@@ -23,7 +23,7 @@ from orjson import OPT_SORT_KEYS, dumps, loads
 
 from ._core import RpcError
 from ._core._errors import INVALID_PARAMS, MISSING_CLIENT_CAPABILITY
-from .protocol import CLIENT_CAPABILITIES_KEY, VERSION_KEY
+from .revisions import CLIENT_CAPABILITIES_KEY, VERSION_KEY
 from .tools import NeedInput, ToolError
 
 # The client capability each request to the client needs.

@@ -93,7 +93,6 @@ def report(args, server, parser):
         show_tools(server, args.json)
         return 0
     if args.command == "plugins":
-        from .plugins import show_plugins
         return show_plugins(server, args.json)
     if args.command == "logs":
         from .logs.summary import run as show_logs
@@ -112,7 +111,7 @@ def show_tools(server, as_json):
         sys.stdout.write(orjson.dumps([t.definition() for t in tools], option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     if "run_command" in server.tools:
-        sandbox = getattr(server, "sandbox", None)
+        sandbox = server.sandbox
         print(f"# {sandbox.summary()}" if sandbox is not None else
               "# commands run without a sandbox (--sandbox confines them: docs/security.md)")
     for tool in tools:
@@ -124,6 +123,40 @@ def show_tools(server, as_json):
         print(f"{tool.name}({args})")
         if summary:
             print(f"    {summary}")
+
+
+def show_plugins(server, as_json=False, out=None):
+    """Print ``bemcp plugins`` for ``server`` (built by make_server); the exit status is 1
+    when a plugin failed, else 0."""
+    from .plugins import DISABLED, FAILED, LOADED
+    out = out or sys.stdout
+    manager = server.plugins
+    snap = manager.snapshot()
+    if as_json:
+        import orjson
+        out.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 1 if snap[FAILED] else 0
+    if not manager.enabled:
+        out.write("plugins are disabled (--no-plugins, BEMCP_NO_PLUGINS or plugins = false)\n")
+        return 0
+    for info in manager.plugins:
+        where = f"{info.source}: {info.origin}" if info.origin else info.source
+        if info.status == LOADED:
+            out.write(f"{info.name:<12} loaded    ({where}, {info.seconds * 1000:.0f} ms)\n")
+        else:
+            out.write(f"{info.name:<12} {info.status.upper():<9} ({where})\n")
+            out.write(f"    reason: {info.reason}\n")
+        if info.description:
+            out.write(f"    {info.description}\n")
+        for label, names in (("tools", info.tools), ("prompts", info.prompts), ("resources", info.resources)):
+            if names:
+                out.write(f"    {label}: {', '.join(names)}\n")
+        for original, registered in info.renamed.items():
+            out.write(f"    renamed: {original} -> {registered} (name already taken)\n")
+        for name, why in info.refused.items():
+            out.write(f"    refused: {name}: {why}\n")
+    out.write(f"{snap[LOADED]} loaded, {snap[FAILED]} failed, {snap[DISABLED]} disabled\n")
+    return 1 if snap[FAILED] else 0
 
 
 def _type_name(schema):

@@ -7,7 +7,7 @@ whose ``_meta`` carries ``io.modelcontextprotocol/logLevel``, at or above that l
 
 import logging
 
-from .protocol import LOG_LEVEL_KEY, VERSION_KEY
+from .revisions import LOG_LEVEL_KEY, VERSION_KEY
 
 # MCP log levels (RFC 5424 names) and the stdlib levels they map to.
 LOG_LEVELS = {"debug": 10, "info": 20, "notice": 25, "warning": 30, "error": 40,

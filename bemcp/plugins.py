@@ -1,52 +1,14 @@
-"""Plugins: discovery, isolated loading, control, and what people and clients see of them.
+"""Plugins: discovery, isolated loading, and their state (the long form: docs/plugins.md).
 
-A plugin is a pure-Python module (or package) with a ``setup(server)`` function that
-registers tools (and resources) with ``@server.tool`` / ``@server.resource``::
-
-    # weather.py, in a --plugins-dir directory
-    def setup(server):
-        @server.tool
-        def weather_now(city: str) -> dict:
-            "Current weather for a city."
-            ...
-
-Keep the module's top level light (import heavy libraries inside the tools): every
-plugin is imported before the server answers its first request.
-
-Sources, in this order (the order also settles tool-name collisions):
-
-1. bundled: ``sysinfo``, ``files``, ``http``, ``git``, ``search`` from the package
-   ``bemcp_plugins`` (the repository's ``plugins/`` directory, shipped in the wheel);
-2. installed packages declaring an entry point in the group ``bemcp.plugins``
-   (``myplugin = "my_package.mcp"`` or ``"my_package.mcp:setup"``), sorted by name;
-3. each ``--plugins-dir DIR`` in the order given: every ``*.py`` file and every package
-   (a directory with ``__init__.py``) in it, sorted by name; names starting with ``_`` or
-   ``.`` are skipped. A package may use relative imports; the directory is not added to
-   ``sys.path``.
-
-The first plugin of a given name wins; a later one of the same name is reported as failed.
-
-Isolation: every plugin is imported and set up in its own daemon thread; all start together
-and the loader waits at most ``plugin_timeout`` seconds (2 s) in total, so no plugin, nor
-several, can delay ``initialize`` by more than that. A plugin that raises (at import or in
-``setup``) or misses the deadline is marked failed with its reason, logged on stderr
-(logger ``bemcp.plugins``) and recorded as a ``plugin_failed`` forensics event; the server
-and the other plugins carry on. A plugin registers through a ``PluginServer`` that holds
-its registrations until it has loaded in time: a failed or late plugin leaves nothing
-behind, even if its thread finishes afterwards. While plugins load, anything they print
-goes to stderr, never to the protocol's stdout.
-
-Collisions: a tool whose name is already taken (by a built-in tool or an earlier plugin)
-is registered as ``<plugin>_<tool>``; if that name is taken too, the tool is refused. Both
-are logged, recorded (``plugin_collision``) and listed by ``bemcp plugins``. Underscores
-rather than dots keep the names valid for clients that restrict tool names to
-``[A-Za-z0-9_-]``.
-
-Control: ``--no-plugins`` or ``BEMCP_NO_PLUGINS=1`` load none; ``--plugin NAME`` (repeatable)
-loads only those; ``--disable-plugin NAME`` skips one; the config file takes the same
-settings (``plugins``, ``plugin_only``, ``plugin_disable``, ``plugin_dirs``, ``plugin_timeout``).
-
-State is visible to people (``bemcp plugins``) and to clients (the resource ``bemcp://plugins``).
+A plugin is a module or package with ``setup(server)``; ``server`` is a ``PluginServer``,
+the narrow facade below. Sources, in order (which also settles name collisions): the
+bundled ``bemcp_plugins``, the entry points of group ``bemcp.plugins``, each ``--plugins-dir``.
+Each plugin loads in its own thread, all within ``plugin_timeout`` seconds in total.
+``bemcp serve`` starts loading once the client's first message (``initialize``) is answered,
+or after 0.1 s of silence; until loading ends, the lists, prompts, resources and calls to
+tools not yet known wait for it (never longer than the budget). A plugin that raises or misses the budget is
+reported and leaves nothing registered. State: ``server.plugins`` (PluginManager),
+``bemcp plugins`` and the resource ``bemcp://plugins``.
 """
 
 import asyncio
@@ -93,6 +55,7 @@ class PluginInfo:
     tools: list = field(default_factory=list)       # names as registered
     renamed: dict = field(default_factory=dict)     # the plugin's tool name -> registered name
     refused: dict = field(default_factory=dict)     # tool name -> why it was not registered
+    prompts: list = field(default_factory=list)
     resources: list = field(default_factory=list)
     seconds: float = 0.0
     traceback: str = ""
@@ -105,13 +68,13 @@ class PluginInfo:
 
 
 class PluginServer:
-    """What a plugin's ``setup(server)`` receives: the Server's API, with registrations held.
+    """What a plugin's ``setup(server)`` receives: registration and a few services, nothing
+    of the server's internals (the list is in docs/plugins.md, "What setup(server) receives").
 
-    Registrations are collected until the plugin has loaded in time, then applied to the
-    real server in discovery order (collision rules included); a plugin that fails or
-    times out has them dropped, even if its thread registers something later. Once applied,
-    later registrations (e.g. from an ``on_start`` callback) go straight through. Anything
-    else (``config``, ``record``, ``notify``, ``describe``...) is the real server's.
+    Registrations are held until the plugin has loaded in time, then applied to the real
+    server in discovery order (collision rules included); a plugin that fails or times out
+    has them dropped, even if its thread registers something later. Once applied, later
+    registrations (e.g. from an ``on_start`` callback) go straight through.
     """
 
     def __init__(self, server, info, manager):
@@ -122,10 +85,9 @@ class PluginServer:
         self._state = "collecting"   # then "live" or "discarded"
         self._pending = []           # (kind, item) in registration order
         self.plugin = info.name
+        self.config = server.config    # the server's settings (roots, command policy, ...)
+        self.sandbox = server.sandbox  # the Sandbox commands run in (--sandbox), or None
         self.log = logging.getLogger(f"bemcp.plugin.{info.name}")
-
-    def __getattr__(self, name):
-        return getattr(self._server, name)
 
     def tool(self, fn=None, **options):
         """``@server.tool`` / ``@server.tool(name=..., ...)``, as on Server."""
@@ -136,23 +98,39 @@ class PluginServer:
             return fn
         return register(fn) if fn is not None else register
 
-    def add_tool(self, tool):
-        self._add("tool", tool)
+    def prompt(self, fn=None, **options):
+        """``@server.prompt`` / ``@server.prompt(name=..., ...)``, as on Server."""
+        from .prompts import Prompt
+
+        def register(fn):
+            self._add("prompt", Prompt(fn, **options))
+            return fn
+        return register(fn) if fn is not None else register
 
     def resource(self, uri, **options):
-        """``@server.resource(uri, ...)``, as on Server."""
+        """``@server.resource(uri, ...)``, as on Server (a fixed URI or a URI template)."""
         def register(fn):
             self._add("resource", (uri, options, fn))
             return fn
         return register
 
     def on_start(self, callback):
+        """Call ``callback()`` (sync or async) once the server serves, as on Server."""
         self._add("on_start", callback)
         return callback
 
     def on_shutdown(self, callback):
+        """Call ``callback()`` (sync or async) when the server stops, as on Server."""
         self._add("on_shutdown", callback)
         return callback
+
+    def record(self, kind, **fields):
+        """A forensics event (forensics.log), marked with the plugin's name."""
+        self._server.record(kind, plugin=self.plugin, **fields)
+
+    def notify_resource_updated(self, uri):
+        """Tell the clients subscribed to ``uri`` that it changed; safe from any thread."""
+        self._server.notify_resource_updated(uri)
 
     def _add(self, kind, item):
         with self._lock:
@@ -492,12 +470,19 @@ class PluginManager:
                 self._add_tool(info, item)
             elif kind == "resource":
                 uri, options, fn = item
-                if uri in server.resources:
+                if uri in server.resources or uri in server.templates:
                     info.refused[uri] = "a resource with this URI is already registered"
                     log.warning("plugin %r: resource %s already registered; refused", info.name, uri)
                 else:
                     server.resource(uri, **options)(fn)
                     info.resources.append(uri)
+            elif kind == "prompt":
+                if item.name in server.prompts:
+                    info.refused[item.name] = "a prompt with this name is already registered"
+                    log.warning("plugin %r: prompt %r already registered; refused", info.name, item.name)
+                else:
+                    server.add_prompt(item)
+                    info.prompts.append(item.name)
             elif kind == "on_start":
                 server.on_start(item)
             elif kind == "on_shutdown":
@@ -658,41 +643,6 @@ def load_plugins(server, background=False):
         server.record("plugin_failed", plugin="*", reason=f"the plugin loader failed: {exc!r}",
                       traceback=traceback.format_exc())
     return manager
-
-
-def show_plugins(server, as_json=False, out=None):
-    """Print ``bemcp plugins``; the exit code is 1 when a plugin failed, else 0."""
-    out = out or sys.stdout
-    manager = getattr(server, "plugins", None)
-    if manager is None:
-        manager = load_plugins(server)
-    snap = manager.snapshot()
-    if as_json:
-        import orjson
-        out.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 1 if snap[FAILED] else 0
-    if not manager.enabled:
-        out.write("plugins are disabled (--no-plugins, BEMCP_NO_PLUGINS or plugins = false)\n")
-        return 0
-    for info in manager.plugins:
-        where = f"{info.source}: {info.origin}" if info.origin else info.source
-        if info.status == LOADED:
-            out.write(f"{info.name:<12} loaded    ({where}, {info.seconds * 1000:.0f} ms)\n")
-        else:
-            out.write(f"{info.name:<12} {info.status.upper():<9} ({where})\n")
-            out.write(f"    reason: {info.reason}\n")
-        if info.description:
-            out.write(f"    {info.description}\n")
-        if info.tools:
-            out.write(f"    tools: {', '.join(info.tools)}\n")
-        for original, registered in info.renamed.items():
-            out.write(f"    renamed: {original} -> {registered} (name already taken)\n")
-        for name, why in info.refused.items():
-            out.write(f"    refused: {name}: {why}\n")
-        if info.resources:
-            out.write(f"    resources: {', '.join(info.resources)}\n")
-    out.write(f"{snap[LOADED]} loaded, {snap[FAILED]} failed, {snap[DISABLED]} disabled\n")
-    return 1 if snap[FAILED] else 0
 
 
 def scan_entry_points(group):

@@ -1,4 +1,8 @@
-"""Server: the registries and MCP semantics (both protocol eras) above the core."""
+"""Server: the registries and MCP semantics (both protocol eras) above the core.
+
+The Server declares its subsystems (``Server.__init__``) and is the one place that wires
+them to the core's dispatcher (``build_dispatcher``); the API is in docs/api.md.
+"""
 
 import asyncio
 import inspect
@@ -16,8 +20,8 @@ from ._core._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, MET
 from .client_log import LOG_LEVELS, SENT
 from .config import Config
 from .connection import Connection, Peer
-from .protocol import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
-                       SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
+from .revisions import (BATCH_VERSIONS, HANDSHAKE_VERSIONS, LATEST_HANDSHAKE,
+                        SERVER_INFO_KEY, TASKS_EXTENSION, SUPPORTED_VERSIONS, request_version)
 from .subscriptions import Subscriptions
 from .tasks import TaskManager
 from .tools import Context, Tool, ToolError, ToolInterrupted
@@ -53,7 +57,6 @@ class Server:
         self.prompts = {}
         self.resources = {}            # fixed URI -> Resource
         self.templates = {}            # URI template -> Resource
-        self.subscriptions = Subscriptions(self)
         self.waiting_on_client = {}    # request -> (method, id) of the client request it awaits
         self._request_state = None
         self.pipe = None               # the stdio connection (the default one)
@@ -66,25 +69,30 @@ class Server:
         self._executor = None
         self._thread_owner = {}        # worker thread id -> the request it runs
         self._thread_guard = threading.Lock()
-        self.watchdog = None
         self._list_cache = {}
         self._start_callbacks = []
+        self._serving = False          # started() ran: a later on_start callback runs at once
         # Set while every tool is registered; cleared while plugins load in the background.
         self.tools_ready = asyncio.Event()
         self.tools_ready.set()
         self._waiting_calls = set()
         self._shutdown_callbacks = []
         self._log_handler = None
-        # Observers the watchdog, logs and plugins attach to.
-        self.recorders = []            # f(kind, fields) for every forensics event
-        self.keep_finished = False     # the dispatcher keeps finished tool calls for tasks.log
-        self.tasks = TaskManager(self)
-        self.sandbox = None            # the commands' Sandbox, with --sandbox (builtins/commands.py)
+        self.recorders = []            # f(kind, fields) for every forensics event (record())
+        # The subsystems. Each starts and stops with the server (on_start/on_shutdown, from
+        # where it is enabled); build_dispatcher wires each to the core, here and nowhere else.
+        self.subscriptions = Subscriptions(self)   # resources/subscribe, subscriptions/listen
+        self.tasks = TaskManager(self)             # MCP tasks: tasks/get, tasks/result, ...
+        self.watchdog = None    # Watchdog, with config.watchdog: escalation, lock-ups, memory
+        self.logs = None        # Logs, from bemcp.logs.setup_logging: log files, crash reports
+        self.processes = None   # ProcessRegistry of the programs tools start (run_command, process_*)
+        self.sandbox = None     # the Sandbox those programs run in, with --sandbox (builtins/commands.py)
+        self.plugins = None     # PluginManager, from bemcp.plugins.load_plugins
         if self.config.state_key_file:
             self.use_state_key_file(self.config.state_key_file)   # a bad key file fails here, at start
         if self.config.watchdog:
             from .watchdog import Watchdog
-            Watchdog(self)
+            self.watchdog = Watchdog(self)
 
     # -- registration ----------------------------------------------------------
 
@@ -140,13 +148,15 @@ class Server:
         from .prompts import Prompt
 
         def register(fn):
-            prompt = Prompt(fn, **options)
-            if prompt.name in self.prompts:
-                raise ValueError(f"a prompt named {prompt.name!r} is already registered")
-            self.prompts[prompt.name] = prompt
-            self.subscriptions.list_changed("prompts")
+            self.add_prompt(Prompt(fn, **options))
             return fn
         return register(fn) if fn is not None else register
+
+    def add_prompt(self, prompt):
+        if prompt.name in self.prompts:
+            raise ValueError(f"a prompt named {prompt.name!r} is already registered")
+        self.prompts[prompt.name] = prompt
+        self.subscriptions.list_changed("prompts")
 
     def remove_prompt(self, name):
         del self.prompts[name]
@@ -187,9 +197,29 @@ class Server:
             self.loop.call_soon_threadsafe(self.subscriptions.resource_updated, uri)
 
     def on_start(self, callback):
-        """Call ``callback()`` (sync or async) once the transport is serving."""
+        """Call ``callback()`` (sync or async) once the transport is serving (at once if
+        it already is: a plugin loading in the background registers its own late)."""
         self._start_callbacks.append(callback)
+        if self._serving:
+            self.loop.call_soon_threadsafe(self._start_late, callback)
         return callback
+
+    def _start_late(self, callback):
+        where = f"start callback {callback!r}"
+        try:
+            result = callback()
+        except Exception as exc:
+            self.report_crash(exc, where=where)
+            return
+        if asyncio.iscoroutine(result):
+            task = self.loop.create_task(result)
+            self._waiting_calls.add(task)
+
+            def done(task):
+                self._waiting_calls.discard(task)
+                if not task.cancelled() and task.exception() is not None:
+                    self.report_crash(task.exception(), where=where)
+            task.add_done_callback(done)
 
     def on_shutdown(self, callback):
         """Call ``callback()`` (sync or async) when the server stops."""
@@ -211,7 +241,10 @@ class Server:
         d.on_exception = self._on_exception
         d.on_protocol_error = self._on_protocol_error
         d.on_unknown_tool = self._unknown_tool
-        d.keep_finished(self.keep_finished)   # from the first request on
+        if self.watchdog is not None:
+            d.on_cancelled = self.watchdog.escalate_later   # stopped work that does not end
+        if self.logs is not None:
+            d.keep_finished(self.logs.enabled)   # tasks.log: from the first request on
         d.methods.update({
             "initialize": self._handle_initialize,
             "ping": self._modern_gone(self._handle_ping),
@@ -227,6 +260,7 @@ class Server:
             "prompts/list": self._after_plugins(self._handle_prompts_list),
             "prompts/get": self._after_plugins(self._handle_prompts_get),
             "completion/complete": self._after_plugins(self._handle_complete),
+            **self.tasks.handlers(),
         })
         d.notifications.update({
             "notifications/initialized": self._handle_initialized,
@@ -234,9 +268,14 @@ class Server:
         })
         self.dispatcher = d
         self.pipe = Connection(Peer(), d.notify, d.send_request)
-        self.tasks.install(d)
+        self.tasks.attach(d)
         self._sync_tools()
         return d
+
+    def refuse_tool_calls(self, reason):
+        """Answer every new tool call with a busy error saying ``reason``, until called with
+        None (the watchdog does so under memory pressure); calls already running go on."""
+        self.dispatcher.refusing = reason
 
     def _after_plugins(self, handler):
         """``handler``, answering only once the plugins loading in the background have
@@ -729,6 +768,7 @@ class Server:
             result = callback()
             if asyncio.iscoroutine(result):
                 await result
+        self._serving = True
 
     async def shutdown(self):
         self.tasks.close()

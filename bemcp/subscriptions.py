@@ -11,7 +11,7 @@
 
 from ._core import RpcError
 from ._core._errors import INVALID_PARAMS
-from .protocol import request_version
+from .revisions import request_version
 
 SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
 LIST_FLAGS = {"tools": "toolsListChanged", "prompts": "promptsListChanged",

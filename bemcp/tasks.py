@@ -21,8 +21,7 @@ from time import monotonic
 from ._core import STATE_CANCELLED, RpcError
 from ._core._errors import (INVALID_PARAMS, METHOD_NOT_FOUND,
                             MISSING_CLIENT_CAPABILITY, SERVER_BUSY)
-from .protocol import (CLIENT_CAPABILITIES_KEY, TASKS_EXTENSION,
-                       request_version)
+from .revisions import CLIENT_CAPABILITIES_KEY, TASKS_EXTENSION, request_version
 
 RELATED_TASK_KEY = "io.modelcontextprotocol/related-task"
 TERMINAL = frozenset(("completed", "failed", "cancelled"))
@@ -68,16 +67,16 @@ class TaskManager:
         self.tasks = {}
         self._sweeper = None
 
-    def install(self, dispatcher):
+    def handlers(self):
+        """The task methods, for the server to register with the dispatcher."""
+        return {"tasks/get": self._handle_get, "tasks/result": self._handle_result,
+                "tasks/list": self._handle_list, "tasks/cancel": self._handle_cancel,
+                "tasks/update": self._handle_update}
+
+    def attach(self, dispatcher):
+        """The server built its dispatcher: tasks run through it."""
         self.dispatcher = dispatcher
         self.loop = self.server.loop
-        dispatcher.methods.update({
-            "tasks/get": self._handle_get,
-            "tasks/result": self._handle_result,
-            "tasks/list": self._handle_list,
-            "tasks/cancel": self._handle_cancel,
-            "tasks/update": self._handle_update,
-        })
 
     def route_for(self, tool):
         """The dispatcher route for a tool with task support (None without)."""

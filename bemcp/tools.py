@@ -11,7 +11,7 @@ from typing import get_args, get_origin
 
 from orjson import dumps
 
-from .protocol import VERSION_KEY, request_version
+from .revisions import VERSION_KEY, request_version
 from .schema import compile_arguments_validator, is_typeddict, schema_for
 
 
@@ -109,43 +109,49 @@ class Context:
     (``sample``, ``elicit``, ``list_roots``) are coroutines for async handlers.
     """
 
-    __slots__ = ("request", "server", "_last_progress", "log", "_asker")
+    __slots__ = ("_request", "_server", "_last_progress", "log", "_asker")
 
     def __init__(self, request, server, log):
         from .client_log import RequestLog
-        self.request = request
-        self.server = server
+        self._request = request
+        self._server = server
         self.log = RequestLog(log, server, request)
         self._last_progress = None
         self._asker = None
 
     @property
     def request_id(self):
-        return self.request.id
+        return self._request.id
 
     @property
     def tool(self):
-        return self.request.tool
+        return self._request.tool
 
     @property
     def cancelled(self):
         """True once the request was cancelled, timed out or killed."""
-        return not self.request.running
+        return not self._request.running
+
+    def note(self, **fields):
+        """Add ``fields`` to what tasks.log records of this call (e.g. a command's exit code);
+        never put argument values here."""
+        for key, value in fields.items():
+            note(self._request, key, value)
 
     def timed_out(self, limit):
         """Record that this call stopped at a time limit of its own (``limit`` seconds, e.g.
         a command's ``timeout``): ended with an error result, tasks.log then names it
         ``timed_out`` with the limit, not ``error``."""
-        note(self.request, "limit_s", limit)
+        note(self._request, "limit_s", limit)
 
     def check_cancelled(self):
         """Raise CancelledError if the request was stopped (for loops in sync tools)."""
-        if not self.request.running:
+        if not self._request.running:
             raise asyncio.CancelledError()
 
     @property
     def progress_token(self):
-        params = self.request.params
+        params = self._request.params
         meta = params.get("_meta") if type(params) is dict else None
         return meta.get("progressToken") if type(meta) is dict else None
 
@@ -155,7 +161,7 @@ class Context:
         Progress must increase: a value not above the last one is dropped.
         """
         token = self.progress_token
-        if token is None or not self.request.running:
+        if token is None or not self._request.running:
             return False
         if self._last_progress is not None and progress <= self._last_progress:
             return False
@@ -165,7 +171,7 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self.server.notify("notifications/progress", params, self.request)
+        self._server.notify("notifications/progress", params, self._request)
         return True
 
     # -- asking the client -----------------------------------------------------------
@@ -174,7 +180,7 @@ class Context:
     def client_capabilities(self):
         """The capabilities the client declared (for this request, in 2026-07-28)."""
         from .asking import client_capabilities
-        return client_capabilities(self.server, self.request)
+        return client_capabilities(self._server, self._request)
 
     def client_supports(self, capability):
         """Whether the client declared ``capability`` ("sampling", "elicitation", "roots")."""
@@ -183,7 +189,7 @@ class Context:
     def _ask(self, method, params, key):
         if self._asker is None:
             from .asking import Asker
-            self._asker = Asker(self.server, self.request)
+            self._asker = Asker(self._server, self._request)
         return self._asker.ask(method, params, key)
 
     async def sample(self, messages, *, max_tokens=1000, system_prompt=None, temperature=None,

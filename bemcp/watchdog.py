@@ -1,7 +1,7 @@
 """The watchdog: what happens to work that overruns, blocks the loop, or eats memory.
 
 The bookkeeping (in-flight table, deadline heap, slot limits) is in the compiled
-core; this module is the policy on top of it:
+core; this module decides what happens on top of it:
 
 - escalation: a request stopped by its deadline or the client gets ``escalate_after``
   seconds to end; an async task still running is recorded with its stack and
@@ -67,7 +67,8 @@ def _task_stack(task):
 
 
 class Watchdog:
-    """Attach with ``Watchdog(server)``; it starts and stops with the server."""
+    """The watchdog of ``server`` (``server.watchdog``, made by the Server when
+    ``config.watchdog`` is set); it starts and stops with the server."""
 
     def __init__(self, server):
         self.server = server
@@ -88,7 +89,6 @@ class Watchdog:
         self._loop_ident = None
         self._use_signal = False
         self._refusal = None
-        server.watchdog = self
         server.on_start(self.start)
         server.on_shutdown(self.stop)
 
@@ -97,7 +97,6 @@ class Watchdog:
     def start(self):
         self.loop = self.server.loop
         self.dispatcher = self.server.dispatcher
-        self.dispatcher.on_cancelled = self._on_cancelled
         self._loop_ident = threading.get_ident()
         if threading.current_thread() is threading.main_thread():
             # A signal handler can break a blocking sleep or syscall, not only bytecode.
@@ -116,8 +115,10 @@ class Watchdog:
 
     # -- escalation ----------------------------------------------------------------
 
-    def _on_cancelled(self, req):
-        self.loop.call_later(ESCALATE_AFTER, self._escalate, req, 1)
+    def escalate_later(self, req):
+        """``req`` was stopped (deadline or client): escalate if it has not ended in time.
+        The server makes this the dispatcher's ``on_cancelled``."""
+        self.server.loop.call_later(ESCALATE_AFTER, self._escalate, req, 1)
 
     def _escalate(self, req, attempt):
         task = req.task
@@ -212,13 +213,13 @@ class Watchdog:
         if total > self.soft_bytes and self._refusal is None:
             self._refusal = (f"Server under memory pressure: {total / 2**20:.0f} MB in use "
                              f"(soft limit {self.soft_bytes / 2**20:.0f} MB); new tool calls are refused until it drops")
-            self.dispatcher.refusing = self._refusal
+            self.server.refuse_tool_calls(self._refusal)
             self.counts["memory_refusals"] += 1
             log.warning("%s", self._refusal)
             self.server.record("memory_soft_limit", action="refusing new tool calls", **figures)
         elif total < self.soft_bytes * 0.9 and self._refusal is not None:
             self._refusal = None
-            self.dispatcher.refusing = None
+            self.server.refuse_tool_calls(None)
             self.server.record("memory_recovered", action="accepting tool calls again", **figures)
         if total > self.hard_bytes:
             self.loop.call_soon_threadsafe(self._relieve, figures)
@@ -254,7 +255,7 @@ class Watchdog:
     # -- visibility -----------------------------------------------------------------
 
     def status(self):
-        """What runs now and how requests ended: for `server_status` and bemcp://tasks."""
+        """What runs now and how requests ended: for `server_status` and bemcp://status."""
         table = self.dispatcher.table
         counts = dict(zip(STATE_NAMES, table.counts))
         counts.pop("running", None)
@@ -331,4 +332,3 @@ def largest_child_tree():
         except (psutil.Error, ProcessLookupError):
             continue
     return best
-

@@ -33,7 +33,7 @@ MaxBytes = Annotated[int, {"minimum": 1024, "maximum": MAX_BYTES_CAP}]
 
 def setup(server):
     roots = plugin_roots(server.config)
-    launcher = GitLauncher(server.config, getattr(server, "sandbox", None))
+    launcher = GitLauncher(server.config, server.sandbox)
 
     async def repository(repo):
         """The top level of the repository holding ``repo``; ToolError if none or outside the roots."""

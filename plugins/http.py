@@ -24,7 +24,7 @@ USER_AGENT = "bemcp-http/1"
 
 
 def setup(server):
-    sandbox = getattr(server, "sandbox", None)
+    sandbox = server.sandbox
     offline = sandbox is not None and not sandbox.allow_net
 
     @server.tool(annotations={"readOnlyHint": False, "openWorldHint": True})

@@ -1,6 +1,7 @@
 """`bemcp bench` end to end, in tiny configurations: the outputs and their structure (never timings),
 other SDKs' servers over stdio and Streamable HTTP, and targets that crash, answer wrongly or hang."""
 
+import contextlib
 import json
 import os
 import socket
@@ -132,15 +133,24 @@ def _wait_listening(server, port):
             time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def serving_http(*argv, port):
+    """An HTTP MCP server started from ``argv``, listening on ``port``: (process, URL); stopped after."""
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_listening(server, port)
+        yield server, f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stderr.close()
+
+
 @pytest.mark.parametrize("mode", ["json", "sse"])
 def test_a_streamable_http_server_is_measured_at_its_url(tmp_path, mode):
     (tmp_path / "my_server.py").write_text(textwrap.dedent(SDK_SERVER))
     port = _free_port()
-    server = subprocess.Popen([sys.executable, str(tmp_path / "my_server.py"), str(port), mode],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_listening(server, port)
-        url = f"http://127.0.0.1:{port}/mcp"
+    with serving_http(sys.executable, str(tmp_path / "my_server.py"), str(port), mode, port=port) as (server, url):
         proc, out, results = bench(tmp_path, "--peers", "none", "--sections", "echo,concurrency,memory,async,cpu",
                                    "--target", f"web={url}")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,20 +162,13 @@ def test_a_streamable_http_server_is_measured_at_its_url(tmp_path, mode):
         # The bench did not start it, so no cold start; its process was found by its port.
         assert web["cold_start_ms"] is None and web["rss_start_mb"] > 0
         assert server.poll() is None   # left running: it is not the bench's to stop
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_bemcp_serving_http_is_measured_at_its_url(tmp_path):
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bemcp", "serve", "--no-log-files", "--http", f"127.0.0.1:{port}",
-                               "--plugins-dir", os.path.join(os.path.dirname(bemcp_bench.__file__), "servers", "plugins"),
-                               "--plugin", "bench_tools"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_listening(server, port)
-        url = f"http://127.0.0.1:{port}/mcp"
+    plugins = os.path.join(os.path.dirname(bemcp_bench.__file__), "servers", "plugins")
+    with serving_http(sys.executable, "-m", "bemcp", "serve", "--no-log-files", "--http", f"127.0.0.1:{port}",
+                      "--plugins-dir", plugins, "--plugin", "bench_tools", port=port) as (server, url):
         proc, out, results = bench(tmp_path, "--peers", "none", "--sections", "echo,shell,surface,concurrency,async",
                                    "--target", f"mine={url}")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -178,9 +181,6 @@ def test_bemcp_serving_http_is_measured_at_its_url(tmp_path):
         assert "stdio only" in mine["surface_not_measured"]["elicit (handshake)"]
         assert "## Prompts, resources, asking" in (out / "report.md").read_text()
         assert server.poll() is None   # left running: it is not the bench's to stop
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 # A raw stdio server that misbehaves as told: after `ok` echo calls it crashes, answers wrongly or hangs.

@@ -57,9 +57,9 @@ def test_tools_summary_is_the_whole_first_paragraph():
     for tool in orjson.loads(run("tools", "--json").stdout):
         first = " ".join(tool.get("description", "").strip().split("\n\n")[0].split())
         heads = [i for i, line in enumerate(listing) if line.startswith(tool["name"] + "(")]
+        assert first, f"{tool['name']} has no description"   # every built-in and bundled tool has one
         assert len(heads) == 1, tool["name"]
-        if first:
-            assert listing[heads[0] + 1] == "    " + first
+        assert listing[heads[0] + 1] == "    " + first
 
 
 @pytest.mark.parametrize("argv", [["tools"], ["tools", "--json"], ["plugins"]])

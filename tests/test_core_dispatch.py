@@ -263,7 +263,7 @@ def test_batch_members_are_logged_each_with_its_own_bytes(core, run):
         members = [call(1, "quick", {"text": "a"}), call(2, "quick", {"text": "bb"})]
         w.send(members)
         await w.settle()
-        from bemcp.logs.writer import RECORD
+        from bemcp.logs.collector import RECORD
         count, records, lines, details = w.d.take_finished()
         assert count == 2
         assert orjson.loads(b"[" + lines + b"]") == members
@@ -283,7 +283,7 @@ def test_dispatch_answers_a_parsed_message_at_once_and_logs_its_bytes(core, run)
         assert [text_of(m) for m in w.out] == ["now"]     # written before any loop turn
         w.d.dispatch(request(4, "ping"))
         assert w.out[-1] == {"jsonrpc": "2.0", "id": 4, "result": {}}
-        from bemcp.logs.writer import RECORD
+        from bemcp.logs.collector import RECORD
         count, records, lines, details = w.d.take_finished()
         assert count == 1 and lines == line
         assert [row[3] for row in RECORD.iter_unpack(records)] == [len(line) + 1]
@@ -879,7 +879,7 @@ def test_limits_queue_then_reject_and_a_freed_slot_starts_queued_work(core, run)
 
 
 def test_finished_tool_calls_are_kept_for_the_logs_as_records_and_lines(core, run):
-    from bemcp.logs.writer import RECORD
+    from bemcp.logs.collector import RECORD
 
     def taken(w):
         count, records, lines, details = w.d.take_finished()

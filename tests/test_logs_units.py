@@ -11,9 +11,8 @@ import pytest
 
 from bemcp.logs import default_log_dir
 from bemcp.logs.files import LogFiles, generations
-from bemcp.logs.writer import COUNT, RECORD
-from bemcp.logs.stderr import StderrPump
-from bemcp.logs.summary import percentile
+from bemcp.logs.collector import COUNT, RECORD
+from bemcp.percentiles import percentile
 
 
 def directory_bytes(path):
@@ -229,10 +228,16 @@ def test_the_task_writer_rotates_caps_and_drops_what_it_cannot_hold(core, tmp_pa
     helper.start()
     calls = [((i, "echo", {"text": "x" * 100}), 1.0, 2.0, 1, 10, 10) for i in range(20)]
     _, records, lines = batch(calls)
+    cap = 256 * 1024 + 64 * 1024   # the cap, give or take a tick
     for _ in range(1000):   # ~3.5 MB of lines through a 256 KiB directory, paced like a server's ticks
         assert writer.submit(20, records, lines, None, 0.0)
         time.sleep(0.0005)
-        assert directory_bytes(str(tmp_path)) <= 256 * 1024 + 64 * 1024   # the cap, give or take a tick
+        # A loaded machine may keep the caretaker from running for a while: past the cap, it
+        # must bring the directory back under it once it runs (without care it never would).
+        deadline = time.monotonic() + 5.0
+        while directory_bytes(str(tmp_path)) > cap:
+            assert time.monotonic() < deadline, "the directory stayed over its cap"
+            time.sleep(0.01)
     writer.close()
     done.set()
     os.write(wake_w, b"x")
@@ -311,3 +316,14 @@ def test_the_task_writer_warns_once_about_an_unwritable_directory(core, tmp_path
         time.sleep(0.05)
     writer.close()
     assert writer.dropped == 3 and len(warnings) == 1 and "cannot write logs" in warnings[0]
+
+
+def test_percentiles_are_by_nearest_rank_everywhere():
+    """perf.log's lag p99, `bemcp logs`' durations and `bemcp bench` use this one definition."""
+    hundred = list(range(1, 101))
+    assert [percentile(hundred, q) for q in (0, 1, 50, 99, 100)] == [1, 1, 50, 99, 100]
+    assert [percentile([5, 7, 9], q) for q in (33, 34, 66, 67, 99)] == [5, 7, 7, 9, 9]
+    assert percentile([], 50) is None and percentile([3.5], 99) == 3.5
+    from bemcp.bench import stats
+    from bemcp.logs import collector, summary
+    assert stats.percentile is summary.percentile is collector.percentile is percentile

@@ -14,8 +14,9 @@ import pytest
 
 from bemcp import Server
 from bemcp.builtins import register_builtins
+from bemcp.cli import show_plugins
 from bemcp.config import Config, parse
-from bemcp.plugins import BUNDLED, RESOURCE_URI, load_plugins, show_plugins
+from bemcp.plugins import BUNDLED, RESOURCE_URI, load_plugins
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "plugin_fixtures")
 
@@ -269,6 +270,47 @@ def test_registrations_after_loading_go_straight_through(tmp_path):
         return "ok"
     assert "added_later" in server.tools
     assert by_name(server)["later"].tools == ["added_later"]
+
+
+def test_setup_receives_a_facade_without_the_servers_internals(tmp_path):
+    write_plugin(tmp_path, "peek", """
+        seen = {}
+
+        def setup(server):
+            for name in ("dispatcher", "tools", "processes", "plugins", "add_tool", "route"):
+                seen[name] = hasattr(server, name)
+            server.record("peeked", what="the facade")
+    """)
+    records = []
+    make(records, plugin_dirs=[str(tmp_path)])
+    seen = sys.modules["_bemcp_plugin_peek"].seen
+    assert seen and not any(seen.values()), seen
+    assert ("peeked", {"plugin": "peek", "what": "the facade"}) in records
+
+
+def test_a_failed_plugin_leaves_no_prompt_or_resource_behind(tmp_path):
+    write_plugin(tmp_path, "halfway", """
+        def setup(server):
+            @server.prompt
+            def halfway_prompt() -> str:
+                "A prompt registered before the failure."
+                return "hi"
+
+            @server.resource("halfway://{x}")
+            def halfway_note(x: str) -> str:
+                "A template registered before the failure."
+                return x
+            raise RuntimeError("setup gave up")
+    """)
+    write_plugin(tmp_path, "whole", """
+        def setup(server):
+            server.prompt(lambda: "hi", name="whole_prompt", description="A prompt of a plugin that loads.")
+    """)
+    server = make(plugin_dirs=[str(tmp_path)])
+    infos = by_name(server)
+    assert infos["halfway"].status == "failed" and "setup gave up" in infos["halfway"].reason
+    assert "halfway_prompt" not in server.prompts and "halfway://{x}" not in server.templates
+    assert infos["whole"].prompts == ["whole_prompt"] and "whole_prompt" in server.prompts
 
 
 def test_missing_plugin_directory_is_reported(tmp_path):

@@ -251,7 +251,7 @@ async def test_sync_tools_run_off_the_event_loop(make_session):
     @server.tool
     def blocking(ctx: Context) -> str:
         threads.append(threading.current_thread())
-        assert ctx.request.thread == threading.get_ident()
+        assert ctx._request.thread == threading.get_ident()   # the watchdog can interrupt this thread
         gate.wait(10)
         return "unblocked"
     s = make_session(server)
@@ -278,13 +278,10 @@ async def test_a_sync_tool_sleeping_does_not_block_ping(make_session):
         time.sleep(seconds)
         return "rested"
     s = make_session(server)
-    loop = asyncio.get_running_loop()
     rid = s.start("tools/call", {"name": "nap", "arguments": {"seconds": 1.0}})
-    started = loop.time()
     ping = await s.request("ping")
     assert ping["result"] == {}
     assert s.answer(rid) is None  # the ping came back first
-    assert loop.time() - started < 0.9
     assert (await s.wait(rid))["result"]["content"][0]["text"] == "rested"
 
 
@@ -480,7 +477,7 @@ async def test_context_facts_and_log(make_session, caplog):
 
     @server.tool
     async def introspect(ctx: Context) -> str:
-        facts.append((ctx.request_id, ctx.tool, ctx.server is server, ctx.cancelled, ctx.log.name))
+        facts.append((ctx.request_id, ctx.tool, ctx._server is server, ctx.cancelled, ctx.log.name))
         ctx.log.warning("from the tool")
         return "ok"
     s = make_session(server)

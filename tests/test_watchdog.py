@@ -67,6 +67,18 @@ def test_a_tool_past_its_deadline_gets_an_error_naming_the_timeout(start):
     assert server.close() == 0
 
 
+def test_the_status_resource_is_the_server_status_report(start):
+    server = start()
+    server.call_tool("nap", {"seconds": 0})
+    read = server.request("resources/read", {"uri": "bemcp://status"})["result"]["contents"][0]
+    assert read["uri"] == "bemcp://status" and read["mimeType"] == "application/json"
+    report = orjson.loads(read["text"])
+    assert [e["method"] for e in report["in_flight"]] == ["resources/read"]   # the read itself
+    assert report["requests"]["ok"] >= 1 and report["sandbox"] == {"sandboxed": False}
+    assert set(report) == set(status(server))
+    assert server.close() == 0
+
+
 def test_an_async_tool_that_swallows_cancellation_is_released_and_recorded(start, records):
     server = start("--timeout", "0.3")
     response = server.call_tool("swallow", {"seconds": 3})

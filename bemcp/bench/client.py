@@ -71,6 +71,37 @@ def client_cpu_seconds():
     return t.user + t.system
 
 
+class Pacing:
+    """The clock of a pipelined run, shared by both transports: send for ``seconds``, call
+    ``on_tick(elapsed, answered)`` every ``tick`` seconds, and time the run and the client's CPU."""
+
+    __slots__ = ("on_tick", "tick", "t0", "cpu0", "stop_at", "next_tick", "sending")
+
+    def __init__(self, seconds, on_tick, tick):
+        self.on_tick = on_tick
+        self.tick = tick
+        self.cpu0 = client_cpu_seconds()
+        self.t0 = time.perf_counter()
+        self.stop_at = self.t0 + seconds
+        self.next_tick = self.t0 + tick if on_tick else float("inf")
+        self.sending = True
+
+    def step(self, answered, before_tick=None):
+        """Once per turn of the loop: tick when due (after ``before_tick()``), stop sending on time."""
+        t = time.perf_counter()
+        if t >= self.next_tick:
+            if before_tick is not None:
+                before_tick()
+            self.on_tick(t - self.t0, answered)
+            self.next_tick += self.tick
+        if self.sending and t >= self.stop_at:
+            self.sending = False
+
+    def spent(self):
+        """(wall seconds, client CPU seconds) since the start."""
+        return time.perf_counter() - self.t0, client_cpu_seconds() - self.cpu0
+
+
 def check_answer(msg, id, expect_text=None):
     """The answer to request ``id``: a result, not an error; with ``expect_text``, a
     tools/call result whose first content block is that text. The result, or TargetError."""
@@ -494,17 +525,21 @@ class StdioSession(Session):
         count = buf.count
         chunks = []
         keep = None if check.canned else chunks.append   # canned answers are only counted
-        sent = answered = 0
-        cpu0 = client_cpu_seconds()
-        now = time.perf_counter
-        t0 = now()
-        stop_at = t0 + seconds
-        next_tick = t0 + tick if on_tick else float("inf")
-        sending = True
         partial = b""
+
+        def check_so_far():   # the complete lines read so far, each tick: bounded memory
+            nonlocal partial
+            data = partial + b"".join(chunks)
+            chunks.clear()
+            cut = data.rfind(b"\n") + 1
+            partial = data[cut:]
+            check.lines(data[:cut])
+        before_tick = check_so_far if keep is not None else None
+        sent = answered = 0
+        pace = Pacing(seconds, on_tick, tick)
         try:
             while True:
-                if sending:
+                if pace.sending:
                     room = window - (sent - answered)
                     if room > 0:
                         out = ring.chunk(sent, room)
@@ -519,23 +554,11 @@ class StdioSession(Session):
                 answered += count(b"\n", 0, n)
                 if keep is not None:
                     keep(view[:n].tobytes())
-                if sending or on_tick:
-                    t = now()
-                    if t >= next_tick:
-                        if keep is not None:
-                            data = partial + b"".join(chunks)
-                            chunks.clear()
-                            cut = data.rfind(b"\n") + 1
-                            partial = data[cut:]
-                            check.lines(data[:cut])
-                        on_tick(t - t0, answered)
-                        next_tick += tick
-                    if sending and t >= stop_at:
-                        sending = False
+                if pace.sending or on_tick:
+                    pace.step(answered, before_tick)
         except (BrokenPipeError, ConnectionResetError):
             raise self.crashed("the pipelined calls") from None
-        wall = now() - t0
-        cpu = client_cpu_seconds() - cpu0
+        wall, cpu = pace.spent()
         if keep is None:
             check.good += answered
         else:
@@ -750,6 +773,12 @@ class HttpSession(Session):
         if status >= 300:
             raise TargetError("error", f"notification {method}: HTTP {status} {_short(body)}")
 
+    def _receive(self, conn, what):
+        data = conn.sock.recv(1 << 16)
+        if not data:
+            raise self.crashed(what)
+        conn.buffer += data
+
     def send_and_read(self, calls, timeout, what):
         """POST every (id, body) at once, one connection each; the answers by id."""
         conns = [self._connection() for _ in calls]
@@ -769,10 +798,7 @@ class HttpSession(Session):
                                               f"unanswered after {timeout:g} s")
                 for key, _ in events:
                     conn = key.data
-                    data = conn.sock.recv(1 << 16)
-                    if not data:
-                        raise self.crashed(what)
-                    conn.buffer += data
+                    self._receive(conn, what)
                     answer = conn.parse()
                     if answer is not None:
                         id = conn.inflight.popleft()
@@ -802,18 +828,17 @@ class HttpSession(Session):
         conns = self.pool[:window]
         sel = selectors.DefaultSelector()
         sent = answered = 0
-        cpu0 = client_cpu_seconds()
-        now = time.perf_counter
-        t0 = now()
-        stop_at = t0 + seconds
-        next_tick = t0 + tick if on_tick else float("inf")
-        sending = True
         what = f"{self.target.name}: {window} calls in flight"
+
+        def send_next(conn):
+            nonlocal sent
+            self._send(conn, self._encode(ring.bodies[sent % ring.size]))
+            conn.inflight.append(ring.id_at(sent))
+            sent += 1
+        pace = Pacing(seconds, on_tick, tick)
         try:
             for conn in conns:
-                self._send(conn, self._encode(ring.bodies[sent % ring.size]))
-                conn.inflight.append(ring.id_at(sent))
-                sent += 1
+                send_next(conn)
                 sel.register(conn.sock, selectors.EVENT_READ, conn)
             while answered < sent:
                 events = sel.select(30.0)
@@ -821,10 +846,7 @@ class HttpSession(Session):
                     raise TargetError("hung", f"{what}: no answer within 30 s")
                 for key, _ in events:
                     conn = key.data
-                    data = conn.sock.recv(1 << 16)
-                    if not data:
-                        raise self.crashed(what)
-                    conn.buffer += data
+                    self._receive(conn, what)
                     while True:
                         answer = conn.parse()
                         if answer is None:
@@ -836,21 +858,14 @@ class HttpSession(Session):
                             check.message(body, self._answer(status, headers, body, what))
                         except TargetError as exc:
                             check.fail(exc)
-                        if sending:
-                            self._send(conn, self._encode(ring.bodies[sent % ring.size]))
-                            conn.inflight.append(ring.id_at(sent))
-                            sent += 1
-                t = now()
-                if t >= next_tick:
-                    on_tick(t - t0, answered)
-                    next_tick += tick
-                if sending and t >= stop_at:
-                    sending = False
+                        if pace.sending:
+                            send_next(conn)
+                pace.step(answered)
         except OSError as exc:
             raise self.crashed(f"{what} ({exc})") from None
         finally:
             sel.close()
-        return sent, answered, now() - t0, client_cpu_seconds() - cpu0
+        return (sent, answered, *pace.spent())
 
     def _close_wire(self, deadline):
         if "Mcp-Session-Id" in self.headers:   # end the session: the server need not keep it until it idles out

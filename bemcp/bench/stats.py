@@ -1,15 +1,8 @@
-"""Statistics of the bench's samples: percentiles by nearest rank, summaries, medians."""
+"""Statistics of the bench's samples: summaries (percentiles from bemcp.percentiles), medians, ratios."""
 
-import math
 import statistics
 
-
-def percentile(sorted_values, q):
-    """The q-th percentile (0..100) by nearest rank of already-sorted values."""
-    if not sorted_values:
-        return None
-    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[rank]
+from ..percentiles import percentile
 
 
 def describe(samples):

@@ -172,7 +172,7 @@ def register_commands(server):
                 progress.close()
         duration = (child.ended or time.monotonic()) - child.started
         if ctx is not None:
-            ctx.request.detail = {"exit_code": child.returncode, **(started or {})}   # for tasks.log
+            ctx.note(exit_code=child.returncode, **(started or {}))   # for tasks.log
             if child.timed_out:
                 ctx.timed_out(limit)
         structured = {"exit_code": child.returncode, "stdout": out.text(), "stderr": err.text(),
@@ -208,7 +208,7 @@ def register_commands(server):
         except (ProcessLimitError, SpawnError) as exc:
             raise ToolError(str(exc)) from None
         if started and ctx is not None:
-            ctx.request.detail = started
+            ctx.note(**started)
         return {"id": entry.id, "pid": entry.child.pid}
 
     @server.tool(eager=True, annotations={"readOnlyHint": True, "openWorldHint": False})

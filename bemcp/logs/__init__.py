@@ -1,26 +1,8 @@
-"""Logs and forensics: task, performance and forensics logs, crash reports, stderr.
+"""Logs and forensics: tasks.log (one line per tool call), perf.log, forensics.log, crash
+reports, and a stderr that never blocks. What each file holds, where the directory is, and
+how writing stays off the hot path: docs/logs.md.
 
-The directory (``--log-dir``; by default the platform's per-user state directory,
-e.g. ``~/.local/state/bemcp``) holds:
-
-- ``tasks.log``: one JSON line per finished tool call: time, pid, request id, tool,
-  status (ok, error, timed_out, cancelled, killed, rejected; a timed-out call also
-  has ``limit_s``), duration, argument
-  size and a keyed digest of the arguments as sent (never their values), bytes in and out
-  (the request line and the answer, from the core), and what the tool reported in
-  ``request.detail`` (e.g. ``run_command``'s exit code);
-- ``perf.log``: a JSON line every few seconds: RSS of the server and its children,
-  CPU, event-loop lag p50/p99, tool calls in flight and per second, errors, drops;
-- ``forensics.log``: every ``server.record(kind, ...)`` event (watchdog actions,
-  plugin failures, protocol abuse with sizes, crashes), plus start and stop;
-- ``crash-<time>-<pid>.json`` reports, and ``crash-<time>-<pid>.txt`` for fatal signals.
-
-Off the hot path: as each tool call ends, the core copies a fixed-size record and
-the request line into C buffers (``Dispatcher.keep_finished``: no Python call, no
-object); every few milliseconds the loop hands them, as two byte strings, to the
-core's tasks.log writer, a native thread that formats, digests, rotates and writes
-without the GIL (:class:`bemcp.logs.writer.Logs` wires it; the pure twins use a
-Python thread). The server is one process.
+``setup_logging(server)`` enables them (``server.logs``, a :class:`bemcp.logs.collector.Logs`);
 ``bemcp logs`` (:mod:`bemcp.logs.summary`) is the person's view of a directory.
 """
 
@@ -49,8 +31,9 @@ def setup_logging(server, **options):
 
     Call before the server starts serving (``make_server`` does). Settings come
     from ``server.config`` (log_dir, log_files, log_level, log_bodies); ``options``
-    are for tests and embedders (see :class:`bemcp.logs.writer.Logs`). Returns the
+    are for tests and embedders (see :class:`bemcp.logs.collector.Logs`). Returns the
     Logs object, also available as ``server.logs``.
     """
-    from .writer import Logs
-    return Logs(server, **options)
+    from .collector import Logs
+    server.logs = Logs(server, **options)
+    return server.logs

@@ -9,6 +9,8 @@ cannot parse (a write cut short by a crash) are skipped and counted.
 import os
 import sys
 
+from ..percentiles import percentile
+
 PROTOCOL_KINDS = ("protocol_error",)
 LIFECYCLE_KINDS = ("start", "stop")
 
@@ -72,14 +74,6 @@ def read_log(directory, name):
                 bad += 1
     records.sort(key=lambda r: r.get("time") or 0)   # several servers may share the files
     return records, bad
-
-
-def percentile(sorted_values, q):
-    """Nearest-rank percentile of a sorted list."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * q // 100))
-    return sorted_values[min(len(sorted_values), int(rank)) - 1]
 
 
 def summarise(directory, limit=10):

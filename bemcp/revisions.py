@@ -1,4 +1,4 @@
-"""MCP protocol revisions and the request-level facts shared by the server and tools."""
+"""MCP protocol revisions (both eras) and the reserved `_meta` keys of 2026-07-28."""
 
 from ._core._errors import UNSUPPORTED_PROTOCOL_VERSION, RpcError
 

@@ -1,4 +1,5 @@
-"""The logs, written inside the server, off the event loop.
+"""Logs: collects what the log files hold (finished tool calls, forensics events, crashes,
+perf samples) inside the server and hands it to the threads that write it, off the event loop.
 
 Threads and what each may do:
 
@@ -25,6 +26,7 @@ from time import monotonic
 
 from orjson import OPT_NON_STR_KEYS, dumps
 
+from ..percentiles import percentile
 from . import default_log_dir
 from .crash import (CrashReporter, close_fatal_file, crash_filename, open_fatal_file,
                     plain, summarize_crash, unseen_crashes)
@@ -43,7 +45,7 @@ PERF_INTERVAL = 5.0      # seconds between perf.log samples
 TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + hand-off (small batches)
 TICK_IDLE = 0.1          # ... while nothing finishes
 FEED_WAKE = 0.1          # the feeder's wake-ups for forensics events
-TASKS_LIMIT = 4 << 20    # bytes of task rows waiting for the writer before the loop waits for it
+CALL_LOG_LIMIT = 4 << 20  # bytes of tool-call rows (tasks.log) waiting for the writer before the loop waits for it
                          # (~25k calls, ~90 ms at full speed: most stalls of the writer thread on a
                          # busy machine pass without a wait, and the server's RSS stays bounded)
 EVENTS_LIMIT = 10000     # forensics records waiting
@@ -71,7 +73,7 @@ class Logs:
         self._dir_warned = False
         self.files = LogFiles(self.directory, max_file, max_total, warn=self._warn_dir)
         self.reporter = CrashReporter(server, self.files)
-        self._tasks = None            # the core's TaskWriter
+        self._call_log = None         # the core's TaskWriter: writes tasks.log (tool calls)
         self._files_lock = threading.Lock()   # the feeder and a dying main thread share self.files
         self._events = deque()        # forensics records (dicts)
         self._crashes = deque()       # (file name, report) to write
@@ -91,11 +93,9 @@ class Logs:
         self._fatal = (None, None)
         self._hooks = None
         self._dropped_events = 0
-        server.logs = self
         install_logging(cfg.log_level)
         if self.enabled:
             server.recorders.append(self.record)
-            server.keep_finished = True
         server.on_start(self._start)
         server.on_shutdown(self._stop)
         server.resource("bemcp://logs", name="logs",
@@ -115,7 +115,7 @@ class Logs:
         faulthandler.enable(file=self._fatal[0] or sys.__stderr__ or 2, all_threads=True)
         self._install_hooks()
         self._wake = _Waker()
-        self._open_tasks()
+        self._open_call_log()
         self._due = monotonic() + TICK_IDLE
         self._tick_handle = self.loop.call_later(TICK_IDLE, self._tick)
         self._feeding = True
@@ -128,8 +128,8 @@ class Logs:
             self._tick_handle = None
             self._flush_finished()
             self.server.dispatcher.keep_finished(False)
-        if self._tasks is not None:
-            self._tasks.close()   # everything handed over is written
+        if self._call_log is not None:
+            self._call_log.close()   # everything handed over is written
         if self._feeder is not None:
             self._stopping.set()
             self._wake.set()
@@ -162,13 +162,13 @@ class Logs:
         if taken is None:
             return False
         count, records, lines, details = taken
-        self._tasks.submit(count, records, lines, details, time.time() - monotonic())
+        self._call_log.submit(count, records, lines, details, time.time() - monotonic())
         return True
 
-    def _open_tasks(self):
+    def _open_call_log(self):
         from .. import _core
         files = LogFiles(self.directory, self.max_file, self.max_total, warn=self._warn_dir)
-        self._tasks = _core.TaskWriter(files, self.pid, digest_key(self.directory), TASKS_LIMIT,
+        self._call_log = _core.TaskWriter(files, self.pid, digest_key(self.directory), CALL_LOG_LIMIT,
                                        self._wake.fileno())
         self.writer = "native thread" if _core.USE_EXTENSIONS else "thread"
 
@@ -290,8 +290,8 @@ class Logs:
                     self._wake.wait(FEED_WAKE)
                     stopping = self._stopping.is_set()
                 try:
-                    if self._tasks is not None:
-                        self._tasks.care()   # rotation and the cap, for the writer thread
+                    if self._call_log is not None:
+                        self._call_log.care()   # rotation and the cap, for the writer thread
                     self._write_crashes()
                     now = monotonic()
                     if stopping:
@@ -334,9 +334,9 @@ class Logs:
         lags, self._lags = self._lags, []
         lags.sort()
         dispatcher = self.server.dispatcher
-        calls, errors, _ = self._tasks.stats() if self._tasks is not None else (0, 0, 0)
+        calls, errors, _ = self._call_log.stats() if self._call_log is not None else (0, 0, 0)
         sample = {"time": round(time.time(), 3), "pid": self.pid, "interval_s": round(interval, 3),
-                  "lag_p50_ms": _ms(_pick(lags, 50)), "lag_p99_ms": _ms(_pick(lags, 99)),
+                  "lag_p50_ms": _ms(percentile(lags, 50)), "lag_p99_ms": _ms(percentile(lags, 99)),
                   "lag_max_ms": _ms(lags[-1] if lags else None),
                   "in_flight": len(dispatcher.table) if dispatcher is not None else 0,
                   "queued": len(getattr(dispatcher, "queue", ())) if dispatcher is not None else 0}
@@ -352,7 +352,7 @@ class Logs:
         sample["threads"] = threading.active_count() if not os.path.isdir("/proc/self/task") \
             else len(os.listdir("/proc/self/task"))
         sample.update(calls_per_s=round(calls / max(interval, 1e-3), 1), errors=errors,
-                      log_queued_bytes=self._tasks.queued if self._tasks is not None else 0,
+                      log_queued_bytes=self._call_log.queued if self._call_log is not None else 0,
                       **self._writer_load(interval),
                       dropped=self.dropped, log_dropped=self.files.dropped,
                       stderr_dropped_bytes=pump().dropped_bytes)
@@ -361,10 +361,10 @@ class Logs:
     def _writer_load(self, interval):
         """The tasks.log writer thread's busy share of the interval (%), and how long the
         loop waited in it for a full queue to drain (ms, and how many times)."""
-        if self._tasks is None:
+        if self._call_log is None:
             return {}
-        tasks = self._tasks
-        busy, waited, waits = tasks.busy_seconds, tasks.wait_seconds, tasks.waits
+        writer = self._call_log
+        busy, waited, waits = writer.busy_seconds, writer.wait_seconds, writer.waits
         share = (busy - self._writer_busy) * 100.0 / max(interval, 1e-3)
         self._writer_busy = busy
         before, self._writer_wait = self._writer_wait, (waited, waits)
@@ -374,7 +374,7 @@ class Logs:
     @property
     def dropped(self):
         """Records that never reached the disk: task rows and forensics events."""
-        return (self._tasks.dropped if self._tasks is not None else 0) + self._dropped_events
+        return (self._call_log.dropped if self._call_log is not None else 0) + self._dropped_events
 
     def _stop_event(self):
         counts = getattr(getattr(self.server.dispatcher, "table", None), "counts", None)
@@ -456,13 +456,6 @@ class _Waker:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _pick(sorted_values, q):
-    if not sorted_values:
-        return None
-    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[i]
 
 
 def _ms(seconds):
