@@ -4,31 +4,36 @@ The config file is TOML (``--config FILE`` or ``$BEMCP_CONFIG``); its keys are t
 field names below, e.g. ``allow = ["git", "ls"]`` or ``[tool_limits] run_command = 4``.
 """
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
 
 
-@dataclass
 class Config:
+    """Every setting of `bemcp serve`: ``Config(timeout=5.0)`` is the defaults with that one changed.
+
+    A plain class rather than a dataclass: generating a dataclass's methods for this
+    many fields costs more than a millisecond of every start. The annotated class
+    attributes below are the fields and their defaults; a list or dict default is
+    copied for each instance.
+    """
+
     # Protocol and requests.
     timeout: float = 300.0                 # default deadline of a tool call, seconds
-    tool_timeouts: dict = field(default_factory=dict)   # tool name -> seconds
+    tool_timeouts: dict = {}               # tool name -> seconds
     max_message_size: int = 64 * MiB
     state_key_file: str = ""               # HMAC key of 2026-07-28 requestState (empty: random per process)
     # Streamable HTTP (empty: stdio).
     http: str = ""                         # [HOST:]PORT
     http_token_file: str = ""              # bearer token required on every request
-    http_allow_origin: list = field(default_factory=list)   # browser origins allowed besides our own
+    http_allow_origin: list = []           # browser origins allowed besides our own
     # Commands and processes.
     shell: bool = False                    # strings run under /bin/sh -c
-    allow: list = field(default_factory=list)   # executables allowed (empty: any)
-    deny: list = field(default_factory=list)    # executables refused
-    roots: list = field(default_factory=list)   # directories commands and files may use
-    env_allow: list = field(default_factory=list)   # names/globs passed to children (empty: default filter)
-    env_deny: list = field(default_factory=list)    # names/globs never passed
+    allow: list = []                       # executables allowed (empty: any)
+    deny: list = []                        # executables refused
+    roots: list = []                       # directories commands and files may use
+    env_allow: list = []                   # names/globs passed to children (empty: default filter)
+    env_deny: list = []                    # names/globs never passed
     command_timeout: float = 60.0
     command_timeout_max: float = 3600.0
     max_output: int = 1 * MiB              # bytes kept per stream of run_command
@@ -36,27 +41,47 @@ class Config:
     kill_grace: float = 2.0                # SIGTERM -> SIGKILL
     sandbox: bool = False                  # confine every program started (Landlock)
     sandbox_allow_net: bool = False        # ... but let it use the network
-    sandbox_read: list = field(default_factory=list)   # more directories it may read and execute
+    sandbox_read: list = []                # more directories it may read and execute
     # Watchdog.
     watchdog: bool = True
     max_inflight: int = 0                  # concurrent tool calls (0: unlimited)
     max_queued: int = 1024                 # calls waiting for a slot
-    tool_limits: dict = field(default_factory=dict)     # tool name -> concurrent calls
+    tool_limits: dict = {}                 # tool name -> concurrent calls
     memory_soft_mb: int = 0                # 0: derived from the machine's memory
     memory_hard_mb: int = 0
     lag_threshold: float = 1.0             # loop blocked this long: record a stack
     lag_interrupt: float = 5.0             # ... this long: interrupt the blocking code
     # Plugins.
     plugins: bool = True
-    plugin_only: list = field(default_factory=list)     # load only these (empty: all)
-    plugin_disable: list = field(default_factory=list)
-    plugin_dirs: list = field(default_factory=list)
+    plugin_only: list = []                 # load only these (empty: all)
+    plugin_disable: list = []
+    plugin_dirs: list = []
     plugin_timeout: float = 2.0
     # Logs.
     log_dir: str = ""                      # empty: the per-user state directory
     log_files: bool = True
     log_level: str = "warning"             # stderr
     log_bodies: bool = False               # keep message bodies in crash reports
+
+    def __init__(self, **settings):
+        for key, default in _DEFAULTS.items():
+            setattr(self, key, _copy(default))
+        for key, value in settings.items():
+            if key not in _DEFAULTS:
+                raise TypeError(f"Config() got an unexpected setting {key!r}")
+            setattr(self, key, value)
+
+    def as_dict(self):
+        """Every setting by name (lists and dicts copied)."""
+        return {key: _copy(getattr(self, key)) for key in _DEFAULTS}
+
+    def __repr__(self):
+        return "Config(" + ", ".join(f"{key}={getattr(self, key)!r}" for key in _DEFAULTS) + ")"
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.as_dict() == other.as_dict()
+
+    __hash__ = None
 
     @classmethod
     def load(cls, path=None, args=None):
@@ -66,7 +91,7 @@ class Config:
         if path:
             config.update(read_toml(path), source=path)
         if args is not None:
-            config.update({k: v for k, v in vars(args).items() if v is not None and k in _FIELDS},
+            config.update({k: v for k, v in vars(args).items() if v is not None and k in _DEFAULTS},
                           source="command line")
         if os.environ.get("BEMCP_NO_PLUGINS"):
             config.plugins = False
@@ -74,7 +99,7 @@ class Config:
 
     def update(self, values, source):
         for key, value in values.items():
-            if key not in _FIELDS:
+            if key not in _DEFAULTS:
                 raise ValueError(f"{source}: unknown setting {key!r}")
             current = getattr(self, key)
             if isinstance(current, bool) and not isinstance(value, bool) or \
@@ -85,7 +110,11 @@ class Config:
             setattr(self, key, type(current)(value) if isinstance(current, float) else value)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Config)}
+_DEFAULTS = {key: getattr(Config, key) for key in Config.__annotations__}
+
+
+def _copy(value):
+    return value.copy() if isinstance(value, (list, dict)) else value
 
 
 def read_toml(path):

@@ -1,0 +1,105 @@
+"""A lean start: what `bemcp serve` over stdio imports and how its start-up leaves the process.
+
+Checked on a running server (plugins and log files on, as by default) through a plugin
+whose tool reports the server's own ``sys.modules`` and collector state; never by timing.
+"""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bemcp.config import Config
+
+# What serving MCP over stdio never needs: the HTTP stack, the bench and its plots, the
+# config file's parser (only with --config), the sandbox (only with --sandbox), the log
+# reader of `bemcp logs`, psutil (the watchdog reads /proc; psutil only on other systems).
+NOT_ON_STDIO = ("uvicorn", "starlette", "httptools", "h11", "bemcp.transports.http", "bemcp.bench",
+                "matplotlib", "tomllib", "bemcp.security.sandbox", "bemcp.logs.summary", "psutil",
+                "mcp", "pydantic", "http.server", "urllib.request", "email", "zipfile")
+
+PROBE = '''
+    """Reports what the server process has imported, and its collector's state."""
+    import gc
+    import sys
+
+
+    def setup(server):
+        @server.tool
+        def process_state() -> dict:
+            "The modules imported so far and the cyclic collector's state."
+            return {"modules": sorted(sys.modules), "gc_enabled": gc.isenabled(),
+                    "frozen": gc.get_freeze_count()}
+'''
+
+
+@pytest.fixture
+def probe_dir(tmp_path):
+    directory = tmp_path / "probe"
+    directory.mkdir()
+    (directory / "probe.py").write_text(textwrap.dedent(PROBE))
+    return str(directory)
+
+
+def _state(server):
+    assert "error" not in server.initialize()
+    names = [t["name"] for t in server.request("tools/list")["result"]["tools"]]
+    assert "echo" in names and "run_command" in names and "files_list" in names   # plugins loaded
+    assert server.call_tool("echo", {"text": "hi"})["result"]["content"][0]["text"] == "hi"
+    return server.call_tool("process_state")["result"]["structuredContent"]
+
+
+def test_a_stdio_server_imports_only_what_serving_needs(spawn, probe_dir, tmp_path):
+    server = spawn("--plugins-dir", probe_dir, "--log-dir", str(tmp_path / "logs"))
+    state = _state(server)
+    loaded = set(state["modules"])
+    assert "bemcp_plugins.files" in loaded and "bemcp.logs.writer" in loaded   # the probe sees the server
+    assert sorted(m for m in loaded if m in NOT_ON_STDIO or m.split(".")[0] in NOT_ON_STDIO) == []
+    server.close()
+    assert (tmp_path / "logs" / "tasks.log").exists()
+
+
+def test_the_server_serves_with_the_collector_on(spawn, probe_dir):
+    """Start-up pauses the cyclic collector; serving runs with it on, start-up's objects frozen."""
+    state = _state(spawn("--plugins-dir", probe_dir))
+    assert state["gc_enabled"] is True
+    assert state["frozen"] > 10_000
+
+
+@pytest.mark.parametrize("before", ["", "gc.disable()", "gc.freeze()"])
+def test_importing_bemcp_leaves_the_collector_as_the_program_set_it(before):
+    code = (f"import gc\n{before}\nenabled, frozen = gc.isenabled(), gc.get_freeze_count()\n"
+            "import bemcp\n"
+            "assert gc.isenabled() == enabled, 'collector state changed'\n"
+            "assert bool(gc.get_freeze_count()) == bool(frozen), 'frozen objects thawed or others frozen'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_commands_other_than_serve_end_start_up_with_the_collector_on():
+    code = ("import gc, io, sys, contextlib\nimport bemcp.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    status = bemcp.cli.main(['tools', '--no-plugins'])\n"
+            "print(status, gc.isenabled(), gc.get_freeze_count())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, BEMCP_NO_PLUGINS="1"))
+    assert out.stdout.split() == ["0", "True", "0"], out.stderr
+
+
+def test_config_defaults_overrides_and_copies():
+    a, b = Config(), Config(timeout=5.0, allow=["git"])
+    assert a.timeout == 300.0 and b.timeout == 5.0 and b.allow == ["git"] and a.allow == []
+    a.deny.append("rm")
+    assert Config().deny == [] and b.deny == []   # a list default is never shared
+    assert b.as_dict()["allow"] == ["git"] and b.as_dict()["allow"] is not b.allow
+    assert set(a.as_dict()) >= {"timeout", "allow", "plugins", "log_dir"}
+    assert Config(timeout=5.0, allow=["git"]) == b and Config() != b
+    assert "timeout=5.0" in repr(b)
+    with pytest.raises(TypeError, match="no_such_setting"):
+        Config(no_such_setting=1)
+    with pytest.raises(ValueError, match="unknown setting 'nope'"):
+        Config().update({"nope": 1}, source="test")
