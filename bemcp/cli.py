@@ -1,6 +1,5 @@
 """The `bemcp` command."""
 
-import argparse
 import gc
 import os
 import signal
@@ -11,7 +10,10 @@ from . import config
 
 def build_parser(only=None):
     """The command line; ``only``: build just that command's parser (``bemcp serve`` starts
-    without building, or importing, what the other commands need)."""
+    without building, or importing, what the other commands need; with plain flags it
+    needs no parser at all: config.parse_serve_flags)."""
+    import argparse
+
     from . import __version__
     parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.",
                                      formatter_class=config.help_formatter)
@@ -68,8 +70,12 @@ def main(argv=None):
     collecting = gc.isenabled()
     gc.disable()
     try:
-        parser = build_parser(only="serve" if argv[:1] == ["serve"] else None)
-        args = parser.parse_args(argv)
+        serving = argv[:1] == ["serve"]
+        parser = None
+        args = config.parse_serve_flags(argv[1:]) if serving else None
+        if args is None:
+            parser = build_parser(only="serve" if serving else None)
+            args = parser.parse_args(argv)
         if args.command in ("serve", "tools", "plugins"):
             try:
                 cfg = config.Config.load(args.config, args)
@@ -78,7 +84,8 @@ def main(argv=None):
                 if getattr(exc, "no_usage", False):   # not a mistake in the flags: no usage text
                     sys.stderr.write(f"bemcp {args.command}: {exc}\n")
                     return 2
-                parser.error(str(exc))      # the message on stderr, exit status 2
+                # The message on stderr, exit status 2.
+                (parser or build_parser(only=args.command)).error(str(exc))
         # What start-up built lives as long as the command: for a server, the collector's
         # full passes skip it from now on; otherwise it joins the oldest generation at once.
         if args.command == "serve":
