@@ -17,7 +17,6 @@ try:
     from .tools import (Content, Context, ToolError, ToolResult, audio,  # noqa: E402
                         embedded_resource, image, resource_link, text)
     from .prompts import assistant, user  # noqa: E402
-    from .asking import ClientError, MissingCapability  # noqa: E402
 finally:
     if not _gc.get_freeze_count():   # never thaw what the program froze itself
         _gc.freeze()
@@ -29,3 +28,11 @@ del _gc, _collecting
 __all__ = ["Server", "Context", "ToolError", "ToolResult", "Content", "RpcError", "MissingCapability", "ClientError",
            "text", "image", "audio", "embedded_resource", "resource_link", "user", "assistant",
            "USE_EXTENSIONS", "__version__"]
+
+
+def __getattr__(name):
+    # Asking the client (elicitation, sampling) is imported on first use, not by every start.
+    if name in ("ClientError", "MissingCapability"):
+        from . import asking
+        return getattr(asking, name)
+    raise AttributeError(f"module 'bemcp' has no attribute {name!r}")
