@@ -1,6 +1,5 @@
 """The `bemcp` command."""
 
-import gc
 import os
 import signal
 import sys
@@ -65,37 +64,22 @@ def make_server(cfg, serving=False):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    # Start-up (flags, imports, the server with its tools) frees next to nothing: the
-    # cyclic collector waits until it is done (as during `import bemcp`).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        serving = argv[:1] == ["serve"]
-        parser = None
-        args = config.parse_serve_flags(argv[1:]) if serving else None
-        if args is None:
-            parser = build_parser(only="serve" if serving else None)
-            args = parser.parse_args(argv)
-        if args.command in ("serve", "tools", "plugins"):
-            try:
-                cfg = config.Config.load(args.config, args)
-                server = make_server(cfg, serving=args.command == "serve")  # conflicting settings fail here
-            except (OSError, ValueError) as exc:
-                if getattr(exc, "no_usage", False):   # not a mistake in the flags: no usage text
-                    sys.stderr.write(f"bemcp {args.command}: {exc}\n")
-                    return 2
-                # The message on stderr, exit status 2.
-                (parser or build_parser(only=args.command)).error(str(exc))
-        # What start-up built lives as long as the command: for a server, the collector's
-        # full passes skip it from now on; otherwise it joins the oldest generation at once.
-        if args.command == "serve":
-            gc.freeze()
-        elif not gc.get_freeze_count():
-            gc.freeze()
-            gc.unfreeze()
-    finally:
-        if collecting:
-            gc.enable()
+    serving = argv[:1] == ["serve"]
+    parser = None
+    args = config.parse_serve_flags(argv[1:]) if serving else None
+    if args is None:
+        parser = build_parser(only="serve" if serving else None)
+        args = parser.parse_args(argv)
+    if args.command in ("serve", "tools", "plugins"):
+        try:
+            cfg = config.Config.load(args.config, args)
+            server = make_server(cfg, serving=args.command == "serve")  # conflicting settings fail here
+        except (OSError, ValueError) as exc:
+            if getattr(exc, "no_usage", False):   # not a mistake in the flags: no usage text
+                sys.stderr.write(f"bemcp {args.command}: {exc}\n")
+                return 2
+            # The message on stderr, exit status 2.
+            (parser or build_parser(only=args.command)).error(str(exc))
     if args.command == "serve":
         server.run()
         return 0
