@@ -2,12 +2,16 @@
 
 __version__ = "0.1.0"
 
-# Importing bemcp (asyncio, orjson and the core with it) allocates tens of thousands of
-# long-lived objects and frees almost none: the cyclic collector's passes over them, a
-# tenth of the import's time, would find nothing. It is paused during the import, and
-# what the import built joins the oldest generation at once (freeze then unfreeze moves
-# every tracked object there without a pass over them).
+# asyncio and orjson are imported with the cyclic collector on: their imports leave
+# garbage (enum conversions, datetime's pure-Python classes) best freed as they go. bemcp's
+# own modules then allocate thousands of long-lived objects and free almost none: the
+# collector's passes over them would find nothing. It is paused while they load, and what
+# they built joins the oldest generation at once (freeze then unfreeze moves every tracked
+# object there without a pass over them).
+import asyncio as _asyncio  # noqa: E402
 import gc as _gc  # noqa: E402
+
+import orjson as _orjson  # noqa: E402
 
 _collecting = _gc.isenabled()
 _gc.disable()
@@ -23,7 +27,7 @@ finally:
         _gc.unfreeze()
     if _collecting:
         _gc.enable()
-del _gc, _collecting
+del _asyncio, _gc, _collecting, _orjson
 
 __all__ = ["Server", "Context", "ToolError", "ToolResult", "Content", "RpcError", "MissingCapability", "ClientError",
            "text", "image", "audio", "embedded_resource", "resource_link", "user", "assistant",
