@@ -1,6 +1,5 @@
 """The `bemcp` command."""
 
-import argparse
 import os
 import signal
 import sys
@@ -10,7 +9,10 @@ from . import config
 
 def build_parser(only=None):
     """The command line; ``only``: build just that command's parser (``bemcp serve`` starts
-    without building, or importing, what the other commands need)."""
+    without building, or importing, what the other commands need; with plain flags it
+    needs no parser at all: config.parse_serve_flags)."""
+    import argparse
+
     from . import __version__
     parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.",
                                      formatter_class=config.help_formatter)
@@ -62,8 +64,12 @@ def make_server(cfg, serving=False):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(only="serve" if argv[:1] == ["serve"] else None)
-    args = parser.parse_args(argv)
+    serving = argv[:1] == ["serve"]
+    parser = None
+    args = config.parse_serve_flags(argv[1:]) if serving else None
+    if args is None:
+        parser = build_parser(only="serve" if serving else None)
+        args = parser.parse_args(argv)
     if args.command in ("serve", "tools", "plugins"):
         try:
             cfg = config.Config.load(args.config, args)
@@ -72,7 +78,8 @@ def main(argv=None):
             if getattr(exc, "no_usage", False):   # not a mistake in the flags: no usage text
                 sys.stderr.write(f"bemcp {args.command}: {exc}\n")
                 return 2
-            parser.error(str(exc))      # the message on stderr, exit status 2
+            # The message on stderr, exit status 2.
+            (parser or build_parser(only=args.command)).error(str(exc))
     if args.command == "serve":
         server.run()
         return 0

@@ -11,7 +11,6 @@ On the next start, reports nobody has been told about yet are listed on stderr
 (``.seen`` in the directory remembers which were).
 """
 
-import dataclasses
 import os
 import re
 import threading
@@ -132,7 +131,7 @@ class CrashReporter:
         except Exception as exc:
             report["versions"] = {"error": repr(exc)}
         try:
-            report["config"] = _plain(dataclasses.asdict(self.server.config))
+            report["config"] = _plain(self.server.config.as_dict())
         except Exception as exc:
             report["config"] = {"error": repr(exc)}
         return dumps(report, option=OPT_INDENT_2 | OPT_NON_STR_KEYS, default=repr) + b"\n"
