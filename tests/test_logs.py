@@ -494,6 +494,11 @@ def test_the_default_server_is_one_process_and_counts_its_children_apart(spawn, 
     assert memory["children"] == 0 and memory["children_rss_mb"] == 0
     assert memory["rss_mb"] > 5 and memory["total_rss_mb"] == memory["rss_mb"]
     started = server.call_tool("process_start", {"command": ["sleep", "30"]})["result"]["structuredContent"]
+    sleeper = psutil.Process(started["pid"])
+    deadline = time.monotonic() + 10
+    while sleeper.name() != "sleep" or sleeper.memory_info().rss < 200_000:   # until exec has mapped it
+        assert time.monotonic() < deadline, "the child never became a running sleep"
+        time.sleep(0.01)
     memory = server.call_tool("server_status")["result"]["structuredContent"]["memory"]
     assert memory["children"] >= 1 and memory["children_rss_mb"] > 0
     assert abs(memory["total_rss_mb"] - memory["rss_mb"] - memory["children_rss_mb"]) <= 0.1 + 1e-9   # each figure rounded to 0.1 MB
