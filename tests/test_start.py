@@ -55,7 +55,7 @@ def test_a_stdio_server_imports_only_what_serving_needs(spawn, probe_dir, tmp_pa
     server = spawn("--plugins-dir", probe_dir, "--log-dir", str(tmp_path / "logs"))
     state = _state(server)
     loaded = set(state["modules"])
-    assert "bemcp_plugins.files" in loaded and "bemcp.logs.writer" in loaded   # the probe sees the server
+    assert "bemcp_plugins.files" in loaded and "bemcp.logs.collector" in loaded   # the probe sees the server
     assert sorted(m for m in loaded if m in NOT_ON_STDIO or m.split(".")[0] in NOT_ON_STDIO) == []
     server.close()
     assert (tmp_path / "logs" / "tasks.log").exists()
