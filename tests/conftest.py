@@ -10,12 +10,10 @@
 """
 
 import gc
-import importlib
 import os
 import subprocess
 import sys
 import time
-import types
 
 import psutil
 import pytest
@@ -24,36 +22,12 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
+from _twins import load_core  # noqa: E402
 from stdio_client import ServerProcess  # noqa: E402
 
 SERVERS = os.path.join(TESTS, "servers")
 
 # -- the twins of the core, in-process ----------------------------------------------
-
-_CORE_MODULES = ("_dispatch", "_framing", "_watchdog", "_protocol", "_tasklog")
-
-
-def load_core(kind):
-    """The core's modules for ``kind`` ("c": compiled, "py": the pure twins) as one namespace.
-
-    An ImportError of the compiled modules is an error, never a skip: a failed
-    build must not pass for a green suite.
-    """
-    suffix = "" if kind == "c" else "_py"
-    mods = {name: importlib.import_module(f"bemcp._core.{name}{suffix}") for name in _CORE_MODULES}
-    ns = types.SimpleNamespace(kind=kind, modules=mods)
-    for name in ("Dispatcher", "ToolSlot"):
-        setattr(ns, name, getattr(mods["_dispatch"], name))
-    for name in ("Framer", "Oversized", "HEAD_SIZE"):
-        setattr(ns, name, getattr(mods["_framing"], name))
-    for name in ("InFlightTable", "Request", "STATE_NAMES", "STATE_RUNNING", "STATE_OK", "STATE_ERROR",
-                 "STATE_TIMED_OUT", "STATE_CANCELLED", "STATE_KILLED", "STATE_REJECTED"):
-        setattr(ns, name, getattr(mods["_watchdog"], name))
-    for name in ("ReaderProtocol", "WriterProtocol"):
-        setattr(ns, name, getattr(mods["_protocol"], name))
-    for name in ("format_tasks", "digest", "TaskWriter"):
-        setattr(ns, name, getattr(mods["_tasklog"], name))
-    return ns
 
 
 @pytest.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])

@@ -201,7 +201,7 @@ def test_heap_is_compacted_when_finished_requests_pile_up(core):
 
 
 def test_twins_compact_alike():
-    from conftest import load_core
+    from _twins import load_core
     sizes = []
     for kind in ("c", "py"):
         c = load_core(kind)

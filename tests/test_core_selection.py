@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import load_core
+from _twins import load_core
 
 from bemcp.logs.files import LogFiles
 

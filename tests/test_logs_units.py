@@ -86,7 +86,7 @@ LINES = [   # request lines as clients may write them: the twins must read them 
 
 
 def test_both_twins_write_the_same_lines_for_odd_requests():
-    from conftest import load_core
+    from _twins import load_core
     records = b"".join(RECORD.pack(1.0 + i, 1.0 + i + i * 0.0004999, i % 7, i * 10, i * 20 - 30)
                        for i in range(len(LINES)))
     payload = COUNT.pack(len(LINES)) + records + b",\n".join(LINES)
