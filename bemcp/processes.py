@@ -66,7 +66,7 @@ import sys
 import threading
 import time
 
-from ._core import become_subreaper
+from ._os import become_subreaper
 from .policy import Policy, PolicyError
 from .procfs import children_of, stat_fields
 

@@ -25,8 +25,9 @@ import threading
 import traceback
 from time import monotonic
 
-from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
-from ._core._errors import SERVER_BUSY
+from ._core import STATE_KILLED, STATE_NAMES, RpcError
+from ._os import interrupt_thread, trim_allocator
+from .errors import SERVER_BUSY
 from .procfs import children_of
 from .tools import ToolError, ToolInterrupted, note
 

@@ -1,26 +1,14 @@
 """The two twins of the core, loaded side by side for the tests that compare them.
 
 Tests are the one place allowed to import a twin directly: ``load_core("c")`` is the
-compiled core, ``load_core("py")`` the pure-Python twins, each as one namespace.
+compiled core, ``load_core("py")`` the pure-Python twins, each as one namespace
+holding the names the core exports (bemcp._core._consts.MODULES).
 """
 
 import importlib
 import types
 
-# The core's modules, without their "_py" suffix.
-CORE_MODULES = ("_dispatch", "_framing", "_watchdog", "_protocol", "_tasklog")
-
-# name -> the module that defines it
-EXPORTS = {
-    "Dispatcher": "_dispatch", "ToolSlot": "_dispatch",
-    "Framer": "_framing", "Oversized": "_framing", "HEAD_SIZE": "_framing",
-    "InFlightTable": "_watchdog", "Request": "_watchdog", "STATE_NAMES": "_watchdog",
-    "STATE_RUNNING": "_watchdog", "STATE_OK": "_watchdog", "STATE_ERROR": "_watchdog",
-    "STATE_TIMED_OUT": "_watchdog", "STATE_CANCELLED": "_watchdog", "STATE_KILLED": "_watchdog",
-    "STATE_REJECTED": "_watchdog",
-    "ReaderProtocol": "_protocol", "WriterProtocol": "_protocol",
-    "format_tasks": "_tasklog", "digest": "_tasklog", "TaskWriter": "_tasklog",
-}
+from bemcp._core import _consts
 
 
 def load_core(kind):
@@ -30,8 +18,12 @@ def load_core(kind):
     build must not pass for a green suite.
     """
     suffix = "" if kind == "c" else "_py"
-    mods = {name: importlib.import_module(f"bemcp._core.{name}{suffix}") for name in CORE_MODULES}
+    mods = {name: importlib.import_module(f"bemcp._core.{name}{suffix}") for name in _consts.MODULES}
     ns = types.SimpleNamespace(kind=kind, modules=mods)
-    for name, module in EXPORTS.items():
-        setattr(ns, name, getattr(mods[module], name))
+    for module, names in _consts.MODULES.items():
+        for name in names:
+            setattr(ns, name, getattr(mods[module], name))
+    for name in dir(_consts):
+        if name.startswith("STATE_") or name in ("HEAD_SIZE", "FINISHED_ROW"):
+            setattr(ns, name, getattr(_consts, name))
     return ns

@@ -12,7 +12,8 @@ import orjson
 import pytest
 import uvloop
 
-from bemcp._core._errors import RpcError
+from bemcp._pipes import ReaderProtocol, WriterProtocol
+from bemcp.errors import RpcError
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700, -32600, -32601, -32602, -32603)
@@ -1098,8 +1099,8 @@ def test_protocols_feed_the_dispatcher_and_propagate_back_pressure(core, run):
 
             def resume_reading(self):
                 self.calls.append("resume")
-        reader = core.ReaderProtocol(w.d, closed.append)
-        writer = core.WriterProtocol(reader, closed.append)
+        reader = ReaderProtocol(w.d, closed.append)
+        writer = WriterProtocol(reader, closed.append)
         rt = Transport()
         reader.connection_made(rt)
         writer.connection_made(Transport())

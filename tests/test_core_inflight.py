@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from bemcp._core._errors import INVALID_REQUEST, RpcError
+from bemcp.errors import INVALID_REQUEST, RpcError
 
 
 class FakeHandle:

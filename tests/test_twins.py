@@ -373,6 +373,27 @@ def test_both_dispatchers_refuse_a_bad_state_and_leave_the_request_running(state
         loop.close()
 
 
+# -- shared facts: _consts.pxd says what _consts.py says ---------------------------------
+
+C_FORMATS = {"double": "d", "long long": "q"}
+
+
+def test_the_c_constants_agree_with_the_python_ones():
+    from bemcp._core import _consts
+    with open(_consts.__file__[:-3] + ".pxd") as f:
+        pxd = f.read()
+    enum = dict(re.findall(r"^    (\w+) = (\d+)", pxd, re.M))
+    python = {n: str(getattr(_consts, n)) for n in enum if hasattr(_consts, n)}
+    assert {n: v for n, v in enum.items() if n in python} == python
+    assert set(enum) - set(python) == {"N_STATES"}
+    assert int(enum["N_STATES"]) == len(_consts.STATE_NAMES) == len(_consts.STATUS)
+    assert [n for n in enum if n.startswith("STATE_")] == [f"STATE_{s.upper()}" for s in _consts.STATE_NAMES]
+    struct = re.search(r"ctypedef struct FinishedRow:\n((?:    .*\n)+)", pxd).group(1)
+    fields = re.findall(r"^    ([a-z ]+) (\w+) *(?:#.*)?$", struct, re.M)
+    assert tuple(name for _, name in fields) == _consts.FINISHED_FIELDS
+    assert "=" + "".join(C_FORMATS[t] for t, _ in fields) == _consts.FINISHED_ROW.format
+
+
 # -- the compiled modules match their sources ------------------------------------------
 
 

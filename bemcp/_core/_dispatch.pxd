@@ -1,5 +1,6 @@
+from ._consts cimport RECENT, FinishedRow
 from ._framing cimport Framer, Oversized
-from ._watchdog cimport InFlightTable, Request
+from ._inflight cimport InFlightTable, Request
 
 
 cdef class ToolSlot:
@@ -17,19 +18,6 @@ cdef class ToolSlot:
 cdef class _Resume:
     cdef readonly object coro
     cdef object pending
-
-
-cdef enum:
-    RECENT = 64
-
-
-# A finished tool call for tasks.log; bemcp.logs.writer.RECORD reads the same 40 bytes.
-cdef struct FinishedRow:
-    double start
-    double end
-    long long state
-    long long size
-    long long sent
 
 
 cdef class Batch:
@@ -66,7 +54,7 @@ cdef class Dispatcher:
     cdef public object on_unknown_tool
     cdef object _line
     cdef public bint batches     # JSON-RPC batches accepted (the 2025-03-26 revision has them)
-    cdef object _batch           # the Batch whose messages are being dispatched
+    cdef Batch _batch            # the Batch whose messages are being dispatched
     cdef list _ready             # batches whose every answer is in, to go out at the next flush
     cdef bint _keeping
     cdef FinishedRow* _rows
@@ -87,7 +75,7 @@ cdef class Dispatcher:
     cdef object _discard
     cdef object _done
 
-    cpdef feed(self, bytes data)
+    cpdef feed(self, object data)
     cpdef dispatch(self, object msg, object line=*)
     cpdef handle_line(self, object line)
     cdef inline void _remember(self, object method, object id, Py_ssize_t size)
@@ -96,8 +84,8 @@ cdef class Dispatcher:
     cdef _message(self, object msg)
     cdef _request(self, object id, str method, object params)
     cdef _call_tool(self, object id, object params)
-    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink)
-    cdef Py_ssize_t _reject(self, object id, object sink, object exc) except -2
+    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object on_outcome)
+    cdef Py_ssize_t _reject(self, object id, object on_outcome, object exc) except -2
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
     cdef _tool_outcome(self, Request req, object make, object arg)
@@ -111,11 +99,11 @@ cdef class Dispatcher:
     cdef _answer_error(self, Request req, object exc)
     cdef _fail(self, Request req, object exc)
     cdef _cancel_task(self, Request req)
-    cpdef bint stop(self, Request req, int state, object outcome=*) except -1
+    cpdef bint stop(self, Request req, object state, object outcome=*) except -1
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=*) except -2
-    cdef Py_ssize_t _error_to(self, object batch, object id, int code, str message, object data) except -2
+    cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2
     cdef inline _join_batch(self, Request req)
-    cdef _respond(self, object batch, bytes data)
+    cdef _respond(self, Batch batch, bytes data)
     cdef _batch_ready(self, Batch batch)
     cdef _finished(self, Request req, Py_ssize_t sent)
     cdef _emit(self, bytes data)

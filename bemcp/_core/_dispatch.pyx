@@ -14,17 +14,18 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memcpy
+from operator import index
 from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
 
-from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+from ..errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
+from ._consts cimport (HEAD_SIZE, RECENT, STATE_CANCELLED, STATE_ERROR,
+                       STATE_KILLED, STATE_OK, STATE_REJECTED, STATE_RUNNING,
+                       STATE_TIMED_OUT, FinishedRow)
 from ._framing cimport Framer, Oversized
-from ._framing import HEAD_SIZE
 from ._ids import recover_id
-from ._watchdog cimport (C_STATE_CANCELLED, C_STATE_ERROR, C_STATE_KILLED,
-                         C_STATE_OK, C_STATE_REJECTED, C_STATE_RUNNING,
-                         C_STATE_TIMED_OUT, InFlightTable, Request, now)
+from ._inflight cimport InFlightTable, Request, now
 
 
 cdef extern from "Python.h":
@@ -46,6 +47,8 @@ cdef int _NL = OPT_APPEND_NEWLINE
 cdef Py_ssize_t _KEEP_TEXT = 1 << 20   # the finished rows' line buffer kept between ticks
 cdef str _JSONRPC = "2.0"
 
+SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
+
 
 cdef class ToolSlot:
     """A registered tool as the dispatcher sees it.
@@ -58,14 +61,14 @@ cdef class ToolSlot:
     answered the request itself (the MCP layer uses it to start tasks).
     """
 
-    def __init__(self, name, call, finish, fail, eager=False, timeout=None, Py_ssize_t limit=0):
+    def __init__(self, name, call, finish, fail, eager=False, timeout=None, limit=0):
         self.name = name
         self.call = call
         self.finish = finish
         self.fail = fail
         self.eager = eager
         self.timeout = timeout
-        self.limit = limit
+        self.limit = 0 if limit is None else index(limit)   # 0 or None: no limit
         self.active = 0
         self.route = None
 
@@ -167,8 +170,10 @@ cdef class Dispatcher:
 
     # -- input -------------------------------------------------------------
 
-    cpdef feed(self, bytes data):
-        """Bytes from the transport: frame, dispatch, then write once."""
+    cpdef feed(self, object data):
+        """Bytes from the transport (any bytes-like object): frame, dispatch, then write once."""
+        if type(data) is not bytes:
+            data = bytes(data)
         self._reading = True
         try:
             for item in self.framer.feed(data):
@@ -348,7 +353,7 @@ cdef class Dispatcher:
                 return
         self._begin_tool(id, slot, <dict>params, None)
 
-    def call_tool(self, id, params, batch=None):
+    def call_tool(self, id, params, Batch batch=None):
         """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it).
 
         ``batch``: what ``hold()`` returned when it was deferred.
@@ -361,15 +366,15 @@ cdef class Dispatcher:
             self._call_tool(id, params)
         finally:
             self._batch = None
-        (<Batch>batch).open -= 1
-        if (<Batch>batch).open == 0:
-            self._batch_ready(<Batch>batch)
+        batch.open -= 1
+        if batch.open == 0:
+            self._batch_ready(batch)
 
     def hold(self):
         """The message being dispatched will be answered later: its batch (None if it is
         not in one) waits for it. Pass the batch back to ``call_tool``."""
         if self._batch is not None:
-            (<Batch>self._batch).open += 1
+            self._batch.open += 1
         return self._batch
 
     @property
@@ -377,34 +382,34 @@ cdef class Dispatcher:
         """True while the messages of a batch are being dispatched."""
         return self._batch is not None
 
-    def begin_tool(self, id, name, dict params, sink=None):
+    def begin_tool(self, id, name, dict params, on_outcome=None):
         """Run tool ``name`` for ``params`` as request ``id``.
 
-        With ``sink``, the outcome goes to ``sink(result, error)`` instead of the
+        With ``on_outcome``, the outcome goes to ``on_outcome(result, error)`` instead of the
         client (error an RpcError; both None if the call was cancelled).
         """
         found = self.tools.get(name)
         if found is None:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
             return
-        self._begin_tool(id, <ToolSlot>found, params, sink)
+        self._begin_tool(id, <ToolSlot>found, params, on_outcome)
 
-    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink):
+    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object on_outcome):
         cdef Request req
         cdef Py_ssize_t sent
         args = params.get("arguments")
         if args is None:
             args = {}
         elif type(args) is not dict:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
             return
         try:
             req = self.table.open(id, self.tool_method, slot.name, params)
         except _RpcError as exc:
-            self._reject(id, sink, exc)
+            self._reject(id, on_outcome, exc)
             return
-        req.sink = sink
-        if sink is None:
+        req.on_outcome = on_outcome
+        if on_outcome is None:
             self._join_batch(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
@@ -415,15 +420,15 @@ cdef class Dispatcher:
                 req.line = self._line
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
-            self._close(req, C_STATE_REJECTED)
-            sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            self._close(req, STATE_REJECTED)
+            sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
                 self._finished(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
-                self._close(req, C_STATE_REJECTED)
-                sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                self._close(req, STATE_REJECTED)
+                sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
                     self._finished(req, sent)
                 return
@@ -432,9 +437,9 @@ cdef class Dispatcher:
             return
         self._start_tool(req, slot, <dict>args, timeout)
 
-    cdef Py_ssize_t _reject(self, object id, object sink, object exc) except -2:
-        if sink is not None:
-            sink(None, exc)
+    cdef Py_ssize_t _reject(self, object id, object on_outcome, object exc) except -2:
+        if on_outcome is not None:
+            on_outcome(None, exc)
             return -1
         return self._send_error(id, exc.code, exc.message, exc.data)
 
@@ -495,12 +500,12 @@ cdef class Dispatcher:
         cdef Request req = <Request>self._pending.pop(future)
         slot = req.slot  # None for method handlers
         if future.cancelled():
-            if req.state == C_STATE_RUNNING:
+            if req.state == STATE_RUNNING:
                 # Cancelled by neither the client nor a deadline: the server is stopping.
                 self._answer_error(req, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
             return
         exc = future.exception()  # retrieved in every case, so asyncio never warns about it
-        if req.state != C_STATE_RUNNING:
+        if req.state != STATE_RUNNING:
             return  # already answered (timed out, cancelled, stopped): nothing is owed
         if exc is None:
             if slot is None:
@@ -585,7 +590,7 @@ cdef class Dispatcher:
             entry = queue.popleft()
             req = <Request>entry[0]
             slot = <ToolSlot>entry[1]
-            if req.state != C_STATE_RUNNING:
+            if req.state != STATE_RUNNING:
                 continue
             if slot.limit and slot.active >= slot.limit:
                 queue.append(entry)
@@ -594,20 +599,20 @@ cdef class Dispatcher:
         self.flush_soon()
 
     cdef _answer(self, Request req, object result):
-        cdef int state = C_STATE_OK
+        cdef int state = STATE_OK
         if type(result) is dict and (<dict>result).get("isError") is True:
-            state = C_STATE_ERROR
+            state = STATE_ERROR
             if type(req.detail) is dict:   # how the call ended, if the tool or the watchdog said
                 if "limit_s" in req.detail:
-                    state = C_STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
+                    state = STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
                 elif "killed_by" in req.detail:
-                    state = C_STATE_KILLED      # interrupted by the watchdog
+                    state = STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
-        if req.sink is not None:
+        if req.on_outcome is not None:
             if self._keeping:
                 self._finished(req, -1)
-            req.sink(result, None)
+            req.on_outcome(result, None)
             return
         try:
             data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL)
@@ -619,9 +624,9 @@ cdef class Dispatcher:
 
     cdef _answer_error(self, Request req, object exc):
         cdef Py_ssize_t sent = -1
-        if self._close(req, C_STATE_ERROR):
-            if req.sink is not None:
-                req.sink(None, exc)
+        if self._close(req, STATE_ERROR):
+            if req.on_outcome is not None:
+                req.on_outcome(None, exc)
             else:
                 sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
@@ -645,21 +650,23 @@ cdef class Dispatcher:
                 outcome = exc
         else:
             outcome = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
-        self.stop(req, C_STATE_TIMED_OUT, outcome)
+        self.stop(req, STATE_TIMED_OUT, outcome)
 
-    cpdef bint stop(self, Request req, int state, object outcome=None) except -1:
-        """End ``req`` now as ``state`` and cancel its work.
+    cpdef bint stop(self, Request req, object state, object outcome=None) except -1:
+        """End ``req`` now as ``state`` (a STATE_*) and cancel its work.
 
         ``outcome`` is what the client gets: a result, an RpcError, or None for
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
         cdef Py_ssize_t sent = 0   # a cancelled request gets no answer
+        if type(state) is not int:
+            raise TypeError(f"state must be an int (a STATE_*), not {type(state).__name__}")
         if not self._close(req, state):
             return False
         error = outcome if type(outcome) is _RpcError else None
-        if req.sink is not None:
+        if req.on_outcome is not None:
             sent = -1
-            req.sink(None if error is not None else outcome, error)
+            req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
             sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
@@ -672,7 +679,7 @@ cdef class Dispatcher:
         self.flush_soon()
         return True
 
-    def cancel(self, id, int state=C_STATE_CANCELLED):
+    def cancel(self, id, state=STATE_CANCELLED):
         """Stop request ``id``: no response is sent for it. False if unknown."""
         found = self.table.get(id)
         return found is not None and self.stop(<Request>found, state, None)
@@ -702,7 +709,7 @@ cdef class Dispatcher:
         """Answer the message being dispatched with an error."""
         return self._error_to(self._batch, id, code, message, data)
 
-    cdef Py_ssize_t _error_to(self, object batch, object id, int code, str message, object data) except -2:
+    cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2:
         cdef bytes encoded = _error_bytes(id, code, message, data)
         self._respond(batch, encoded)
         return len(encoded)
@@ -710,14 +717,14 @@ cdef class Dispatcher:
     cdef inline _join_batch(self, Request req):
         if self._batch is not None:
             req.batch = self._batch
-            (<Batch>self._batch).open += 1
+            self._batch.open += 1
 
-    cdef _respond(self, object batch, bytes data):
+    cdef _respond(self, Batch batch, bytes data):
         """An answer: to the client, or into the batch its request came in."""
         if batch is None:
             self._emit(data)
         else:
-            (<Batch>batch).lines.append(data)
+            batch.lines.append(data)
 
     cdef _batch_ready(self, Batch batch):
         self._ready.append(batch)
@@ -738,7 +745,7 @@ cdef class Dispatcher:
         """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
 
         ``records``: ``count`` FinishedRow structs (start, end, state, bytes in, bytes
-        out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
+        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's request
         line, comma-separated (the body of a JSON array); ``details``: ``(row,
         request.detail)`` for the rows whose tool reported one.
         """
@@ -858,9 +865,9 @@ cdef class Dispatcher:
         self._flush_handle = None
         cdef list out = self._out
         if self._ready:
-            for batch in self._ready:
-                if (<Batch>batch).lines:   # a batch of notifications gets no answer at all
-                    out.append(_batch_bytes((<Batch>batch).lines))
+            for ready in self._ready:
+                if (<Batch>ready).lines:   # a batch of notifications gets no answer at all
+                    out.append(_batch_bytes((<Batch>ready).lines))
             self._ready.clear()
         if not out:
             return
@@ -880,7 +887,7 @@ cdef class Dispatcher:
             except asyncio.TimeoutError:
                 pass
         for req in list(self.table.requests.values()):
-            self.stop(req, C_STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
+            self.stop(req, STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
         self.flush()
         work = list(self._pending) + list(self._tasks)
         if work:

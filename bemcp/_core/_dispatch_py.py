@@ -7,27 +7,24 @@ request never holds up the next one.
 """
 
 import asyncio
-import struct
 from collections import deque
+from operator import index
 from time import monotonic
 from types import CoroutineType
 
 from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
 
-from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+from ..errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
-from ._framing_py import HEAD_SIZE, Framer, Oversized
+from ._consts import (FINISHED_ROW, HEAD_SIZE, RECENT, STATE_CANCELLED, STATE_ERROR,
+                      STATE_KILLED, STATE_OK, STATE_REJECTED, STATE_RUNNING,
+                      STATE_TIMED_OUT)
+from ._framing_py import Framer, Oversized
 from ._ids import recover_id
-from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
-                           STATE_OK, STATE_REJECTED, STATE_RUNNING,
-                           STATE_TIMED_OUT,
-                           InFlightTable)
+from ._inflight_py import InFlightTable
 
 _CancelledError = asyncio.CancelledError
-# A finished tool call's record (the compiled twin's FinishedRow): start, end, state,
-# bytes in, bytes out. bemcp.logs.writer.RECORD reads the same layout.
-FINISHED_ROW = struct.Struct("=ddqqq")
 
 
 class ToolSlot:
@@ -50,7 +47,7 @@ class ToolSlot:
         self.fail = fail
         self.eager = eager
         self.timeout = timeout
-        self.limit = limit
+        self.limit = 0 if limit is None else index(limit)   # 0 or None: no limit
         self.active = 0
         self.route = None
 
@@ -122,8 +119,8 @@ class Dispatcher:
         self.refusing = None               # a reason to refuse new tool calls (memory pressure)
         self.active = 0
         self.queue = deque()
-        self._recent = deque(maxlen=64)    # (time, method, id, size) of the last messages in
-        self.received = 0                  # how many messages have come in
+        self._recent = deque(maxlen=RECENT)   # (time, method, id, size) of the last messages in
+        self._received = 0
         # Hooks for the layers above, all optional.
         self.timeout_result = None         # (request) -> result sent at a deadline
         self.on_cancelled = None           # (request) after its task was cancelled
@@ -153,7 +150,9 @@ class Dispatcher:
     # -- input -------------------------------------------------------------
 
     def feed(self, data):
-        """Bytes from the transport: frame, dispatch, then write once."""
+        """Bytes from the transport (any bytes-like object): frame, dispatch, then write once."""
+        if type(data) is not bytes:
+            data = bytes(data)
         self._reading = True
         try:
             for item in self.framer.feed(data):
@@ -198,7 +197,12 @@ class Dispatcher:
 
     def _remember(self, method, id, size):
         self._recent.append((monotonic(), method, id, size))
-        self.received += 1
+        self._received += 1
+
+    @property
+    def received(self):
+        """How many messages have come in."""
+        return self._received
 
     def handle_message(self, msg):
         if type(msg) is list and self.batches:
@@ -338,32 +342,32 @@ class Dispatcher:
         """True while the messages of a batch are being dispatched."""
         return self._batch is not None
 
-    def begin_tool(self, id, name, params, sink=None):
+    def begin_tool(self, id, name, params, on_outcome=None):
         """Run tool ``name`` for ``params`` as request ``id``.
 
-        With ``sink``, the outcome goes to ``sink(result, error)`` instead of the
+        With ``on_outcome``, the outcome goes to ``on_outcome(result, error)`` instead of the
         client (error an RpcError; both None if the call was cancelled).
         """
         slot = self.tools.get(name)
         if slot is None:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
             return
-        self._begin_tool(id, slot, params, sink)
+        self._begin_tool(id, slot, params, on_outcome)
 
-    def _begin_tool(self, id, slot, params, sink):
+    def _begin_tool(self, id, slot, params, on_outcome):
         args = params.get("arguments")
         if args is None:
             args = {}
         elif type(args) is not dict:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
             return
         try:
             req = self.table.open(id, self.tool_method, slot.name, params)
         except RpcError as exc:
-            self._reject(id, sink, exc)
+            self._reject(id, on_outcome, exc)
             return
-        req.sink = sink
-        if sink is None:
+        req.on_outcome = on_outcome
+        if on_outcome is None:
             self._join_batch(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
@@ -373,14 +377,14 @@ class Dispatcher:
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
             self._close(req, STATE_REJECTED)
-            sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
                 self._finished(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self._close(req, STATE_REJECTED)
-                sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
                     self._finished(req, sent)
                 return
@@ -389,10 +393,10 @@ class Dispatcher:
             return
         self._start_tool(req, slot, args, timeout)
 
-    def _reject(self, id, sink, exc):
-        """Send ``exc`` to the sink or the client; the bytes sent (-1: to a sink)."""
-        if sink is not None:
-            sink(None, exc)
+    def _reject(self, id, on_outcome, exc):
+        """Send ``exc`` to the on_outcome callback or the client; the bytes sent (-1: to the callback)."""
+        if on_outcome is not None:
+            on_outcome(None, exc)
             return -1
         return self._send_error(id, exc.code, exc.message, exc.data)
 
@@ -557,10 +561,10 @@ class Dispatcher:
                     state = STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
-        if req.sink is not None:
+        if req.on_outcome is not None:
             if self._keeping:
                 self._finished(req, -1)
-            req.sink(result, None)
+            req.on_outcome(result, None)
             return
         try:
             data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
@@ -573,8 +577,8 @@ class Dispatcher:
     def _answer_error(self, req, exc):
         if self._close(req, STATE_ERROR):
             sent = -1
-            if req.sink is not None:
-                req.sink(None, exc)
+            if req.on_outcome is not None:
+                req.on_outcome(None, exc)
             else:
                 sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
@@ -601,18 +605,20 @@ class Dispatcher:
         self.stop(req, STATE_TIMED_OUT, outcome)
 
     def stop(self, req, state, outcome=None):
-        """End ``req`` now as ``state`` and cancel its work.
+        """End ``req`` now as ``state`` (a STATE_*) and cancel its work.
 
         ``outcome`` is what the client gets: a result, an RpcError, or None for
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
+        if type(state) is not int:
+            raise TypeError(f"state must be an int (a STATE_*), not {type(state).__name__}")
         if not self._close(req, state):
             return False
         error = outcome if type(outcome) is RpcError else None
         sent = 0   # a cancelled request gets no answer
-        if req.sink is not None:
+        if req.on_outcome is not None:
             sent = -1
-            req.sink(None if error is not None else outcome, error)
+            req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
             sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
@@ -691,7 +697,7 @@ class Dispatcher:
         """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
 
         ``records``: ``count`` FINISHED_ROW records (start, end, state, bytes in, bytes
-        out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
+        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's request
         line, comma-separated (the body of a JSON array); ``details``: ``(row,
         request.detail)`` for the rows whose tool reported one.
         """

@@ -1,53 +1,11 @@
-"""asyncio protocols joining pipe transports to a dispatcher (pure-Python twin of _protocol.pyx).
+"""asyncio protocols joining stdio's pipe transports to a dispatcher.
 
 Reading: data_received -> dispatcher.feed. Writing: when the peer stops reading
 and the write buffer passes its high-water mark, reading pauses too, so a client
 that never reads its answers cannot grow the server's buffers without bound.
+Plain Python: each call forwards one chunk of input, so compiling it gains nothing
+(benches/dispatch_bench.py and `bemcp bench` measure the path through it).
 """
-
-
-import sys
-
-
-def _libc():
-    import ctypes
-    import ctypes.util
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-def tune_allocator():
-    """Stop the C allocator returning memory to the OS after every burst (glibc). True if tuned.
-
-    The same calls the compiled twin makes, through ctypes. Freed memory then stays
-    with the process: call trim_allocator() when it is quiet.
-    """
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    M_TRIM_THRESHOLD = -1
-    libc.malloc_trim(0)  # hand back what start-up freed first
-    return bool(libc.mallopt(M_TRIM_THRESHOLD, 2 << 20))
-
-
-def become_subreaper():
-    """Have orphaned descendants re-parented to this process rather than to init (Linux).
-
-    True if set. The process must then reap them: see bemcp.processes.adopt_orphans.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = _libc()
-    PR_SET_CHILD_SUBREAPER = 36
-    return libc is not None and libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
-
-def trim_allocator():
-    """Return freed heap memory to the OS now (glibc); True if some was returned."""
-    libc = _libc()
-    return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
 
 
 class ReaderProtocol:

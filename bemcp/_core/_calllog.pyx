@@ -1,5 +1,5 @@
 # cython: language_level=3, cdivision=True
-"""tasks.log from the core's finished rows, written by a native thread (compiled; twin: _tasklog_py.py).
+"""tasks.log from the core's finished rows, written by a native thread (compiled; twin: _calllog_py.py).
 
 The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
 to a ``TaskWriter``: one copy into a C queue, one signal. The writer's own thread,
@@ -24,12 +24,16 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport close, write
 from posix.fcntl cimport open, O_CLOEXEC
 
+from ._consts cimport N_STATES, STATE_OK, FinishedRow
+
 import os
 import struct
 
 from orjson import dumps, loads
 
-STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
+from ._consts import STATUS
+
+SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
 cdef enum:
     C_DIGEST_CACHE = 4096        # argument digests remembered (repeated calls hash once)
     DIGEST_CACHE_BYTES = 512     # longer arguments are digested each time rather than copied
@@ -428,7 +432,7 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     cdef Py_ssize_t count, pos, end, i, n
     cdef Py_ssize_t dpos = 0
     cdef long long drow, dlen
-    cdef Row row
+    cdef FinishedRow row
     cdef Spans spans
     cdef const unsigned char* text
     cdef char hex[16]
@@ -443,12 +447,12 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     _put_int(&pid_text, pid)
     _put_text(&pid_text, b',"id":', 6)
     count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
-    pos = 4 + count * <Py_ssize_t>sizeof(Row)
+    pos = 4 + count * <Py_ssize_t>sizeof(FinishedRow)
     if pos > size:
         return BAD_BATCH
     for i in range(count):
-        memcpy(&row, base + 4 + i * sizeof(Row), sizeof(Row))   # unaligned in the payload
-        if row.state != 1:
+        memcpy(&row, base + 4 + i * sizeof(FinishedRow), sizeof(FinishedRow))   # unaligned in the payload
+        if row.state != STATE_OK:
             errors[0] += 1
         pos = _ws(base, pos, size)
         if i and pos < size and base[pos] == 44:
@@ -489,7 +493,7 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
         else:
             _put_text(out, b"null", 4)
         _put_text(out, b',"status":', 10)
-        if 0 <= row.state < 7:
+        if 0 <= row.state < N_STATES:
             _put_status(out, row.state)
         else:
             _put_text(out, b'"', 1)
@@ -533,8 +537,8 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     return count
 
 
-cdef const char* _STATUS_TEXT[7]
-cdef Py_ssize_t _STATUS_LEN[7]
+cdef const char* _STATUS_TEXT[N_STATES]
+cdef Py_ssize_t _STATUS_LEN[N_STATES]
 for _i, _s in enumerate(STATUS):
     _STATUS_TEXT[_i] = _s
     _STATUS_LEN[_i] = len(_s)
