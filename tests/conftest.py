@@ -1,7 +1,9 @@
 """Shared fixtures: the two twins of the core, spawned servers, and leak checks.
 
 - ``core``: the compiled core and its pure-Python twin, for contract tests that
-  import the twins explicitly (tests are the one place allowed to).
+  import the twins explicitly (tests are the one place allowed to). An async test
+  that takes it runs on both event loops, asyncio's and uvloop's, and must end
+  with no task left behind.
 - ``twin_env``: the environment that makes a spawned server run one twin; every
   end-to-end test that takes it runs against both.
 - ``spawn``: start a server on real pipes (``bemcp serve`` or a script under
@@ -9,6 +11,7 @@
 - an autouse check that each test leaves no child process and no open fd behind.
 """
 
+import asyncio
 import gc
 import os
 import subprocess
@@ -17,6 +20,8 @@ import time
 
 import psutil
 import pytest
+import pytest_asyncio
+import uvloop
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 if TESTS not in sys.path:
@@ -30,10 +35,23 @@ SERVERS = os.path.join(TESTS, "servers")
 # -- the twins of the core, in-process ----------------------------------------------
 
 
-@pytest.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])
-def core(request):
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """The core's contract tests run on both loops; other async tests on asyncio's."""
+    return LOOPS if "core" in getattr(item, "fixturenames", ()) else None
+
+
+@pytest_asyncio.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])
+async def core(request):
     """Both twins of the core: the compiled modules ("c") and the pure-Python ones ("py")."""
-    return load_core(request.param)
+    yield load_core(request.param)
+    # Every test ends with no task left behind (a request's work always ends).
+    for _ in range(10):
+        await asyncio.sleep(0)
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not left, left
 
 
 # -- spawned servers, both twins --------------------------------------------------------
