@@ -373,6 +373,26 @@ def test_both_dispatchers_refuse_a_bad_state_and_leave_the_request_running(state
         loop.close()
 
 
+@pytest.mark.parametrize("call", ["stop", "cancel", "close", "arm"])
+def test_both_cores_refuse_none_for_a_request(call):
+    loop = asyncio.new_event_loop()
+    try:
+        got = []
+        for core in (C, PY):
+            d = core.Dispatcher(loop, None, 100)
+            req = d.table.open(1, "m", None, None)
+            act = {"stop": lambda: d.stop(None, core.STATE_CANCELLED),
+                   "cancel": lambda: d.cancel(1, None),
+                   "close": lambda: d.table.close(None, core.STATE_OK),
+                   "arm": lambda: d.table.arm(None, 1.0)}[call]
+            got.append((_outcome(act), req.running, len(d.table)))
+            d.close()
+        assert got[0] == got[1]
+        assert got[0] == ("TypeError", True, 1)
+    finally:
+        loop.close()
+
+
 # -- shared facts: _consts.pxd says what _consts.py says ---------------------------------
 
 C_FORMATS = {"double": "d", "long long": "q"}

@@ -46,12 +46,13 @@ cdef class Dispatcher:
     cdef list _recent_methods
     cdef list _recent_ids
     cdef Py_ssize_t _recent_pos
-    cdef public object timeout_result
-    cdef public object on_cancelled
-    cdef public object on_exception
-    cdef public object on_protocol_error
-    cdef public object on_client_response
-    cdef public object on_unknown_tool
+    # Hooks (None or a callable; the class docstring says when each is called).
+    cdef public object timeout_result      # (request) -> the outcome sent at its deadline
+    cdef public object on_cancelled        # (request) after its task was cancelled
+    cdef public object on_exception        # (request or None, exc) for crash reports
+    cdef public object on_protocol_error   # (kind, size) for malformed or oversized input
+    cdef public object on_client_response  # (message) for a response to no request of ours
+    cdef public object on_unknown_tool     # (id, params) -> True if it answers the call itself
     cdef object _line
     cdef public bint batches     # JSON-RPC batches accepted (the 2025-03-26 revision has them)
     cdef Batch _batch            # the Batch whose messages are being dispatched
@@ -99,6 +100,8 @@ cdef class Dispatcher:
     cdef _answer_error(self, Request req, object exc)
     cdef _fail(self, Request req, object exc)
     cdef _cancel_task(self, Request req)
+    cdef str _busy_message(self, ToolSlot slot)
+    cdef dict _busy_data(self, ToolSlot slot)
     cpdef bint stop(self, Request req, object state, object outcome=*) except -1
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=*) except -2
     cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2
@@ -107,4 +110,5 @@ cdef class Dispatcher:
     cdef _batch_ready(self, Batch batch)
     cdef _finished(self, Request req, Py_ssize_t sent)
     cdef _emit(self, bytes data)
+    cpdef flush_soon(self)
     cpdef flush(self)

@@ -1,10 +1,12 @@
 # cython: language_level=3
 """JSON-RPC 2.0 dispatch (compiled; twin: _dispatch_py.py).
 
-Knows JSON-RPC, not MCP: method strings in, encoded responses out. The layer
-above registers method handlers ``handler(params, request)`` and tool slots;
-a handler returns a result, or an awaitable that becomes a task, so a slow
-request never holds up the next one.
+Method strings in, encoded responses out. The layer above registers method
+handlers ``handler(params, request)`` and tool slots; a handler returns a result,
+or an awaitable that becomes a task, so a slow request never holds up the next one.
+Of MCP it knows one method: ``tool_method`` ("tools/call") is a fast path straight
+to the named tool's slot, with its limits, queue and deadline. The rest of MCP
+lives in the layer above.
 """
 
 import asyncio
@@ -15,7 +17,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memcpy
 from operator import index
-from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
+import orjson
+from orjson import OPT_APPEND_NEWLINE, JSONDecodeError
 
 from ..errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
@@ -36,16 +39,10 @@ cdef extern from "Python.h":
 cdef int PYGEN_RETURN = 0
 
 # Python callables looked up once and kept in C slots.
-cdef object _loads = loads
-cdef object _dumps = dumps
-cdef object _JSONDecodeError = JSONDecodeError
+cdef object loads = orjson.loads
+cdef object dumps = orjson.dumps
 cdef object _CancelledError = asyncio.CancelledError
-cdef object _Future = asyncio.Future
-cdef object _ensure_future = asyncio.ensure_future
-cdef object _RpcError = RpcError
-cdef int _NL = OPT_APPEND_NEWLINE
 cdef Py_ssize_t _KEEP_TEXT = 1 << 20   # the finished rows' line buffer kept between ticks
-cdef str _JSONRPC = "2.0"
 
 SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
 
@@ -118,7 +115,19 @@ cdef class Batch:
 
 
 cdef class Dispatcher:
-    """Routes each incoming message and writes the answers, coalesced."""
+    """Routes each incoming message and writes the answers, coalesced.
+
+    Hooks for the layer above, each None or a callable:
+
+    - ``timeout_result(request)``: what the client gets when a request's deadline
+      passes (a result, or raise RpcError); None: a REQUEST_TIMEOUT error.
+    - ``on_cancelled(request)``: a stopped request's task was just cancelled.
+    - ``on_exception(request or None, exc)``: a handler or tool raised (crash reports).
+    - ``on_protocol_error(kind, size)``: input that is "malformed" or "oversized".
+    - ``on_client_response(message)``: a response to no request of ours.
+    - ``on_unknown_tool(id, params)``: a tools/call for no registered tool; True if
+      the hook answers it itself (later, through ``hold()`` and ``call_tool()``).
+    """
 
     def __init__(self, loop, write=None, Py_ssize_t max_message_size=64 * 1024 * 1024):
         self.loop = loop
@@ -199,8 +208,8 @@ cdef class Dispatcher:
 
     cpdef handle_line(self, object line):
         try:
-            msg = _loads(line)
-        except _JSONDecodeError as exc:
+            msg = loads(line)
+        except JSONDecodeError as exc:
             self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
@@ -255,7 +264,7 @@ cdef class Dispatcher:
         try:
             for msg in msgs:
                 # Each request's own bytes, for its bytes in and tasks.log.
-                self._line = _dumps(msg) if type(msg) is dict else None
+                self._line = dumps(msg) if type(msg) is dict else None
                 self._message(msg)
         finally:
             self._batch = None
@@ -288,7 +297,7 @@ cdef class Dispatcher:
                 return
             self._send_error(id, INVALID_REQUEST, "Invalid request: no method")
             return
-        if m.get("jsonrpc") != _JSONRPC:
+        if m.get("jsonrpc") != "2.0":
             self._send_error(id, INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
             return
         if type(method) is not str:
@@ -313,13 +322,13 @@ cdef class Dispatcher:
             return
         try:
             req = self.table.open(id, method, None, params)
-        except _RpcError as exc:
+        except RpcError as exc:
             self._send_error(id, exc.code, exc.message)
             return
         self._join_batch(req)
         try:
             result = handler(params, req)
-        except _RpcError as exc:
+        except RpcError as exc:
             self._answer_error(req, exc)
             return
         except Exception as exc:
@@ -343,7 +352,7 @@ cdef class Dispatcher:
             try:
                 if slot.route(id, params):
                     return
-            except _RpcError as exc:
+            except RpcError as exc:
                 self._send_error(id, exc.code, exc.message, exc.data)
                 return
             except Exception as exc:
@@ -405,7 +414,7 @@ cdef class Dispatcher:
             return
         try:
             req = self.table.open(id, self.tool_method, slot.name, params)
-        except _RpcError as exc:
+        except RpcError as exc:
             self._reject(id, on_outcome, exc)
             return
         req.on_outcome = on_outcome
@@ -449,7 +458,7 @@ cdef class Dispatcher:
         self.active += 1
         try:
             result = slot.call(args, req)
-        except _RpcError as exc:
+        except RpcError as exc:
             self._answer_error(req, exc)
             return
         except Exception as exc:
@@ -466,7 +475,7 @@ cdef class Dispatcher:
                 # Fast path: step the coroutine here; most finish without waiting.
                 try:
                     status = PyIter_Send(result, None, &sent)
-                except _RpcError as exc:
+                except RpcError as exc:
                     self._answer_error(req, exc)
                     return
                 except Exception as exc:
@@ -488,10 +497,10 @@ cdef class Dispatcher:
             self.table.arm(req, timeout)
         if PyCoro_CheckExact(result) or type(result) is _Resume:
             future = self.loop.create_task(result)
-        elif isinstance(result, _Future):
+        elif isinstance(result, asyncio.Future):
             future = result  # e.g. a sync tool's executor future: no task needed
         else:
-            future = _ensure_future(result, loop=self.loop)
+            future = asyncio.ensure_future(result, loop=self.loop)
         req.task = future
         self._pending[future] = req
         future.add_done_callback(self._done)
@@ -512,7 +521,7 @@ cdef class Dispatcher:
                 self._answer(req, future.result())
             else:
                 self._tool_outcome(req, (<ToolSlot>slot).finish, future.result())
-        elif isinstance(exc, _RpcError):
+        elif isinstance(exc, RpcError):
             self._answer_error(req, exc)
         elif isinstance(exc, Exception):
             if slot is None:
@@ -615,7 +624,7 @@ cdef class Dispatcher:
             req.on_outcome(result, None)
             return
         try:
-            data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL)
+            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
@@ -646,7 +655,7 @@ cdef class Dispatcher:
         if self.timeout_result is not None:
             try:
                 outcome = self.timeout_result(req)
-            except _RpcError as exc:
+            except RpcError as exc:
                 outcome = exc
         else:
             outcome = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
@@ -659,18 +668,20 @@ cdef class Dispatcher:
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
         cdef Py_ssize_t sent = 0   # a cancelled request gets no answer
+        if req is None:
+            raise TypeError("req must be a Request, not NoneType")
         if type(state) is not int:
             raise TypeError(f"state must be an int (a STATE_*), not {type(state).__name__}")
         if not self._close(req, state):
             return False
-        error = outcome if type(outcome) is _RpcError else None
+        error = outcome if type(outcome) is RpcError else None
         if req.on_outcome is not None:
             sent = -1
             req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
             sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
-            data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": outcome}, option=_NL)
+            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE)
             sent = len(data)
             self._respond(req.batch, data)
         if self._keeping:
@@ -690,7 +701,7 @@ cdef class Dispatcher:
         if self.on_cancelled is not None:
             self.on_cancelled(req)
 
-    def _busy_message(self, ToolSlot slot):
+    cdef str _busy_message(self, ToolSlot slot):
         if slot.limit and slot.active >= slot.limit:
             what = f"tool {slot.name!r} is at its limit of {slot.limit} concurrent calls"
         else:
@@ -698,7 +709,7 @@ cdef class Dispatcher:
         return (f"Server busy: {what}, and the queue is full ({len(self.queue)} waiting, "
                 f"limit {self.max_queued}); retry later")
 
-    def _busy_data(self, ToolSlot slot):
+    cdef dict _busy_data(self, ToolSlot slot):
         return {"active": self.active, "limit": self.max_active, "queued": len(self.queue),
                 "queue_limit": self.max_queued, "tool": slot.name,
                 "tool_active": slot.active, "tool_limit": slot.limit}
@@ -773,7 +784,7 @@ cdef class Dispatcher:
             return
         line = req.line
         if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
-            line = _dumps({"id": req.id, "params": req.params})
+            line = dumps({"id": req.id, "params": req.params})
         size = len(<bytes>line) + 1   # with the comma before it
         if self._nrows == self._rows_cap:
             cap = max(1024, 2 * self._rows_cap)
@@ -820,10 +831,10 @@ cdef class Dispatcher:
         self._asked[id] = future
         asked = self._asked
         future.add_done_callback(lambda f: asked.pop(id, None))
-        message = {"jsonrpc": _JSONRPC, "id": id, "method": method}
+        message = {"jsonrpc": "2.0", "id": id, "method": method}
         if params is not None:
             message["params"] = params
-        self._emit(_dumps(message, option=_NL))
+        self._emit(dumps(message, option=OPT_APPEND_NEWLINE))
         return id, future
 
     cdef _response(self, object id, dict msg):
@@ -838,26 +849,26 @@ cdef class Dispatcher:
         if error is None:
             future.set_result(msg.get("result"))
         elif type(error) is dict:
-            future.set_exception(_RpcError((<dict>error).get("code", INTERNAL_ERROR),
+            future.set_exception(RpcError((<dict>error).get("code", INTERNAL_ERROR),
                                            str((<dict>error).get("message", "")), (<dict>error).get("data")))
         else:
-            future.set_exception(_RpcError(INTERNAL_ERROR, f"Malformed error response: {error!r}"))
+            future.set_exception(RpcError(INTERNAL_ERROR, f"Malformed error response: {error!r}"))
 
     def notify(self, method, params):
         """Send a notification to the client."""
-        self._emit(_dumps({"jsonrpc": _JSONRPC, "method": method, "params": params}, option=_NL))
+        self._emit(dumps({"jsonrpc": "2.0", "method": method, "params": params}, option=OPT_APPEND_NEWLINE))
 
     def send(self, message):
         """Send an already-built answer (a dict) to the client; one given while a batch is
         being dispatched goes into that batch."""
-        self._respond(self._batch, _dumps(message, option=_NL))
+        self._respond(self._batch, dumps(message, option=OPT_APPEND_NEWLINE))
 
     cdef _emit(self, bytes data):
         self._out.append(data)
         if not self._reading and self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
-    def flush_soon(self):
+    cpdef flush_soon(self):
         if self._out and not self._reading and self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
@@ -899,7 +910,7 @@ cdef class Dispatcher:
             future.cancel()
         for future in list(self._asked.values()):
             if not future.done():
-                future.set_exception(_RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
+                future.set_exception(RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
 
 
 cdef bytes _batch_bytes(list lines):
@@ -911,4 +922,4 @@ cdef bytes _error_bytes(object id, int code, str message, object data):
     error = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _dumps({"jsonrpc": _JSONRPC, "id": id, "error": error}, option=_NL)
+    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE)

@@ -1,9 +1,11 @@
 """JSON-RPC 2.0 dispatch (pure-Python twin of _dispatch.pyx).
 
-Knows JSON-RPC, not MCP: method strings in, encoded responses out. The layer
-above registers method handlers ``handler(params, request)`` and tool slots;
-a handler returns a result, or an awaitable that becomes a task, so a slow
-request never holds up the next one.
+Method strings in, encoded responses out. The layer above registers method
+handlers ``handler(params, request)`` and tool slots; a handler returns a result,
+or an awaitable that becomes a task, so a slow request never holds up the next one.
+Of MCP it knows one method: ``tool_method`` ("tools/call") is a fast path straight
+to the named tool's slot, with its limits, queue and deadline. The rest of MCP
+lives in the layer above.
 """
 
 import asyncio
@@ -22,7 +24,7 @@ from ._consts import (FINISHED_ROW, HEAD_SIZE, RECENT, STATE_CANCELLED, STATE_ER
                       STATE_TIMED_OUT)
 from ._framing_py import Framer, Oversized
 from ._ids import recover_id
-from ._inflight_py import InFlightTable
+from ._inflight_py import InFlightTable, Request
 
 _CancelledError = asyncio.CancelledError
 
@@ -101,7 +103,19 @@ class Batch:
 
 
 class Dispatcher:
-    """Routes each incoming message and writes the answers, coalesced."""
+    """Routes each incoming message and writes the answers, coalesced.
+
+    Hooks for the layer above, each None or a callable:
+
+    - ``timeout_result(request)``: what the client gets when a request's deadline
+      passes (a result, or raise RpcError); None: a REQUEST_TIMEOUT error.
+    - ``on_cancelled(request)``: a stopped request's task was just cancelled.
+    - ``on_exception(request or None, exc)``: a handler or tool raised (crash reports).
+    - ``on_protocol_error(kind, size)``: input that is "malformed" or "oversized".
+    - ``on_client_response(message)``: a response to no request of ours.
+    - ``on_unknown_tool(id, params)``: a tools/call for no registered tool; True if
+      the hook answers it itself (later, through ``hold()`` and ``call_tool()``).
+    """
 
     def __init__(self, loop, write=None, max_message_size=64 * 1024 * 1024):
         self.loop = loop
@@ -121,13 +135,12 @@ class Dispatcher:
         self.queue = deque()
         self._recent = deque(maxlen=RECENT)   # (time, method, id, size) of the last messages in
         self._received = 0
-        # Hooks for the layers above, all optional.
-        self.timeout_result = None         # (request) -> result sent at a deadline
-        self.on_cancelled = None           # (request) after its task was cancelled
-        self.on_exception = None           # (request or None, exc) for crash reports
-        self.on_protocol_error = None      # (kind, size) for malformed/oversized input
-        self.on_client_response = None    # (message) for a response to no request of ours
-        self.on_unknown_tool = None        # (id, params) -> True if it will answer the call itself
+        self.timeout_result = None         # the hooks: see the class docstring
+        self.on_cancelled = None
+        self.on_exception = None
+        self.on_protocol_error = None
+        self.on_client_response = None
+        self.on_unknown_tool = None
         self._line = None                  # the line being handled
         self.batches = False               # JSON-RPC batches accepted (the 2025-03-26 revision has them)
         self._batch = None                 # the Batch whose messages are being dispatched
@@ -610,6 +623,8 @@ class Dispatcher:
         ``outcome`` is what the client gets: a result, an RpcError, or None for
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
+        if type(req) is not Request:
+            raise TypeError(f"req must be a Request, not {type(req).__name__}")
         if type(state) is not int:
             raise TypeError(f"state must be an int (a STATE_*), not {type(state).__name__}")
         if not self._close(req, state):

@@ -110,6 +110,8 @@ cdef class InFlightTable:
 
     cpdef bint close(self, Request req, int state) except -1:
         """Take ``req`` out with its final state; False if it had already left."""
+        if req is None:
+            raise TypeError("req must be a Request, not NoneType")
         if not STATE_RUNNING < state < N_STATES:
             raise ValueError(f"not an end state: {state!r}")
         if req.state != STATE_RUNNING:
@@ -131,6 +133,8 @@ cdef class InFlightTable:
 
     cpdef arm(self, Request req, object timeout):
         """Give ``req`` a deadline ``timeout`` seconds from its start."""
+        if req is None:
+            raise TypeError("req must be a Request, not NoneType")
         if timeout is None or timeout <= 0:
             return
         cdef double deadline = req.start + <double>timeout

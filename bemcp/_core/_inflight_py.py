@@ -104,6 +104,8 @@ class InFlightTable:
 
     def close(self, req, state):
         """Take ``req`` out with its final state; False if it had already left."""
+        if type(req) is not Request:
+            raise TypeError(f"req must be a Request, not {type(req).__name__}")
         if not STATE_RUNNING < state < N_STATES:
             raise ValueError(f"not an end state: {state!r}")
         if req.state != STATE_RUNNING:
@@ -125,6 +127,8 @@ class InFlightTable:
 
     def arm(self, req, timeout):
         """Give ``req`` a deadline ``timeout`` seconds from its start."""
+        if type(req) is not Request:
+            raise TypeError(f"req must be a Request, not {type(req).__name__}")
         if timeout is None or timeout <= 0:
             return
         deadline = req.start + timeout
