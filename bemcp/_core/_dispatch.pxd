@@ -26,6 +26,20 @@ cdef class Batch:
     cdef bint sealed         # all its messages have been dispatched
 
 
+cdef class _FinishedCalls:
+    cdef FinishedRow* rows
+    cdef Py_ssize_t count
+    cdef Py_ssize_t rows_cap
+    cdef char* text              # their request lines, comma-separated
+    cdef Py_ssize_t text_len
+    cdef Py_ssize_t text_cap
+    cdef list details            # (row, request.detail) where the tool reported one
+
+    cdef add(self, Request req, Py_ssize_t sent)
+    cdef clear(self)
+    cdef take(self)
+
+
 cdef class Dispatcher:
     cdef public object loop
     cdef public object write
@@ -57,14 +71,8 @@ cdef class Dispatcher:
     cdef public bint batches     # JSON-RPC batches accepted (the 2025-03-26 revision has them)
     cdef Batch _batch            # the Batch whose messages are being dispatched
     cdef list _ready             # batches whose every answer is in, to go out at the next flush
-    cdef bint _keeping
-    cdef FinishedRow* _rows
-    cdef Py_ssize_t _nrows
-    cdef Py_ssize_t _rows_cap
-    cdef char* _row_text
-    cdef Py_ssize_t _row_text_len
-    cdef Py_ssize_t _row_text_cap
-    cdef list _row_details
+    cdef bint _keeping           # keep a row per finished tool call (for the logs)
+    cdef _FinishedCalls _calls
     cdef list _out
     cdef bint _reading
     cdef object _flush_handle
@@ -108,7 +116,6 @@ cdef class Dispatcher:
     cdef inline _join_batch(self, Request req)
     cdef _respond(self, Batch batch, bytes data)
     cdef _batch_ready(self, Batch batch)
-    cdef _finished(self, Request req, Py_ssize_t sent)
     cdef _emit(self, bytes data)
     cpdef flush_soon(self)
     cpdef flush(self)

@@ -114,6 +114,75 @@ cdef class Batch:
         self.sealed = False
 
 
+cdef class _FinishedCalls:
+    """Finished tool calls kept for tasks.log until the logs take them: a FinishedRow
+    and a copy of the request line each, in C buffers reused from tick to tick, so
+    keeping thousands of rows until the logs' next tick costs no allocation per call."""
+
+    def __cinit__(self):
+        self.details = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.rows)
+        PyMem_Free(self.text)
+
+    cdef add(self, Request req, Py_ssize_t sent):
+        cdef FinishedRow* row
+        cdef Py_ssize_t cap, size
+        cdef char* text
+        if req.tool is None:
+            return
+        line = req.line
+        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
+            line = dumps({"id": req.id, "params": req.params})
+        size = len(<bytes>line) + 1   # with the comma before it
+        if self.count == self.rows_cap:
+            cap = max(1024, 2 * self.rows_cap)
+            row = <FinishedRow*>PyMem_Realloc(self.rows, cap * sizeof(FinishedRow))
+            if row == NULL:
+                raise MemoryError()
+            self.rows = row
+            self.rows_cap = cap
+        if self.text_len + size > self.text_cap:
+            cap = max(65536, 2 * self.text_cap, self.text_len + size)
+            text = <char*>PyMem_Realloc(self.text, cap)
+            if text == NULL:
+                raise MemoryError()
+            self.text = text
+            self.text_cap = cap
+        if self.count:
+            self.text[self.text_len] = c","
+            self.text_len += 1
+        memcpy(self.text + self.text_len, PyBytes_AS_STRING(line), size - 1)
+        self.text_len += size - 1
+        row = &self.rows[self.count]
+        row.start = req.start
+        row.end = req.end
+        row.state = req.state
+        row.size = req.size
+        row.sent = sent
+        if req.detail is not None:
+            self.details.append((self.count, req.detail))
+        self.count += 1
+
+    cdef clear(self):
+        self.count = 0
+        self.text_len = 0
+        self.details = []
+
+    cdef take(self):
+        if self.count == 0:
+            return None
+        taken = (self.count, PyBytes_FromStringAndSize(<char*>self.rows, self.count * sizeof(FinishedRow)),
+                 PyBytes_FromStringAndSize(self.text, self.text_len), self.details)
+        self.clear()
+        if self.text_cap > _KEEP_TEXT:   # a huge request passed: do not hold its size
+            PyMem_Free(self.text)
+            self.text = NULL
+            self.text_cap = 0
+        return taken
+
+
 cdef class Dispatcher:
     """Routes each incoming message and writes the answers, coalesced.
 
@@ -159,13 +228,7 @@ cdef class Dispatcher:
         self._batch = None
         self._ready = []
         self._keeping = False
-        self._rows = NULL
-        self._nrows = 0
-        self._rows_cap = 0
-        self._row_text = NULL
-        self._row_text_len = 0
-        self._row_text_cap = 0
-        self._row_details = []
+        self._calls = _FinishedCalls()
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -432,14 +495,14 @@ cdef class Dispatcher:
             self._close(req, STATE_REJECTED)
             sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self._close(req, STATE_REJECTED)
                 sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
-                    self._finished(req, sent)
+                    self._calls.add(req, sent)
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
@@ -620,7 +683,7 @@ cdef class Dispatcher:
             return
         if req.on_outcome is not None:
             if self._keeping:
-                self._finished(req, -1)
+                self._calls.add(req, -1)
             req.on_outcome(result, None)
             return
         try:
@@ -628,7 +691,7 @@ cdef class Dispatcher:
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
-            self._finished(req, len(data))
+            self._calls.add(req, len(data))
         self._respond(req.batch, data)
 
     cdef _answer_error(self, Request req, object exc):
@@ -639,7 +702,7 @@ cdef class Dispatcher:
             else:
                 sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
 
     cdef _fail(self, Request req, object exc):
         if self.on_exception is not None:
@@ -685,7 +748,7 @@ cdef class Dispatcher:
             sent = len(data)
             self._respond(req.batch, data)
         if self._keeping:
-            self._finished(req, sent)
+            self._calls.add(req, sent)
         self._cancel_task(req)
         self.flush_soon()
         return True
@@ -748,76 +811,17 @@ cdef class Dispatcher:
         """Start (or stop) keeping a row per finished tool call for ``take_finished``."""
         self._keeping = on
         if not on:
-            self._nrows = 0
-            self._row_text_len = 0
-            self._row_details = []
+            self._calls.clear()
 
     def take_finished(self):
         """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
 
         ``records``: ``count`` FinishedRow structs (start, end, state, bytes in, bytes
-        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's request
-        line, comma-separated (the body of a JSON array); ``details``: ``(row,
+        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's
+        request line, comma-separated (the body of a JSON array); ``details``: ``(row,
         request.detail)`` for the rows whose tool reported one.
         """
-        if self._nrows == 0:
-            return None
-        taken = (self._nrows, PyBytes_FromStringAndSize(<char*>self._rows, self._nrows * sizeof(FinishedRow)),
-                 PyBytes_FromStringAndSize(self._row_text, self._row_text_len), self._row_details)
-        self._nrows = 0
-        self._row_text_len = 0
-        self._row_details = []
-        if self._row_text_cap > _KEEP_TEXT:   # a huge request passed: do not hold its size
-            PyMem_Free(self._row_text)
-            self._row_text = NULL
-            self._row_text_cap = 0
-        return taken
-
-    cdef _finished(self, Request req, Py_ssize_t sent):
-        # A fixed-size record and a copy of the request line, both in C buffers reused
-        # from tick to tick: no Python object is made or kept per call, so keeping
-        # thousands of rows until the logs' next tick costs no allocation at all.
-        cdef FinishedRow* row
-        cdef Py_ssize_t cap, size
-        cdef char* text
-        if req.tool is None:
-            return
-        line = req.line
-        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
-            line = dumps({"id": req.id, "params": req.params})
-        size = len(<bytes>line) + 1   # with the comma before it
-        if self._nrows == self._rows_cap:
-            cap = max(1024, 2 * self._rows_cap)
-            row = <FinishedRow*>PyMem_Realloc(self._rows, cap * sizeof(FinishedRow))
-            if row == NULL:
-                raise MemoryError()
-            self._rows = row
-            self._rows_cap = cap
-        if self._row_text_len + size > self._row_text_cap:
-            cap = max(65536, 2 * self._row_text_cap, self._row_text_len + size)
-            text = <char*>PyMem_Realloc(self._row_text, cap)
-            if text == NULL:
-                raise MemoryError()
-            self._row_text = text
-            self._row_text_cap = cap
-        if self._nrows:
-            self._row_text[self._row_text_len] = 44   # ","
-            self._row_text_len += 1
-        memcpy(self._row_text + self._row_text_len, PyBytes_AS_STRING(line), size - 1)
-        self._row_text_len += size - 1
-        row = &self._rows[self._nrows]
-        row.start = req.start
-        row.end = req.end
-        row.state = req.state
-        row.size = req.size
-        row.sent = sent
-        if req.detail is not None:
-            self._row_details.append((self._nrows, req.detail))
-        self._nrows += 1
-
-    def __dealloc__(self):
-        PyMem_Free(self._rows)
-        PyMem_Free(self._row_text)
+        return self._calls.take()
 
     # -- requests to the peer ------------------------------------------------------
 

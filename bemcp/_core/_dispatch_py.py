@@ -102,6 +102,44 @@ class Batch:
         self.sealed = False     # all its messages have been dispatched
 
 
+class _FinishedCalls:
+    """Finished tool calls kept for tasks.log until the logs take them: a FINISHED_ROW
+    record and a copy of the request line each (the compiled twin keeps both in C
+    buffers reused from tick to tick: no object per call)."""
+
+    __slots__ = ("rows", "text", "details")
+
+    def __init__(self):
+        self.rows = bytearray()     # FINISHED_ROW records
+        self.text = bytearray()     # their request lines, comma-separated
+        self.details = []           # (row, request.detail) where the tool reported one
+
+    def add(self, req, sent):
+        if req.tool is None:
+            return
+        if req.detail is not None:
+            self.details.append((len(self.rows) // FINISHED_ROW.size, req.detail))
+        self.rows += FINISHED_ROW.pack(req.start, req.end, req.state, req.size, sent)
+        line = req.line
+        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
+            line = dumps({"id": req.id, "params": req.params})
+        if self.text:
+            self.text += b","
+        self.text += line
+
+    def clear(self):
+        self.rows = bytearray()
+        self.text = bytearray()
+        self.details = []
+
+    def take(self):
+        if not self.rows:
+            return None
+        taken = (len(self.rows) // FINISHED_ROW.size, bytes(self.rows), bytes(self.text), self.details)
+        self.clear()
+        return taken
+
+
 class Dispatcher:
     """Routes each incoming message and writes the answers, coalesced.
 
@@ -146,9 +184,7 @@ class Dispatcher:
         self._batch = None                 # the Batch whose messages are being dispatched
         self._ready = []                   # batches whose every answer is in, to go out at the next flush
         self._keeping = False              # keep a row per finished tool call (for the logs)
-        self._rows = bytearray()           # FINISHED_ROW records
-        self._row_text = bytearray()       # their request lines, comma-separated
-        self._row_details = []
+        self._calls = _FinishedCalls()
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -392,14 +428,14 @@ class Dispatcher:
             self._close(req, STATE_REJECTED)
             sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self._close(req, STATE_REJECTED)
                 sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
-                    self._finished(req, sent)
+                    self._calls.add(req, sent)
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
@@ -576,7 +612,7 @@ class Dispatcher:
             return
         if req.on_outcome is not None:
             if self._keeping:
-                self._finished(req, -1)
+                self._calls.add(req, -1)
             req.on_outcome(result, None)
             return
         try:
@@ -584,7 +620,7 @@ class Dispatcher:
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
-            self._finished(req, len(data))
+            self._calls.add(req, len(data))
         self._respond(req.batch, data)
 
     def _answer_error(self, req, exc):
@@ -595,7 +631,7 @@ class Dispatcher:
             else:
                 sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
 
     def _fail(self, req, exc):
         if self.on_exception is not None:
@@ -641,7 +677,7 @@ class Dispatcher:
             sent = len(data)
             self._respond(req.batch, data)
         if self._keeping:
-            self._finished(req, sent)
+            self._calls.add(req, sent)
         self._cancel_task(req)
         self.flush_soon()
         return True
@@ -704,40 +740,17 @@ class Dispatcher:
         """Start (or stop) keeping a row per finished tool call for ``take_finished``."""
         self._keeping = bool(on)
         if not on:
-            self._rows = bytearray()
-            self._row_text = bytearray()
-            self._row_details = []
+            self._calls.clear()
 
     def take_finished(self):
         """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
 
         ``records``: ``count`` FINISHED_ROW records (start, end, state, bytes in, bytes
-        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's request
-        line, comma-separated (the body of a JSON array); ``details``: ``(row,
+        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's
+        request line, comma-separated (the body of a JSON array); ``details``: ``(row,
         request.detail)`` for the rows whose tool reported one.
         """
-        if not self._rows:
-            return None
-        taken = (len(self._rows) // FINISHED_ROW.size, bytes(self._rows), bytes(self._row_text), self._row_details)
-        self._rows = bytearray()
-        self._row_text = bytearray()
-        self._row_details = []
-        return taken
-
-    def _finished(self, req, sent):
-        # A fixed-size record and a copy of the request line (the compiled twin keeps
-        # both in C buffers reused from tick to tick: no object per call).
-        if req.tool is None:
-            return
-        if req.detail is not None:
-            self._row_details.append((len(self._rows) // FINISHED_ROW.size, req.detail))
-        self._rows += FINISHED_ROW.pack(req.start, req.end, req.state, req.size, sent)
-        line = req.line
-        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
-            line = dumps({"id": req.id, "params": req.params})
-        if self._row_text:
-            self._row_text += b","
-        self._row_text += line
+        return self._calls.take()
 
     # -- requests to the peer ------------------------------------------------------
 
