@@ -351,6 +351,7 @@ cdef class Dispatcher:
         method = m.get("method")
         cdef bint has_id = "id" in m
         id = m.get("id")
+        # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
         if has_id and not (type(id) is str or type(id) is int or type(id) is float):
             self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or a number")
             return

@@ -253,6 +253,11 @@ class Dispatcher:
         """How many messages have come in."""
         return self._received
 
+    @property
+    def recent(self):
+        """(time, method, id, size) of the last messages in, oldest first."""
+        return list(self._recent)
+
     def handle_message(self, msg):
         if type(msg) is list and self.batches:
             self._batch_messages(msg)
@@ -291,7 +296,8 @@ class Dispatcher:
         method = msg.get("method")
         has_id = "id" in msg
         id = msg.get("id")
-        if has_id and not _valid_id(id):
+        # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
+        if has_id and not (type(id) is str or type(id) is int or type(id) is float):
             self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or a number")
             return
         if method is None:
@@ -555,11 +561,6 @@ class Dispatcher:
         self._send_error(recover_id(item.head), INVALID_REQUEST,
                          f"Message of {item.size} bytes exceeds the limit of {self.framer.max_size} bytes",
                          {"size": item.size, "limit": self.framer.max_size})
-
-    @property
-    def recent(self):
-        """(time, method, id, size) of the last messages in, oldest first."""
-        return list(self._recent)
 
     # -- ending requests ------------------------------------------------------
 
@@ -843,12 +844,6 @@ class Dispatcher:
         for future in list(self._asked.values()):
             if not future.done():
                 future.set_exception(RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
-
-
-def _valid_id(id):
-    # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
-    t = type(id)
-    return t is str or t is int or t is float
 
 
 def _batch_bytes(lines):
