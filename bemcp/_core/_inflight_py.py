@@ -6,7 +6,7 @@ one timer handle, so a request costs a heap push, never a timer of its own.
 """
 
 import heapq
-from time import monotonic
+from time import monotonic as now   # the clock the compiled twin reads in C
 
 from ..errors import INVALID_REQUEST, RpcError
 from ._consts import STATE_NAMES, STATE_RUNNING
@@ -98,7 +98,7 @@ class InFlightTable:
     def open(self, id, method, tool, params):
         if id in self.requests:
             raise RpcError(INVALID_REQUEST, f"request id {id!r} is already in flight")
-        req = Request(id, method, tool, params, monotonic())
+        req = Request(id, method, tool, params, now())
         self.requests[id] = req
         return req
 
@@ -111,7 +111,7 @@ class InFlightTable:
         if req.state != STATE_RUNNING:
             return False
         req.state = state
-        req.end = monotonic()
+        req.end = now()
         del self.requests[req.id]
         self._counts[state] += 1
         if req._entry is not None:
@@ -145,13 +145,13 @@ class InFlightTable:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self.loop.call_later(max(0.0, when - monotonic()), self._on_timer)
+        self._timer = self.loop.call_later(max(0.0, when - now()), self._on_timer)
 
     def _on_timer(self):
         self._timer = None
-        now = monotonic()
+        t = now()
         heap = self._heap
-        while heap and heap[0].at <= now:
+        while heap and heap[0].at <= t:
             req = heapq.heappop(heap).req
             if req is None:
                 self._stale -= 1
@@ -173,15 +173,15 @@ class InFlightTable:
 
     def snapshot(self):
         """The in-flight requests as plain dicts, oldest first."""
-        now = monotonic()
+        t = now()
         rows = []
         for req in sorted(self.requests.values(), key=lambda r: r.start):
             rows.append({
                 "id": req.id,
                 "method": req.method,
                 "tool": req.tool,
-                "age_s": round(now - req.start, 3),
-                "deadline_in_s": round(req.deadline - now, 3) if req.armed else None,
+                "age_s": round(t - req.start, 3),
+                "deadline_in_s": round(req.deadline - t, 3) if req.armed else None,
                 "async": req.task is not None,
             })
         return rows
