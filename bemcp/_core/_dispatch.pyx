@@ -487,7 +487,7 @@ cdef class Dispatcher:
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
             req.size = len(self._line)
-            if req.size == 0 or (<bytes>self._line)[req.size - 1] != 10:
+            if req.size == 0 or (<bytes>self._line)[req.size - 1] != c'\n':
                 req.size += 1
             if self._keeping:
                 req.line = self._line
