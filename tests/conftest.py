@@ -40,7 +40,9 @@ LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 def pytest_asyncio_loop_factories(config, item):
     """The core's contract tests run on both loops; other async tests on asyncio's."""
-    return LOOPS if "core" in getattr(item, "fixturenames", ()) else None
+    if "core" in getattr(item, "fixturenames", ()):
+        return LOOPS
+    return {"asyncio": LOOPS["asyncio"]}
 
 
 @pytest_asyncio.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])
