@@ -32,6 +32,15 @@ class Wire:
         self.d.on_exception = lambda req, exc: self.exceptions.append((req, exc))
         self._seen = 0
 
+    def gated(self, method):
+        """Register ``method``: an async handler answering with what the returned future gets."""
+        gate = self.loop.create_future()
+
+        async def handler(params, req):
+            return await gate
+        self.d.methods[method] = handler
+        return gate
+
     def send(self, *messages):
         self.d.feed(b"".join(m if type(m) is bytes else orjson.dumps(m) + b"\n" for m in messages))
 
@@ -366,11 +375,7 @@ async def test_handler_results_errors_and_crashes(core):
 
 async def test_async_handler_is_answered_from_a_task(core):
     w = Wire(core)
-    gate = asyncio.get_running_loop().create_future()
-
-    async def slow(params, req):
-        return await gate
-    w.d.methods["slow"] = slow
+    gate = w.gated("slow")
     w.send(request(1, "slow"), request(2, "ping"))
     # The slow request does not hold up the next one.
     assert [m["id"] for m in w.out] == [2]
@@ -383,11 +388,7 @@ async def test_async_handler_is_answered_from_a_task(core):
 
 async def test_duplicate_id_in_flight_is_refused_and_the_first_still_answers(core):
     w = Wire(core)
-    gate = asyncio.get_running_loop().create_future()
-
-    async def slow(params, req):
-        return await gate
-    w.d.methods["slow"] = slow
+    gate = w.gated("slow")
     w.send(request("dup", "slow"), request("dup", "ping"))
     (refused,) = w.new()
     assert refused["id"] == "dup" and refused["error"]["code"] == INVALID_REQUEST
