@@ -831,7 +831,7 @@ async def test_finished_tool_calls_are_kept_for_the_logs_as_records_and_lines(co
     assert bytes_in == len(orjson.dumps(call(5, "note", {"x": [1]}))) + 1   # alone in its read
     assert sent["params"] == {"name": "note", "arguments": {"x": [1]}}
     assert details == [(2, {"exit_code": 3})]
-    # Work started from Python (an MCP task) reports to its sink: a line of the same
+    # Work started from Python (an MCP task) reports to its on_outcome callback: a line of the same
     # shape stands in for the one never read, and no bytes are counted.
     outcomes = []
     w.d.begin_tool(6, "note", {"name": "note"}, lambda result, error: outcomes.append(result))
