@@ -97,6 +97,7 @@ cdef class Dispatcher:
     cdef Py_ssize_t _reject(self, object id, object on_outcome, object exc) except -2
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
+    cdef _tool_raised(self, Request req, ToolSlot slot, object exc)
     cdef _tool_outcome(self, Request req, object make, object arg)
     cdef _notification(self, str method, object params)
     cdef _response(self, object id, dict msg)

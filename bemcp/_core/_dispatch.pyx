@@ -522,11 +522,8 @@ cdef class Dispatcher:
         self.active += 1
         try:
             result = slot.call(args, req)
-        except RpcError as exc:
-            self._answer_error(req, exc)
-            return
         except Exception as exc:
-            self._tool_outcome(req, slot.fail, exc)
+            self._tool_raised(req, slot, exc)
             return
         self._settle(req, result, slot, timeout)
 
@@ -539,11 +536,8 @@ cdef class Dispatcher:
                 # Fast path: step the coroutine here; most finish without waiting.
                 try:
                     status = PyIter_Send(result, None, &sent)
-                except RpcError as exc:
-                    self._answer_error(req, exc)
-                    return
                 except Exception as exc:
-                    self._tool_outcome(req, slot.fail, exc)
+                    self._tool_raised(req, slot, exc)
                     return
                 value = <object>sent
                 Py_XDECREF(sent)
@@ -595,6 +589,13 @@ cdef class Dispatcher:
         else:
             # CancelledError raised inside the work (a stopped thread), SystemExit, ...
             self._fail(req, exc)
+
+    cdef _tool_raised(self, Request req, ToolSlot slot, object exc):
+        """A tool raised ``exc``: an RpcError is its answer; anything else goes to its fail()."""
+        if isinstance(exc, RpcError):
+            self._answer_error(req, exc)
+        else:
+            self._tool_outcome(req, slot.fail, exc)
 
     cdef _tool_outcome(self, Request req, object make, object arg):
         """Answer with ``make(arg, req)``: a slot's finish(value) or fail(exc)."""

@@ -461,11 +461,8 @@ class Dispatcher:
         self.active += 1
         try:
             result = slot.call(args, req)
-        except RpcError as exc:
-            self._answer_error(req, exc)
-            return
         except Exception as exc:
-            self._tool_outcome(req, slot.fail, exc)
+            self._tool_raised(req, slot, exc)
             return
         self._settle(req, result, slot, timeout)
 
@@ -479,11 +476,8 @@ class Dispatcher:
                 except StopIteration as stop:
                     self._tool_outcome(req, slot.finish, stop.value)
                     return
-                except RpcError as exc:
-                    self._answer_error(req, exc)
-                    return
                 except Exception as exc:
-                    self._tool_outcome(req, slot.fail, exc)
+                    self._tool_raised(req, slot, exc)
                     return
                 result = _Resume(result, pending)
         elif not hasattr(result, "__await__"):
@@ -530,6 +524,13 @@ class Dispatcher:
         else:
             # CancelledError raised inside the work (a stopped thread), SystemExit, ...
             self._fail(req, exc)
+
+    def _tool_raised(self, req, slot, exc):
+        """A tool raised ``exc``: an RpcError is its answer; anything else goes to its fail()."""
+        if isinstance(exc, RpcError):
+            self._answer_error(req, exc)
+        else:
+            self._tool_outcome(req, slot.fail, exc)
 
     def _tool_outcome(self, req, make, arg):
         """Answer with ``make(arg, req)``: a slot's finish(value) or fail(exc)."""
