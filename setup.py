@@ -2,6 +2,7 @@
 
 BEMCP_DEBUG=1 builds with -O0 -g, line tracing, annotated HTML and the BEMCP_DEBUG macro.
 """
+import importlib.util
 import os
 import platform
 import sys
@@ -11,25 +12,37 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DEBUG = bool(os.environ.get("BEMCP_DEBUG"))
-MODULES = ["_framing", "_watchdog", "_dispatch", "_protocol", "_tasklog"]
 
-extensions = [
-    Extension(
-        f"bemcp._core.{name}",
-        [f"bemcp/_core/{name}.pyx"],
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
-        define_macros=[("BEMCP_DEBUG", "1"), ("CYTHON_TRACE", "1")] if DEBUG else [],
+
+def _load(path):
+    # A module of the package by its path: the package itself cannot be imported before it is built.
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_sources = _load("bemcp/_core/_sources.py")
+# The core's export list names the compiled modules.
+MODULES = _load("bemcp/_core/_consts.py").MODULES
+
+extensions = []
+for name in MODULES:
+    extensions += cythonize(
+        [Extension(
+            f"bemcp._core.{name}",
+            [f"bemcp/_core/{name}.pyx"],
+            extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+            define_macros=[("BEMCP_DEBUG", "1"), ("CYTHON_TRACE", "1")] if DEBUG else [],
+        )],
+        language_level=3,
+        annotate=DEBUG,
+        # A debug build must never reuse a release .c (and the reverse).
+        force=DEBUG,
+        compiler_directives={"linetrace": DEBUG, "embedsignature": True},
+        # Each module carries the hash of its sources: the tests name a stale build.
+        compile_time_env={"BEMCP_SOURCE_HASH": _sources.source_hash(name)},
     )
-    for name in MODULES
-]
-extensions = cythonize(
-    extensions,
-    language_level=3,
-    annotate=DEBUG,
-    # A debug build must never reuse a release .c (and the reverse).
-    force=DEBUG,
-    compiler_directives={"linetrace": DEBUG, "embedsignature": True},
-)
 # The sandbox's spawner (plain C; it shares bemcp/security/confine.h with the exec helper).
 SANDBOX_MACHINES = ("x86_64", "amd64", "aarch64", "arm64")
 if sys.platform.startswith("linux") and platform.machine().lower() in SANDBOX_MACHINES:

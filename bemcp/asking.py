@@ -22,7 +22,7 @@ import time
 from orjson import OPT_SORT_KEYS, dumps, loads
 
 from ._core import RpcError
-from ._core._errors import INVALID_PARAMS, MISSING_CLIENT_CAPABILITY
+from .errors import INVALID_PARAMS, MISSING_CLIENT_CAPABILITY
 from .revisions import CLIENT_CAPABILITIES_KEY, VERSION_KEY
 from .tools import NeedInput, ToolError
 
@@ -149,7 +149,7 @@ class Asker:
     # -- 2026-07-28: multi round-trip requests ----------------------------------------------
 
     async def _ask_in_rounds(self, method, params, key):
-        if self.req.sink is not None:
+        if self.req.on_outcome is not None:
             # A task's work has no request of its own to answer input_required on.
             raise ToolError(f"{method}: asking the client from a 2026-07-28 task is not supported")
         answers = self.answers()

@@ -24,7 +24,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from ._core import trim_allocator
+from ._os import trim_allocator
 
 log = logging.getLogger("bemcp.plugins")
 

@@ -5,7 +5,7 @@ import logging
 import re
 
 from ._core import RpcError
-from ._core._errors import INVALID_PARAMS
+from .errors import INVALID_PARAMS
 from .tools import Content, Context, parse_docstring, text
 
 

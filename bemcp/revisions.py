@@ -1,6 +1,6 @@
 """MCP protocol revisions (both eras) and the reserved `_meta` keys of 2026-07-28."""
 
-from ._core._errors import UNSUPPORTED_PROTOCOL_VERSION, RpcError
+from .errors import UNSUPPORTED_PROTOCOL_VERSION, RpcError
 
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)

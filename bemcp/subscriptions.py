@@ -10,7 +10,7 @@
 """
 
 from ._core import RpcError
-from ._core._errors import INVALID_PARAMS
+from .errors import INVALID_PARAMS
 from .revisions import request_version
 
 SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"

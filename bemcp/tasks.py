@@ -19,7 +19,7 @@ import os
 from time import monotonic
 
 from ._core import STATE_CANCELLED, RpcError
-from ._core._errors import (INVALID_PARAMS, METHOD_NOT_FOUND,
+from .errors import (INVALID_PARAMS, METHOD_NOT_FOUND,
                             MISSING_CLIENT_CAPABILITY, SERVER_BUSY)
 from .revisions import CLIENT_CAPABILITIES_KEY, TASKS_EXTENSION, request_version
 

@@ -25,9 +25,10 @@ import threading
 import traceback
 from time import monotonic
 
-from ._core import STATE_KILLED, STATE_NAMES, RpcError, interrupt_thread, trim_allocator
-from ._core._errors import SERVER_BUSY
 from . import procfs
+from ._core import STATE_KILLED, STATE_NAMES, RpcError
+from ._os import interrupt_thread, trim_allocator
+from .errors import SERVER_BUSY
 from .tools import ToolError, ToolInterrupted, note
 
 log = logging.getLogger("bemcp.watchdog")

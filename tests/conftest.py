@@ -1,7 +1,9 @@
 """Shared fixtures: the two twins of the core, spawned servers, and leak checks.
 
 - ``core``: the compiled core and its pure-Python twin, for contract tests that
-  import the twins explicitly (tests are the one place allowed to).
+  import the twins explicitly (tests are the one place allowed to). An async test
+  that takes it runs on both event loops, asyncio's and uvloop's, and must end
+  with no task left behind.
 - ``twin_env``: the environment that makes a spawned server run one twin; every
   end-to-end test that takes it runs against both.
 - ``spawn``: start a server on real pipes (``bemcp serve`` or a script under
@@ -9,57 +11,49 @@
 - an autouse check that each test leaves no child process and no open fd behind.
 """
 
+import asyncio
 import gc
-import importlib
 import os
 import subprocess
 import sys
 import time
-import types
 
 import psutil
 import pytest
+import pytest_asyncio
+import uvloop
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
+from _twins import load_core  # noqa: E402
 from stdio_client import ServerProcess  # noqa: E402
 
 SERVERS = os.path.join(TESTS, "servers")
 
 # -- the twins of the core, in-process ----------------------------------------------
 
-_CORE_MODULES = ("_dispatch", "_framing", "_watchdog", "_protocol", "_tasklog")
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-def load_core(kind):
-    """The core's modules for ``kind`` ("c": compiled, "py": the pure twins) as one namespace.
-
-    An ImportError of the compiled modules is an error, never a skip: a failed
-    build must not pass for a green suite.
-    """
-    suffix = "" if kind == "c" else "_py"
-    mods = {name: importlib.import_module(f"bemcp._core.{name}{suffix}") for name in _CORE_MODULES}
-    ns = types.SimpleNamespace(kind=kind, modules=mods)
-    for name in ("Dispatcher", "ToolSlot"):
-        setattr(ns, name, getattr(mods["_dispatch"], name))
-    for name in ("Framer", "Oversized", "HEAD_SIZE"):
-        setattr(ns, name, getattr(mods["_framing"], name))
-    for name in ("InFlightTable", "Request", "STATE_NAMES", "STATE_RUNNING", "STATE_OK", "STATE_ERROR",
-                 "STATE_TIMED_OUT", "STATE_CANCELLED", "STATE_KILLED", "STATE_REJECTED"):
-        setattr(ns, name, getattr(mods["_watchdog"], name))
-    for name in ("ReaderProtocol", "WriterProtocol"):
-        setattr(ns, name, getattr(mods["_protocol"], name))
-    for name in ("format_tasks", "digest", "TaskWriter"):
-        setattr(ns, name, getattr(mods["_tasklog"], name))
-    return ns
+def pytest_asyncio_loop_factories(config, item):
+    """The core's contract tests run on both loops; other async tests on asyncio's."""
+    if "core" in getattr(item, "fixturenames", ()):
+        return LOOPS
+    return {"asyncio": LOOPS["asyncio"]}
 
 
-@pytest.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])
-def core(request):
+@pytest_asyncio.fixture(params=[pytest.param("c", marks=pytest.mark.compiled), "py"])
+async def core(request):
     """Both twins of the core: the compiled modules ("c") and the pure-Python ones ("py")."""
-    return load_core(request.param)
+    yield load_core(request.param)
+    # Every test ends with no task left behind (a request's work always ends).
+    for _ in range(10):
+        await asyncio.sleep(0)
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not left, left
 
 
 # -- spawned servers, both twins --------------------------------------------------------

@@ -3,6 +3,8 @@
 import orjson
 import pytest
 
+from _twins import load_core
+
 
 def messages(items):
     """Framed items as parsed JSON (a fast path may hand back the line with its newline)."""
@@ -127,9 +129,9 @@ def test_oversized_then_partial_then_whole(core):
     assert messages(out[1:]) == [{"id": 2}]
 
 
+@pytest.mark.compiled
 def test_twins_frame_identically():
     # The same stream, cut the same way, gives the same items from both twins.
-    from conftest import load_core
     stream = (b'{"id":1}\n\n{"id":2,"s":"' + b"x" * 300 + b'"}\r\n{"id":3}\n' +
               b'{"id":4,"s":"' + b"y" * 5000 + b'"}\n{"id":5}')
     results = []

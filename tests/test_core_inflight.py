@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from bemcp._core._errors import INVALID_REQUEST, RpcError
+from _twins import load_core
+
+from bemcp.errors import INVALID_REQUEST, RpcError
 
 
 class FakeHandle:
@@ -200,8 +202,8 @@ def test_heap_is_compacted_when_finished_requests_pile_up(core):
     table.close_timer()
 
 
+@pytest.mark.compiled
 def test_twins_compact_alike():
-    from conftest import load_core
     sizes = []
     for kind in ("c", "py"):
         c = load_core(kind)

@@ -8,6 +8,7 @@ import time
 
 import orjson
 import pytest
+from _twins import load_core
 
 from bemcp.logs import default_log_dir
 from bemcp.logs.files import LogFiles, generations
@@ -84,8 +85,8 @@ LINES = [   # request lines as clients may write them: the twins must read them 
 ]
 
 
+@pytest.mark.compiled
 def test_both_twins_write_the_same_lines_for_odd_requests():
-    from conftest import load_core
     records = b"".join(RECORD.pack(1.0 + i, 1.0 + i + i * 0.0004999, i % 7, i * 10, i * 20 - 30)
                        for i in range(len(LINES)))
     payload = COUNT.pack(len(LINES)) + records + b",\n".join(LINES)

@@ -1,45 +1,42 @@
 """The compiled core, or its pure-Python twins.
 
 ``BEMCP_NO_EXTENSIONS=1`` (or a non-CPython interpreter) selects the twins.
-Nothing outside this package imports a twin directly.
+Nothing outside this package imports a twin directly; _consts.MODULES lists what
+each module exports.
 """
 
+import importlib
 import os
 import sys
 
-from ._errors import RpcError  # noqa: F401  (shared by both twins)
-
-# Request states, the same numbers in both twins.
-STATE_RUNNING, STATE_OK, STATE_ERROR, STATE_TIMED_OUT, STATE_CANCELLED, STATE_KILLED, STATE_REJECTED = range(7)
+from ..errors import RpcError  # noqa: F401  (shared by both twins)
+from ._consts import (FINISHED_ROW, LAZY, MODULES, STATE_CANCELLED, STATE_ERROR,  # noqa: F401
+                      STATE_KILLED, STATE_NAMES, STATE_OK, STATE_REJECTED, STATE_RUNNING,
+                      STATE_TIMED_OUT)
 
 NO_EXTENSIONS = bool(os.environ.get("BEMCP_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 USE_EXTENSIONS = False
 
+
+def _load(suffix):
+    return {name: getattr(importlib.import_module(f"{__name__}.{module}{suffix}"), name)
+            for module, names in MODULES.items() if module not in LAZY for name in names}
+
+
 if not NO_EXTENSIONS:
     try:
-        from ._dispatch import Dispatcher, ToolSlot
-        from ._framing import Framer, Oversized
-        from ._protocol import (ReaderProtocol, WriterProtocol, become_subreaper, trim_allocator,
-                                tune_allocator)
-        from ._watchdog import STATE_NAMES, InFlightTable, Request, interrupt_thread
+        globals().update(_load(""))
         USE_EXTENSIONS = True
     except ImportError:
         pass
 
 if not USE_EXTENSIONS:
-    from ._dispatch_py import Dispatcher, ToolSlot  # noqa: F401
-    from ._framing_py import Framer, Oversized  # noqa: F401
-    from ._protocol_py import (ReaderProtocol, WriterProtocol, become_subreaper,  # noqa: F401
-                               trim_allocator, tune_allocator)
-    from ._watchdog_py import STATE_NAMES, InFlightTable, Request, interrupt_thread  # noqa: F401
+    globals().update(_load("_py"))
 
 
 def __getattr__(name):
-    # tasks.log's writer loads when log files are on, not with the rest of the core.
-    if name in ("TaskWriter", "format_tasks", "digest"):
-        if USE_EXTENSIONS:
-            from . import _tasklog as tasklog
-        else:
-            from . import _tasklog_py as tasklog
-        return getattr(tasklog, name)
+    for module in LAZY:
+        if name in MODULES[module]:
+            suffix = "" if USE_EXTENSIONS else "_py"
+            return getattr(importlib.import_module(f"{__name__}.{module}{suffix}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

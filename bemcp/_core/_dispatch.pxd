@@ -1,5 +1,6 @@
+from ._consts cimport RECENT, FinishedRow
 from ._framing cimport Framer, Oversized
-from ._watchdog cimport InFlightTable, Request
+from ._inflight cimport InFlightTable, Request
 
 
 cdef class ToolSlot:
@@ -19,23 +20,24 @@ cdef class _Resume:
     cdef object pending
 
 
-cdef enum:
-    RECENT = 64
-
-
-# A finished tool call for tasks.log; bemcp.logs.writer.RECORD reads the same 40 bytes.
-cdef struct FinishedRow:
-    double start
-    double end
-    long long state
-    long long size
-    long long sent
-
-
 cdef class Batch:
     cdef list lines          # its answers, each a JSON line
     cdef Py_ssize_t open     # its requests not yet ended
     cdef bint sealed         # all its messages have been dispatched
+
+
+cdef class _FinishedCalls:
+    cdef FinishedRow* rows
+    cdef Py_ssize_t count
+    cdef Py_ssize_t rows_cap
+    cdef char* text              # their request lines, comma-separated
+    cdef Py_ssize_t text_len
+    cdef Py_ssize_t text_cap
+    cdef list details            # (row, request.detail) where the tool reported one
+
+    cdef add(self, Request req, Py_ssize_t sent)
+    cdef clear(self)
+    cdef take(self)
 
 
 cdef class Dispatcher:
@@ -58,24 +60,19 @@ cdef class Dispatcher:
     cdef list _recent_methods
     cdef list _recent_ids
     cdef Py_ssize_t _recent_pos
-    cdef public object timeout_result
-    cdef public object on_cancelled
-    cdef public object on_exception
-    cdef public object on_protocol_error
-    cdef public object on_client_response
-    cdef public object on_unknown_tool
+    # Hooks (None or a callable; the class docstring says when each is called).
+    cdef public object timeout_result      # (request) -> the outcome sent at its deadline
+    cdef public object on_cancelled        # (request) after its task was cancelled
+    cdef public object on_exception        # (request or None, exc) for crash reports
+    cdef public object on_protocol_error   # (kind, size) for malformed or oversized input
+    cdef public object on_client_response  # (message) for a response to no request of ours
+    cdef public object on_unknown_tool     # (id, params) -> True if it answers the call itself
     cdef object _line
     cdef public bint batches     # JSON-RPC batches accepted (the 2025-03-26 revision has them)
-    cdef object _batch           # the Batch whose messages are being dispatched
+    cdef Batch _batch            # the Batch whose messages are being dispatched
     cdef list _ready             # batches whose every answer is in, to go out at the next flush
-    cdef bint _keeping
-    cdef FinishedRow* _rows
-    cdef Py_ssize_t _nrows
-    cdef Py_ssize_t _rows_cap
-    cdef char* _row_text
-    cdef Py_ssize_t _row_text_len
-    cdef Py_ssize_t _row_text_cap
-    cdef list _row_details
+    cdef bint _keeping           # keep a row per finished tool call (for the logs)
+    cdef _FinishedCalls _calls
     cdef list _out
     cdef bint _reading
     cdef object _flush_handle
@@ -87,7 +84,7 @@ cdef class Dispatcher:
     cdef object _discard
     cdef object _done
 
-    cpdef feed(self, bytes data)
+    cpdef feed(self, object data)
     cpdef dispatch(self, object msg, object line=*)
     cpdef handle_line(self, object line)
     cdef inline void _remember(self, object method, object id, Py_ssize_t size)
@@ -96,10 +93,11 @@ cdef class Dispatcher:
     cdef _message(self, object msg)
     cdef _request(self, object id, str method, object params)
     cdef _call_tool(self, object id, object params)
-    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink)
-    cdef Py_ssize_t _reject(self, object id, object sink, object exc) except -2
+    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object on_outcome)
+    cdef Py_ssize_t _reject(self, object id, object on_outcome, object exc) except -2
     cdef _start_tool(self, Request req, ToolSlot slot, dict args, object timeout)
     cdef _settle(self, Request req, object result, ToolSlot slot, object timeout)
+    cdef _tool_raised(self, Request req, ToolSlot slot, object exc)
     cdef _tool_outcome(self, Request req, object make, object arg)
     cdef _notification(self, str method, object params)
     cdef _response(self, object id, dict msg)
@@ -111,12 +109,14 @@ cdef class Dispatcher:
     cdef _answer_error(self, Request req, object exc)
     cdef _fail(self, Request req, object exc)
     cdef _cancel_task(self, Request req)
-    cpdef bint stop(self, Request req, int state, object outcome=*) except -1
+    cdef str _busy_message(self, ToolSlot slot)
+    cdef dict _busy_data(self, ToolSlot slot)
+    cpdef bint stop(self, Request req, object state, object outcome=*) except -1
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=*) except -2
-    cdef Py_ssize_t _error_to(self, object batch, object id, int code, str message, object data) except -2
+    cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2
     cdef inline _join_batch(self, Request req)
-    cdef _respond(self, object batch, bytes data)
+    cdef _respond(self, Batch batch, bytes data)
     cdef _batch_ready(self, Batch batch)
-    cdef _finished(self, Request req, Py_ssize_t sent)
     cdef _emit(self, bytes data)
+    cpdef flush_soon(self)
     cpdef flush(self)

@@ -1,10 +1,12 @@
 # cython: language_level=3
 """JSON-RPC 2.0 dispatch (compiled; twin: _dispatch_py.py).
 
-Knows JSON-RPC, not MCP: method strings in, encoded responses out. The layer
-above registers method handlers ``handler(params, request)`` and tool slots;
-a handler returns a result, or an awaitable that becomes a task, so a slow
-request never holds up the next one.
+Method strings in, encoded responses out. The layer above registers method
+handlers ``handler(params, request)`` and tool slots; a handler returns a result,
+or an awaitable that becomes a task, so a slow request never holds up the next one.
+Of MCP it knows one method: ``tool_method`` ("tools/call") is a fast path straight
+to the named tool's slot, with its limits, queue and deadline. The rest of MCP
+lives in the layer above.
 """
 
 import asyncio
@@ -14,17 +16,19 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memcpy
-from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
+from operator import index
+import orjson
+from orjson import OPT_APPEND_NEWLINE, JSONDecodeError
 
-from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+from ..errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
+from ._consts cimport (HEAD_SIZE, RECENT, STATE_CANCELLED, STATE_ERROR,
+                       STATE_KILLED, STATE_OK, STATE_REJECTED, STATE_RUNNING,
+                       STATE_TIMED_OUT, FinishedRow)
 from ._framing cimport Framer, Oversized
-from ._framing import HEAD_SIZE
 from ._ids import recover_id
-from ._watchdog cimport (C_STATE_CANCELLED, C_STATE_ERROR, C_STATE_KILLED,
-                         C_STATE_OK, C_STATE_REJECTED, C_STATE_RUNNING,
-                         C_STATE_TIMED_OUT, InFlightTable, Request, now)
+from ._inflight cimport InFlightTable, Request, now
 
 
 cdef extern from "Python.h":
@@ -35,16 +39,12 @@ cdef extern from "Python.h":
 cdef int PYGEN_RETURN = 0
 
 # Python callables looked up once and kept in C slots.
-cdef object _loads = loads
-cdef object _dumps = dumps
-cdef object _JSONDecodeError = JSONDecodeError
+cdef object loads = orjson.loads
+cdef object dumps = orjson.dumps
 cdef object _CancelledError = asyncio.CancelledError
-cdef object _Future = asyncio.Future
-cdef object _ensure_future = asyncio.ensure_future
-cdef object _RpcError = RpcError
-cdef int _NL = OPT_APPEND_NEWLINE
 cdef Py_ssize_t _KEEP_TEXT = 1 << 20   # the finished rows' line buffer kept between ticks
-cdef str _JSONRPC = "2.0"
+
+SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
 
 
 cdef class ToolSlot:
@@ -58,14 +58,14 @@ cdef class ToolSlot:
     answered the request itself (the MCP layer uses it to start tasks).
     """
 
-    def __init__(self, name, call, finish, fail, eager=False, timeout=None, Py_ssize_t limit=0):
+    def __init__(self, name, call, finish, fail, eager=False, timeout=None, limit=0):
         self.name = name
         self.call = call
         self.finish = finish
         self.fail = fail
         self.eager = eager
         self.timeout = timeout
-        self.limit = limit
+        self.limit = 0 if limit is None else index(limit)   # 0 or None: no limit
         self.active = 0
         self.route = None
 
@@ -114,8 +114,89 @@ cdef class Batch:
         self.sealed = False
 
 
+cdef class _FinishedCalls:
+    """Finished tool calls kept for tasks.log until the logs take them: a FinishedRow
+    and a copy of the request line each, in C buffers reused from tick to tick, so
+    keeping thousands of rows until the logs' next tick costs no allocation per call."""
+
+    def __cinit__(self):
+        self.details = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.rows)
+        PyMem_Free(self.text)
+
+    cdef add(self, Request req, Py_ssize_t sent):
+        cdef FinishedRow* row
+        cdef Py_ssize_t cap, size
+        cdef char* text
+        if req.tool is None:
+            return
+        line = req.line
+        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
+            line = dumps({"id": req.id, "params": req.params})
+        size = len(<bytes>line) + 1   # with the comma before it
+        if self.count == self.rows_cap:
+            cap = max(1024, 2 * self.rows_cap)
+            row = <FinishedRow*>PyMem_Realloc(self.rows, cap * sizeof(FinishedRow))
+            if row == NULL:
+                raise MemoryError()
+            self.rows = row
+            self.rows_cap = cap
+        if self.text_len + size > self.text_cap:
+            cap = max(65536, 2 * self.text_cap, self.text_len + size)
+            text = <char*>PyMem_Realloc(self.text, cap)
+            if text == NULL:
+                raise MemoryError()
+            self.text = text
+            self.text_cap = cap
+        if self.count:
+            self.text[self.text_len] = c","
+            self.text_len += 1
+        memcpy(self.text + self.text_len, PyBytes_AS_STRING(line), size - 1)
+        self.text_len += size - 1
+        row = &self.rows[self.count]
+        row.start = req.start
+        row.end = req.end
+        row.state = req.state
+        row.size = req.size
+        row.sent = sent
+        if req.detail is not None:
+            self.details.append((self.count, req.detail))
+        self.count += 1
+
+    cdef clear(self):
+        self.count = 0
+        self.text_len = 0
+        self.details = []
+
+    cdef take(self):
+        if self.count == 0:
+            return None
+        taken = (self.count, PyBytes_FromStringAndSize(<char*>self.rows, self.count * sizeof(FinishedRow)),
+                 PyBytes_FromStringAndSize(self.text, self.text_len), self.details)
+        self.clear()
+        if self.text_cap > _KEEP_TEXT:   # a huge request passed: do not hold its size
+            PyMem_Free(self.text)
+            self.text = NULL
+            self.text_cap = 0
+        return taken
+
+
 cdef class Dispatcher:
-    """Routes each incoming message and writes the answers, coalesced."""
+    """Routes each incoming message and writes the answers, coalesced.
+
+    Hooks for the layer above, each None or a callable:
+
+    - ``timeout_result(request)``: what the client gets when a request's deadline
+      passes (a result, or raise RpcError); None: a REQUEST_TIMEOUT error.
+    - ``on_cancelled(request)``: a stopped request's task was just cancelled.
+    - ``on_exception(request or None, exc)``: a handler or tool raised (crash reports).
+    - ``on_protocol_error(kind, size)``: input that is "malformed" or "oversized".
+    - ``on_client_response(message)``: a response to no request of ours.
+    - ``on_unknown_tool(id, params)``: a tools/call for no registered tool; True if
+      the hook answers it itself (later, through ``hold()`` and ``call_tool()``).
+    """
 
     def __init__(self, loop, write=None, Py_ssize_t max_message_size=64 * 1024 * 1024):
         self.loop = loop
@@ -147,13 +228,7 @@ cdef class Dispatcher:
         self._batch = None
         self._ready = []
         self._keeping = False
-        self._rows = NULL
-        self._nrows = 0
-        self._rows_cap = 0
-        self._row_text = NULL
-        self._row_text_len = 0
-        self._row_text_cap = 0
-        self._row_details = []
+        self._calls = _FinishedCalls()
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -167,8 +242,10 @@ cdef class Dispatcher:
 
     # -- input -------------------------------------------------------------
 
-    cpdef feed(self, bytes data):
-        """Bytes from the transport: frame, dispatch, then write once."""
+    cpdef feed(self, object data):
+        """Bytes from the transport (any bytes-like object): frame, dispatch, then write once."""
+        if type(data) is not bytes:
+            data = bytes(data)
         self._reading = True
         try:
             for item in self.framer.feed(data):
@@ -194,8 +271,8 @@ cdef class Dispatcher:
 
     cpdef handle_line(self, object line):
         try:
-            msg = _loads(line)
-        except _JSONDecodeError as exc:
+            msg = loads(line)
+        except JSONDecodeError as exc:
             self._remember(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
@@ -250,7 +327,7 @@ cdef class Dispatcher:
         try:
             for msg in msgs:
                 # Each request's own bytes, for its bytes in and tasks.log.
-                self._line = _dumps(msg) if type(msg) is dict else None
+                self._line = dumps(msg) if type(msg) is dict else None
                 self._message(msg)
         finally:
             self._batch = None
@@ -274,6 +351,7 @@ cdef class Dispatcher:
         method = m.get("method")
         cdef bint has_id = "id" in m
         id = m.get("id")
+        # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
         if has_id and not (type(id) is str or type(id) is int or type(id) is float):
             self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or a number")
             return
@@ -283,7 +361,7 @@ cdef class Dispatcher:
                 return
             self._send_error(id, INVALID_REQUEST, "Invalid request: no method")
             return
-        if m.get("jsonrpc") != _JSONRPC:
+        if m.get("jsonrpc") != "2.0":
             self._send_error(id, INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
             return
         if type(method) is not str:
@@ -308,13 +386,13 @@ cdef class Dispatcher:
             return
         try:
             req = self.table.open(id, method, None, params)
-        except _RpcError as exc:
+        except RpcError as exc:
             self._send_error(id, exc.code, exc.message)
             return
         self._join_batch(req)
         try:
             result = handler(params, req)
-        except _RpcError as exc:
+        except RpcError as exc:
             self._answer_error(req, exc)
             return
         except Exception as exc:
@@ -338,7 +416,7 @@ cdef class Dispatcher:
             try:
                 if slot.route(id, params):
                     return
-            except _RpcError as exc:
+            except RpcError as exc:
                 self._send_error(id, exc.code, exc.message, exc.data)
                 return
             except Exception as exc:
@@ -348,7 +426,7 @@ cdef class Dispatcher:
                 return
         self._begin_tool(id, slot, <dict>params, None)
 
-    def call_tool(self, id, params, batch=None):
+    def call_tool(self, id, params, Batch batch=None):
         """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it).
 
         ``batch``: what ``hold()`` returned when it was deferred.
@@ -361,15 +439,15 @@ cdef class Dispatcher:
             self._call_tool(id, params)
         finally:
             self._batch = None
-        (<Batch>batch).open -= 1
-        if (<Batch>batch).open == 0:
-            self._batch_ready(<Batch>batch)
+        batch.open -= 1
+        if batch.open == 0:
+            self._batch_ready(batch)
 
     def hold(self):
         """The message being dispatched will be answered later: its batch (None if it is
         not in one) waits for it. Pass the batch back to ``call_tool``."""
         if self._batch is not None:
-            (<Batch>self._batch).open += 1
+            self._batch.open += 1
         return self._batch
 
     @property
@@ -377,64 +455,64 @@ cdef class Dispatcher:
         """True while the messages of a batch are being dispatched."""
         return self._batch is not None
 
-    def begin_tool(self, id, name, dict params, sink=None):
+    def begin_tool(self, id, name, dict params, on_outcome=None):
         """Run tool ``name`` for ``params`` as request ``id``.
 
-        With ``sink``, the outcome goes to ``sink(result, error)`` instead of the
+        With ``on_outcome``, the outcome goes to ``on_outcome(result, error)`` instead of the
         client (error an RpcError; both None if the call was cancelled).
         """
         found = self.tools.get(name)
         if found is None:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
             return
-        self._begin_tool(id, <ToolSlot>found, params, sink)
+        self._begin_tool(id, <ToolSlot>found, params, on_outcome)
 
-    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object sink):
+    cdef _begin_tool(self, object id, ToolSlot slot, dict params, object on_outcome):
         cdef Request req
         cdef Py_ssize_t sent
         args = params.get("arguments")
         if args is None:
             args = {}
         elif type(args) is not dict:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
             return
         try:
             req = self.table.open(id, self.tool_method, slot.name, params)
-        except _RpcError as exc:
-            self._reject(id, sink, exc)
+        except RpcError as exc:
+            self._reject(id, on_outcome, exc)
             return
-        req.sink = sink
-        if sink is None:
+        req.on_outcome = on_outcome
+        if on_outcome is None:
             self._join_batch(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
             req.size = len(self._line)
-            if req.size == 0 or (<bytes>self._line)[req.size - 1] != 10:
+            if req.size == 0 or (<bytes>self._line)[req.size - 1] != c'\n':
                 req.size += 1
             if self._keeping:
                 req.line = self._line
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
-            self._close(req, C_STATE_REJECTED)
-            sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            self._close(req, STATE_REJECTED)
+            sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
-                self._close(req, C_STATE_REJECTED)
-                sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                self._close(req, STATE_REJECTED)
+                sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
-                    self._finished(req, sent)
+                    self._calls.add(req, sent)
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
             return
         self._start_tool(req, slot, <dict>args, timeout)
 
-    cdef Py_ssize_t _reject(self, object id, object sink, object exc) except -2:
-        if sink is not None:
-            sink(None, exc)
+    cdef Py_ssize_t _reject(self, object id, object on_outcome, object exc) except -2:
+        if on_outcome is not None:
+            on_outcome(None, exc)
             return -1
         return self._send_error(id, exc.code, exc.message, exc.data)
 
@@ -444,11 +522,8 @@ cdef class Dispatcher:
         self.active += 1
         try:
             result = slot.call(args, req)
-        except _RpcError as exc:
-            self._answer_error(req, exc)
-            return
         except Exception as exc:
-            self._tool_outcome(req, slot.fail, exc)
+            self._tool_raised(req, slot, exc)
             return
         self._settle(req, result, slot, timeout)
 
@@ -461,11 +536,8 @@ cdef class Dispatcher:
                 # Fast path: step the coroutine here; most finish without waiting.
                 try:
                     status = PyIter_Send(result, None, &sent)
-                except _RpcError as exc:
-                    self._answer_error(req, exc)
-                    return
                 except Exception as exc:
-                    self._tool_outcome(req, slot.fail, exc)
+                    self._tool_raised(req, slot, exc)
                     return
                 value = <object>sent
                 Py_XDECREF(sent)
@@ -483,10 +555,10 @@ cdef class Dispatcher:
             self.table.arm(req, timeout)
         if PyCoro_CheckExact(result) or type(result) is _Resume:
             future = self.loop.create_task(result)
-        elif isinstance(result, _Future):
+        elif isinstance(result, asyncio.Future):
             future = result  # e.g. a sync tool's executor future: no task needed
         else:
-            future = _ensure_future(result, loop=self.loop)
+            future = asyncio.ensure_future(result, loop=self.loop)
         req.task = future
         self._pending[future] = req
         future.add_done_callback(self._done)
@@ -495,19 +567,19 @@ cdef class Dispatcher:
         cdef Request req = <Request>self._pending.pop(future)
         slot = req.slot  # None for method handlers
         if future.cancelled():
-            if req.state == C_STATE_RUNNING:
+            if req.state == STATE_RUNNING:
                 # Cancelled by neither the client nor a deadline: the server is stopping.
                 self._answer_error(req, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
             return
         exc = future.exception()  # retrieved in every case, so asyncio never warns about it
-        if req.state != C_STATE_RUNNING:
+        if req.state != STATE_RUNNING:
             return  # already answered (timed out, cancelled, stopped): nothing is owed
         if exc is None:
             if slot is None:
                 self._answer(req, future.result())
             else:
                 self._tool_outcome(req, (<ToolSlot>slot).finish, future.result())
-        elif isinstance(exc, _RpcError):
+        elif isinstance(exc, RpcError):
             self._answer_error(req, exc)
         elif isinstance(exc, Exception):
             if slot is None:
@@ -517,6 +589,13 @@ cdef class Dispatcher:
         else:
             # CancelledError raised inside the work (a stopped thread), SystemExit, ...
             self._fail(req, exc)
+
+    cdef _tool_raised(self, Request req, ToolSlot slot, object exc):
+        """A tool raised ``exc``: an RpcError is its answer; anything else goes to its fail()."""
+        if isinstance(exc, RpcError):
+            self._answer_error(req, exc)
+        else:
+            self._tool_outcome(req, slot.fail, exc)
 
     cdef _tool_outcome(self, Request req, object make, object arg):
         """Answer with ``make(arg, req)``: a slot's finish(value) or fail(exc)."""
@@ -585,7 +664,7 @@ cdef class Dispatcher:
             entry = queue.popleft()
             req = <Request>entry[0]
             slot = <ToolSlot>entry[1]
-            if req.state != C_STATE_RUNNING:
+            if req.state != STATE_RUNNING:
                 continue
             if slot.limit and slot.active >= slot.limit:
                 queue.append(entry)
@@ -594,38 +673,38 @@ cdef class Dispatcher:
         self.flush_soon()
 
     cdef _answer(self, Request req, object result):
-        cdef int state = C_STATE_OK
+        cdef int state = STATE_OK
         if type(result) is dict and (<dict>result).get("isError") is True:
-            state = C_STATE_ERROR
+            state = STATE_ERROR
             if type(req.detail) is dict:   # how the call ended, if the tool or the watchdog said
                 if "limit_s" in req.detail:
-                    state = C_STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
+                    state = STATE_TIMED_OUT   # at a time limit of its own (Context.timed_out)
                 elif "killed_by" in req.detail:
-                    state = C_STATE_KILLED      # interrupted by the watchdog
+                    state = STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
-        if req.sink is not None:
+        if req.on_outcome is not None:
             if self._keeping:
-                self._finished(req, -1)
-            req.sink(result, None)
+                self._calls.add(req, -1)
+            req.on_outcome(result, None)
             return
         try:
-            data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": result}, option=_NL)
+            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
-            self._finished(req, len(data))
+            self._calls.add(req, len(data))
         self._respond(req.batch, data)
 
     cdef _answer_error(self, Request req, object exc):
         cdef Py_ssize_t sent = -1
-        if self._close(req, C_STATE_ERROR):
-            if req.sink is not None:
-                req.sink(None, exc)
+        if self._close(req, STATE_ERROR):
+            if req.on_outcome is not None:
+                req.on_outcome(None, exc)
             else:
                 sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
 
     cdef _fail(self, Request req, object exc):
         if self.on_exception is not None:
@@ -641,38 +720,42 @@ cdef class Dispatcher:
         if self.timeout_result is not None:
             try:
                 outcome = self.timeout_result(req)
-            except _RpcError as exc:
+            except RpcError as exc:
                 outcome = exc
         else:
             outcome = RpcError(REQUEST_TIMEOUT, f"Request timed out after {req.deadline - req.start:g} s")
-        self.stop(req, C_STATE_TIMED_OUT, outcome)
+        self.stop(req, STATE_TIMED_OUT, outcome)
 
-    cpdef bint stop(self, Request req, int state, object outcome=None) except -1:
-        """End ``req`` now as ``state`` and cancel its work.
+    cpdef bint stop(self, Request req, object state, object outcome=None) except -1:
+        """End ``req`` now as ``state`` (a STATE_*) and cancel its work.
 
         ``outcome`` is what the client gets: a result, an RpcError, or None for
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
         cdef Py_ssize_t sent = 0   # a cancelled request gets no answer
+        if req is None:
+            raise TypeError("req must be a Request, not NoneType")
+        if type(state) is not int:
+            raise TypeError(f"state must be an int (a STATE_*), not {type(state).__name__}")
         if not self._close(req, state):
             return False
-        error = outcome if type(outcome) is _RpcError else None
-        if req.sink is not None:
+        error = outcome if type(outcome) is RpcError else None
+        if req.on_outcome is not None:
             sent = -1
-            req.sink(None if error is not None else outcome, error)
+            req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
             sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
-            data = _dumps({"jsonrpc": _JSONRPC, "id": req.id, "result": outcome}, option=_NL)
+            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE)
             sent = len(data)
             self._respond(req.batch, data)
         if self._keeping:
-            self._finished(req, sent)
+            self._calls.add(req, sent)
         self._cancel_task(req)
         self.flush_soon()
         return True
 
-    def cancel(self, id, int state=C_STATE_CANCELLED):
+    def cancel(self, id, state=STATE_CANCELLED):
         """Stop request ``id``: no response is sent for it. False if unknown."""
         found = self.table.get(id)
         return found is not None and self.stop(<Request>found, state, None)
@@ -683,7 +766,7 @@ cdef class Dispatcher:
         if self.on_cancelled is not None:
             self.on_cancelled(req)
 
-    def _busy_message(self, ToolSlot slot):
+    cdef str _busy_message(self, ToolSlot slot):
         if slot.limit and slot.active >= slot.limit:
             what = f"tool {slot.name!r} is at its limit of {slot.limit} concurrent calls"
         else:
@@ -691,7 +774,7 @@ cdef class Dispatcher:
         return (f"Server busy: {what}, and the queue is full ({len(self.queue)} waiting, "
                 f"limit {self.max_queued}); retry later")
 
-    def _busy_data(self, ToolSlot slot):
+    cdef dict _busy_data(self, ToolSlot slot):
         return {"active": self.active, "limit": self.max_active, "queued": len(self.queue),
                 "queue_limit": self.max_queued, "tool": slot.name,
                 "tool_active": slot.active, "tool_limit": slot.limit}
@@ -702,7 +785,7 @@ cdef class Dispatcher:
         """Answer the message being dispatched with an error."""
         return self._error_to(self._batch, id, code, message, data)
 
-    cdef Py_ssize_t _error_to(self, object batch, object id, int code, str message, object data) except -2:
+    cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2:
         cdef bytes encoded = _error_bytes(id, code, message, data)
         self._respond(batch, encoded)
         return len(encoded)
@@ -710,14 +793,14 @@ cdef class Dispatcher:
     cdef inline _join_batch(self, Request req):
         if self._batch is not None:
             req.batch = self._batch
-            (<Batch>self._batch).open += 1
+            self._batch.open += 1
 
-    cdef _respond(self, object batch, bytes data):
+    cdef _respond(self, Batch batch, bytes data):
         """An answer: to the client, or into the batch its request came in."""
         if batch is None:
             self._emit(data)
         else:
-            (<Batch>batch).lines.append(data)
+            batch.lines.append(data)
 
     cdef _batch_ready(self, Batch batch):
         self._ready.append(batch)
@@ -730,76 +813,17 @@ cdef class Dispatcher:
         """Start (or stop) keeping a row per finished tool call for ``take_finished``."""
         self._keeping = on
         if not on:
-            self._nrows = 0
-            self._row_text_len = 0
-            self._row_details = []
+            self._calls.clear()
 
     def take_finished(self):
         """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
 
         ``records``: ``count`` FinishedRow structs (start, end, state, bytes in, bytes
-        out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
-        line, comma-separated (the body of a JSON array); ``details``: ``(row,
+        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's
+        request line, comma-separated (the body of a JSON array); ``details``: ``(row,
         request.detail)`` for the rows whose tool reported one.
         """
-        if self._nrows == 0:
-            return None
-        taken = (self._nrows, PyBytes_FromStringAndSize(<char*>self._rows, self._nrows * sizeof(FinishedRow)),
-                 PyBytes_FromStringAndSize(self._row_text, self._row_text_len), self._row_details)
-        self._nrows = 0
-        self._row_text_len = 0
-        self._row_details = []
-        if self._row_text_cap > _KEEP_TEXT:   # a huge request passed: do not hold its size
-            PyMem_Free(self._row_text)
-            self._row_text = NULL
-            self._row_text_cap = 0
-        return taken
-
-    cdef _finished(self, Request req, Py_ssize_t sent):
-        # A fixed-size record and a copy of the request line, both in C buffers reused
-        # from tick to tick: no Python object is made or kept per call, so keeping
-        # thousands of rows until the logs' next tick costs no allocation at all.
-        cdef FinishedRow* row
-        cdef Py_ssize_t cap, size
-        cdef char* text
-        if req.tool is None:
-            return
-        line = req.line
-        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
-            line = _dumps({"id": req.id, "params": req.params})
-        size = len(<bytes>line) + 1   # with the comma before it
-        if self._nrows == self._rows_cap:
-            cap = max(1024, 2 * self._rows_cap)
-            row = <FinishedRow*>PyMem_Realloc(self._rows, cap * sizeof(FinishedRow))
-            if row == NULL:
-                raise MemoryError()
-            self._rows = row
-            self._rows_cap = cap
-        if self._row_text_len + size > self._row_text_cap:
-            cap = max(65536, 2 * self._row_text_cap, self._row_text_len + size)
-            text = <char*>PyMem_Realloc(self._row_text, cap)
-            if text == NULL:
-                raise MemoryError()
-            self._row_text = text
-            self._row_text_cap = cap
-        if self._nrows:
-            self._row_text[self._row_text_len] = 44   # ","
-            self._row_text_len += 1
-        memcpy(self._row_text + self._row_text_len, PyBytes_AS_STRING(line), size - 1)
-        self._row_text_len += size - 1
-        row = &self._rows[self._nrows]
-        row.start = req.start
-        row.end = req.end
-        row.state = req.state
-        row.size = req.size
-        row.sent = sent
-        if req.detail is not None:
-            self._row_details.append((self._nrows, req.detail))
-        self._nrows += 1
-
-    def __dealloc__(self):
-        PyMem_Free(self._rows)
-        PyMem_Free(self._row_text)
+        return self._calls.take()
 
     # -- requests to the peer ------------------------------------------------------
 
@@ -813,10 +837,10 @@ cdef class Dispatcher:
         self._asked[id] = future
         asked = self._asked
         future.add_done_callback(lambda f: asked.pop(id, None))
-        message = {"jsonrpc": _JSONRPC, "id": id, "method": method}
+        message = {"jsonrpc": "2.0", "id": id, "method": method}
         if params is not None:
             message["params"] = params
-        self._emit(_dumps(message, option=_NL))
+        self._emit(dumps(message, option=OPT_APPEND_NEWLINE))
         return id, future
 
     cdef _response(self, object id, dict msg):
@@ -831,26 +855,26 @@ cdef class Dispatcher:
         if error is None:
             future.set_result(msg.get("result"))
         elif type(error) is dict:
-            future.set_exception(_RpcError((<dict>error).get("code", INTERNAL_ERROR),
+            future.set_exception(RpcError((<dict>error).get("code", INTERNAL_ERROR),
                                            str((<dict>error).get("message", "")), (<dict>error).get("data")))
         else:
-            future.set_exception(_RpcError(INTERNAL_ERROR, f"Malformed error response: {error!r}"))
+            future.set_exception(RpcError(INTERNAL_ERROR, f"Malformed error response: {error!r}"))
 
     def notify(self, method, params):
         """Send a notification to the client."""
-        self._emit(_dumps({"jsonrpc": _JSONRPC, "method": method, "params": params}, option=_NL))
+        self._emit(dumps({"jsonrpc": "2.0", "method": method, "params": params}, option=OPT_APPEND_NEWLINE))
 
     def send(self, message):
         """Send an already-built answer (a dict) to the client; one given while a batch is
         being dispatched goes into that batch."""
-        self._respond(self._batch, _dumps(message, option=_NL))
+        self._respond(self._batch, dumps(message, option=OPT_APPEND_NEWLINE))
 
     cdef _emit(self, bytes data):
         self._out.append(data)
         if not self._reading and self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
-    def flush_soon(self):
+    cpdef flush_soon(self):
         if self._out and not self._reading and self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
@@ -858,9 +882,9 @@ cdef class Dispatcher:
         self._flush_handle = None
         cdef list out = self._out
         if self._ready:
-            for batch in self._ready:
-                if (<Batch>batch).lines:   # a batch of notifications gets no answer at all
-                    out.append(_batch_bytes((<Batch>batch).lines))
+            for ready in self._ready:
+                if (<Batch>ready).lines:   # a batch of notifications gets no answer at all
+                    out.append(_batch_bytes((<Batch>ready).lines))
             self._ready.clear()
         if not out:
             return
@@ -880,7 +904,7 @@ cdef class Dispatcher:
             except asyncio.TimeoutError:
                 pass
         for req in list(self.table.requests.values()):
-            self.stop(req, C_STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
+            self.stop(req, STATE_KILLED, RpcError(INTERNAL_ERROR, "Request cancelled: the server is shutting down"))
         self.flush()
         work = list(self._pending) + list(self._tasks)
         if work:
@@ -892,7 +916,7 @@ cdef class Dispatcher:
             future.cancel()
         for future in list(self._asked.values()):
             if not future.done():
-                future.set_exception(_RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
+                future.set_exception(RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
 
 
 cdef bytes _batch_bytes(list lines):
@@ -904,4 +928,4 @@ cdef bytes _error_bytes(object id, int code, str message, object data):
     error = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _dumps({"jsonrpc": _JSONRPC, "id": id, "error": error}, option=_NL)
+    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE)

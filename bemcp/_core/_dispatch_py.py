@@ -1,33 +1,32 @@
 """JSON-RPC 2.0 dispatch (pure-Python twin of _dispatch.pyx).
 
-Knows JSON-RPC, not MCP: method strings in, encoded responses out. The layer
-above registers method handlers ``handler(params, request)`` and tool slots;
-a handler returns a result, or an awaitable that becomes a task, so a slow
-request never holds up the next one.
+Method strings in, encoded responses out. The layer above registers method
+handlers ``handler(params, request)`` and tool slots; a handler returns a result,
+or an awaitable that becomes a task, so a slow request never holds up the next one.
+Of MCP it knows one method: ``tool_method`` ("tools/call") is a fast path straight
+to the named tool's slot, with its limits, queue and deadline. The rest of MCP
+lives in the layer above.
 """
 
 import asyncio
-import struct
 from collections import deque
+from operator import index
 from time import monotonic
 from types import CoroutineType
 
 from orjson import OPT_APPEND_NEWLINE, JSONDecodeError, dumps, loads
 
-from ._errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+from ..errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                       METHOD_NOT_FOUND, PARSE_ERROR, REQUEST_TIMEOUT,
                       SERVER_BUSY, RpcError)
-from ._framing_py import HEAD_SIZE, Framer, Oversized
+from ._consts import (FINISHED_ROW, HEAD_SIZE, RECENT, STATE_CANCELLED, STATE_ERROR,
+                      STATE_KILLED, STATE_OK, STATE_REJECTED, STATE_RUNNING,
+                      STATE_TIMED_OUT)
+from ._framing_py import Framer, Oversized
 from ._ids import recover_id
-from ._watchdog_py import (STATE_CANCELLED, STATE_ERROR, STATE_KILLED,
-                           STATE_OK, STATE_REJECTED, STATE_RUNNING,
-                           STATE_TIMED_OUT,
-                           InFlightTable)
+from ._inflight_py import InFlightTable, Request
 
 _CancelledError = asyncio.CancelledError
-# A finished tool call's record (the compiled twin's FinishedRow): start, end, state,
-# bytes in, bytes out. bemcp.logs.writer.RECORD reads the same layout.
-FINISHED_ROW = struct.Struct("=ddqqq")
 
 
 class ToolSlot:
@@ -50,7 +49,7 @@ class ToolSlot:
         self.fail = fail
         self.eager = eager
         self.timeout = timeout
-        self.limit = limit
+        self.limit = 0 if limit is None else index(limit)   # 0 or None: no limit
         self.active = 0
         self.route = None
 
@@ -103,8 +102,58 @@ class Batch:
         self.sealed = False     # all its messages have been dispatched
 
 
+class _FinishedCalls:
+    """Finished tool calls kept for tasks.log until the logs take them: a FINISHED_ROW
+    record and a copy of the request line each (the compiled twin keeps both in C
+    buffers reused from tick to tick: no object per call)."""
+
+    __slots__ = ("rows", "text", "details")
+
+    def __init__(self):
+        self.rows = bytearray()     # FINISHED_ROW records
+        self.text = bytearray()     # their request lines, comma-separated
+        self.details = []           # (row, request.detail) where the tool reported one
+
+    def add(self, req, sent):
+        if req.tool is None:
+            return
+        if req.detail is not None:
+            self.details.append((len(self.rows) // FINISHED_ROW.size, req.detail))
+        self.rows += FINISHED_ROW.pack(req.start, req.end, req.state, req.size, sent)
+        line = req.line
+        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
+            line = dumps({"id": req.id, "params": req.params})
+        if self.text:
+            self.text += b","
+        self.text += line
+
+    def clear(self):
+        self.rows = bytearray()
+        self.text = bytearray()
+        self.details = []
+
+    def take(self):
+        if not self.rows:
+            return None
+        taken = (len(self.rows) // FINISHED_ROW.size, bytes(self.rows), bytes(self.text), self.details)
+        self.clear()
+        return taken
+
+
 class Dispatcher:
-    """Routes each incoming message and writes the answers, coalesced."""
+    """Routes each incoming message and writes the answers, coalesced.
+
+    Hooks for the layer above, each None or a callable:
+
+    - ``timeout_result(request)``: what the client gets when a request's deadline
+      passes (a result, or raise RpcError); None: a REQUEST_TIMEOUT error.
+    - ``on_cancelled(request)``: a stopped request's task was just cancelled.
+    - ``on_exception(request or None, exc)``: a handler or tool raised (crash reports).
+    - ``on_protocol_error(kind, size)``: input that is "malformed" or "oversized".
+    - ``on_client_response(message)``: a response to no request of ours.
+    - ``on_unknown_tool(id, params)``: a tools/call for no registered tool; True if
+      the hook answers it itself (later, through ``hold()`` and ``call_tool()``).
+    """
 
     def __init__(self, loop, write=None, max_message_size=64 * 1024 * 1024):
         self.loop = loop
@@ -122,23 +171,20 @@ class Dispatcher:
         self.refusing = None               # a reason to refuse new tool calls (memory pressure)
         self.active = 0
         self.queue = deque()
-        self._recent = deque(maxlen=64)    # (time, method, id, size) of the last messages in
-        self.received = 0                  # how many messages have come in
-        # Hooks for the layers above, all optional.
-        self.timeout_result = None         # (request) -> result sent at a deadline
-        self.on_cancelled = None           # (request) after its task was cancelled
-        self.on_exception = None           # (request or None, exc) for crash reports
-        self.on_protocol_error = None      # (kind, size) for malformed/oversized input
-        self.on_client_response = None    # (message) for a response to no request of ours
-        self.on_unknown_tool = None        # (id, params) -> True if it will answer the call itself
+        self._recent = deque(maxlen=RECENT)   # (time, method, id, size) of the last messages in
+        self._received = 0
+        self.timeout_result = None         # the hooks: see the class docstring
+        self.on_cancelled = None
+        self.on_exception = None
+        self.on_protocol_error = None
+        self.on_client_response = None
+        self.on_unknown_tool = None
         self._line = None                  # the line being handled
         self.batches = False               # JSON-RPC batches accepted (the 2025-03-26 revision has them)
         self._batch = None                 # the Batch whose messages are being dispatched
         self._ready = []                   # batches whose every answer is in, to go out at the next flush
         self._keeping = False              # keep a row per finished tool call (for the logs)
-        self._rows = bytearray()           # FINISHED_ROW records
-        self._row_text = bytearray()       # their request lines, comma-separated
-        self._row_details = []
+        self._calls = _FinishedCalls()
         self._out = []
         self._reading = False
         self._flush_handle = None
@@ -153,7 +199,9 @@ class Dispatcher:
     # -- input -------------------------------------------------------------
 
     def feed(self, data):
-        """Bytes from the transport: frame, dispatch, then write once."""
+        """Bytes from the transport (any bytes-like object): frame, dispatch, then write once."""
+        if type(data) is not bytes:
+            data = bytes(data)
         self._reading = True
         try:
             for item in self.framer.feed(data):
@@ -198,7 +246,17 @@ class Dispatcher:
 
     def _remember(self, method, id, size):
         self._recent.append((monotonic(), method, id, size))
-        self.received += 1
+        self._received += 1
+
+    @property
+    def received(self):
+        """How many messages have come in."""
+        return self._received
+
+    @property
+    def recent(self):
+        """(time, method, id, size) of the last messages in, oldest first."""
+        return list(self._recent)
 
     def handle_message(self, msg):
         if type(msg) is list and self.batches:
@@ -238,7 +296,8 @@ class Dispatcher:
         method = msg.get("method")
         has_id = "id" in msg
         id = msg.get("id")
-        if has_id and not _valid_id(id):
+        # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
+        if has_id and not (type(id) is str or type(id) is int or type(id) is float):
             self._send_error(None, INVALID_REQUEST, "Invalid request: id must be a string or a number")
             return
         if method is None:
@@ -338,32 +397,32 @@ class Dispatcher:
         """True while the messages of a batch are being dispatched."""
         return self._batch is not None
 
-    def begin_tool(self, id, name, params, sink=None):
+    def begin_tool(self, id, name, params, on_outcome=None):
         """Run tool ``name`` for ``params`` as request ``id``.
 
-        With ``sink``, the outcome goes to ``sink(result, error)`` instead of the
+        With ``on_outcome``, the outcome goes to ``on_outcome(result, error)`` instead of the
         client (error an RpcError; both None if the call was cancelled).
         """
         slot = self.tools.get(name)
         if slot is None:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, f"Unknown tool: {name!r}"))
             return
-        self._begin_tool(id, slot, params, sink)
+        self._begin_tool(id, slot, params, on_outcome)
 
-    def _begin_tool(self, id, slot, params, sink):
+    def _begin_tool(self, id, slot, params, on_outcome):
         args = params.get("arguments")
         if args is None:
             args = {}
         elif type(args) is not dict:
-            self._reject(id, sink, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
+            self._reject(id, on_outcome, RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object"))
             return
         try:
             req = self.table.open(id, self.tool_method, slot.name, params)
         except RpcError as exc:
-            self._reject(id, sink, exc)
+            self._reject(id, on_outcome, exc)
             return
-        req.sink = sink
-        if sink is None:
+        req.on_outcome = on_outcome
+        if on_outcome is None:
             self._join_batch(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
@@ -373,26 +432,26 @@ class Dispatcher:
         timeout = slot.timeout if slot.timeout is not None else self.default_timeout
         if self.refusing is not None:
             self._close(req, STATE_REJECTED)
-            sent = self._reject(id, sink, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
+            sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self.refusing, self._busy_data(slot)))
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
             return
         if (self.max_active and self.active >= self.max_active) or (slot.limit and slot.active >= slot.limit):
             if len(self.queue) >= self.max_queued:
                 self._close(req, STATE_REJECTED)
-                sent = self._reject(id, sink, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
+                sent = self._reject(id, on_outcome, RpcError(SERVER_BUSY, self._busy_message(slot), self._busy_data(slot)))
                 if self._keeping:
-                    self._finished(req, sent)
+                    self._calls.add(req, sent)
                 return
             self.table.arm(req, timeout)
             self.queue.append((req, slot, args))
             return
         self._start_tool(req, slot, args, timeout)
 
-    def _reject(self, id, sink, exc):
-        """Send ``exc`` to the sink or the client; the bytes sent (-1: to a sink)."""
-        if sink is not None:
-            sink(None, exc)
+    def _reject(self, id, on_outcome, exc):
+        """Send ``exc`` to the on_outcome callback or the client; the bytes sent (-1: to the callback)."""
+        if on_outcome is not None:
+            on_outcome(None, exc)
             return -1
         return self._send_error(id, exc.code, exc.message, exc.data)
 
@@ -402,11 +461,8 @@ class Dispatcher:
         self.active += 1
         try:
             result = slot.call(args, req)
-        except RpcError as exc:
-            self._answer_error(req, exc)
-            return
         except Exception as exc:
-            self._tool_outcome(req, slot.fail, exc)
+            self._tool_raised(req, slot, exc)
             return
         self._settle(req, result, slot, timeout)
 
@@ -420,11 +476,8 @@ class Dispatcher:
                 except StopIteration as stop:
                     self._tool_outcome(req, slot.finish, stop.value)
                     return
-                except RpcError as exc:
-                    self._answer_error(req, exc)
-                    return
                 except Exception as exc:
-                    self._tool_outcome(req, slot.fail, exc)
+                    self._tool_raised(req, slot, exc)
                     return
                 result = _Resume(result, pending)
         elif not hasattr(result, "__await__"):
@@ -472,6 +525,13 @@ class Dispatcher:
             # CancelledError raised inside the work (a stopped thread), SystemExit, ...
             self._fail(req, exc)
 
+    def _tool_raised(self, req, slot, exc):
+        """A tool raised ``exc``: an RpcError is its answer; anything else goes to its fail()."""
+        if isinstance(exc, RpcError):
+            self._answer_error(req, exc)
+        else:
+            self._tool_outcome(req, slot.fail, exc)
+
     def _tool_outcome(self, req, make, arg):
         """Answer with ``make(arg, req)``: a slot's finish(value) or fail(exc)."""
         try:
@@ -502,11 +562,6 @@ class Dispatcher:
         self._send_error(recover_id(item.head), INVALID_REQUEST,
                          f"Message of {item.size} bytes exceeds the limit of {self.framer.max_size} bytes",
                          {"size": item.size, "limit": self.framer.max_size})
-
-    @property
-    def recent(self):
-        """(time, method, id, size) of the last messages in, oldest first."""
-        return list(self._recent)
 
     # -- ending requests ------------------------------------------------------
 
@@ -557,28 +612,28 @@ class Dispatcher:
                     state = STATE_KILLED      # interrupted by the watchdog
         if not self._close(req, state):
             return
-        if req.sink is not None:
+        if req.on_outcome is not None:
             if self._keeping:
-                self._finished(req, -1)
-            req.sink(result, None)
+                self._calls.add(req, -1)
+            req.on_outcome(result, None)
             return
         try:
             data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
         except TypeError as exc:
             data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
         if self._keeping:
-            self._finished(req, len(data))
+            self._calls.add(req, len(data))
         self._respond(req.batch, data)
 
     def _answer_error(self, req, exc):
         if self._close(req, STATE_ERROR):
             sent = -1
-            if req.sink is not None:
-                req.sink(None, exc)
+            if req.on_outcome is not None:
+                req.on_outcome(None, exc)
             else:
                 sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
-                self._finished(req, sent)
+                self._calls.add(req, sent)
 
     def _fail(self, req, exc):
         if self.on_exception is not None:
@@ -601,18 +656,22 @@ class Dispatcher:
         self.stop(req, STATE_TIMED_OUT, outcome)
 
     def stop(self, req, state, outcome=None):
-        """End ``req`` now as ``state`` and cancel its work.
+        """End ``req`` now as ``state`` (a STATE_*) and cancel its work.
 
         ``outcome`` is what the client gets: a result, an RpcError, or None for
         no response at all (a cancelled request). False if ``req`` had already ended.
         """
+        if type(req) is not Request:
+            raise TypeError(f"req must be a Request, not {type(req).__name__}")
+        if type(state) is not int:
+            raise TypeError(f"state must be an int (a STATE_*), not {type(state).__name__}")
         if not self._close(req, state):
             return False
         error = outcome if type(outcome) is RpcError else None
         sent = 0   # a cancelled request gets no answer
-        if req.sink is not None:
+        if req.on_outcome is not None:
             sent = -1
-            req.sink(None if error is not None else outcome, error)
+            req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
             sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
         elif outcome is not None:
@@ -620,7 +679,7 @@ class Dispatcher:
             sent = len(data)
             self._respond(req.batch, data)
         if self._keeping:
-            self._finished(req, sent)
+            self._calls.add(req, sent)
         self._cancel_task(req)
         self.flush_soon()
         return True
@@ -683,40 +742,17 @@ class Dispatcher:
         """Start (or stop) keeping a row per finished tool call for ``take_finished``."""
         self._keeping = bool(on)
         if not on:
-            self._rows = bytearray()
-            self._row_text = bytearray()
-            self._row_details = []
+            self._calls.clear()
 
     def take_finished(self):
         """The rows kept since the last call, as ``(count, records, lines, details)``; None if none.
 
         ``records``: ``count`` FINISHED_ROW records (start, end, state, bytes in, bytes
-        out; -1 bytes out: the outcome went to a sink); ``lines``: each call's request
-        line, comma-separated (the body of a JSON array); ``details``: ``(row,
+        out; -1 bytes out: the outcome went to the on_outcome callback); ``lines``: each call's
+        request line, comma-separated (the body of a JSON array); ``details``: ``(row,
         request.detail)`` for the rows whose tool reported one.
         """
-        if not self._rows:
-            return None
-        taken = (len(self._rows) // FINISHED_ROW.size, bytes(self._rows), bytes(self._row_text), self._row_details)
-        self._rows = bytearray()
-        self._row_text = bytearray()
-        self._row_details = []
-        return taken
-
-    def _finished(self, req, sent):
-        # A fixed-size record and a copy of the request line (the compiled twin keeps
-        # both in C buffers reused from tick to tick: no object per call).
-        if req.tool is None:
-            return
-        if req.detail is not None:
-            self._row_details.append((len(self._rows) // FINISHED_ROW.size, req.detail))
-        self._rows += FINISHED_ROW.pack(req.start, req.end, req.state, req.size, sent)
-        line = req.line
-        if line is None:   # started from Python (an MCP task) or re-dispatched: the same shape
-            line = dumps({"id": req.id, "params": req.params})
-        if self._row_text:
-            self._row_text += b","
-        self._row_text += line
+        return self._calls.take()
 
     # -- requests to the peer ------------------------------------------------------
 
@@ -809,12 +845,6 @@ class Dispatcher:
         for future in list(self._asked.values()):
             if not future.done():
                 future.set_exception(RpcError(INTERNAL_ERROR, "Connection closed before the peer answered"))
-
-
-def _valid_id(id):
-    # MCP's RequestId is a string or a number (JSON-RPC: numbers should, not must, be integers).
-    t = type(id)
-    return t is str or t is int or t is float
 
 
 def _batch_bytes(lines):

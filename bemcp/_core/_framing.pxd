@@ -10,6 +10,6 @@ cdef class Framer:
     cdef Py_ssize_t _dropped
     cdef bytes _head
 
-    cpdef list feed(self, bytes data)
+    cpdef list feed(self, object data)
     cdef _emit(self, list out, object line, Py_ssize_t size)
     cdef _buffer(self, bytes data, Py_ssize_t start)

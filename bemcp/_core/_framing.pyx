@@ -8,15 +8,17 @@ and the error can name the request.
 
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.string cimport memchr
+from operator import index
 
-HEAD_SIZE = 4096
-cdef Py_ssize_t _HEAD_SIZE = 4096
+from ._consts cimport HEAD_SIZE
+
+SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
 
 
 cdef class Oversized:
     """A message over the size limit: its length and first bytes."""
 
-    def __init__(self, Py_ssize_t size, bytes head):
+    def __init__(self, Py_ssize_t size, bytes head not None):
         self.size = size
         self.head = head
 
@@ -32,8 +34,8 @@ cdef inline Py_ssize_t _find_nl(const char* base, Py_ssize_t start, Py_ssize_t n
 cdef class Framer:
     """Splits a byte stream into lines; ``feed`` returns complete messages."""
 
-    def __init__(self, Py_ssize_t max_size):
-        self.max_size = max_size
+    def __init__(self, max_size):
+        self.max_size = index(max_size)
         self._buf = bytearray()
         self._dropping = False
         self._dropped = 0
@@ -43,7 +45,10 @@ cdef class Framer:
     def buffered(self):
         return len(self._buf)
 
-    cpdef list feed(self, bytes data):
+    cpdef list feed(self, object data):
+        """Complete messages (and Oversized ones) from ``data``, any bytes-like object."""
+        if type(data) is not bytes:
+            data = bytes(data)
         cdef list out = []
         cdef Py_ssize_t start = 0
         cdef Py_ssize_t n = len(data)
@@ -86,7 +91,7 @@ cdef class Framer:
 
     cdef _emit(self, list out, object line, Py_ssize_t size):
         if size > self.max_size:
-            out.append(Oversized(size, bytes(line[:_HEAD_SIZE])))
+            out.append(Oversized(size, bytes(line[:HEAD_SIZE])))
         elif size and (<bytes>line)[0] == 0x7B or line[:size].strip():
             # A message starts with "{"; any other line counts unless it is blank.
             out.append(line)
@@ -97,5 +102,5 @@ cdef class Framer:
             # Stop holding it: count the rest until the newline.
             self._dropping = True
             self._dropped = len(self._buf)
-            self._head = bytes(self._buf[:_HEAD_SIZE])
+            self._head = bytes(self._buf[:HEAD_SIZE])
             self._buf = bytearray()

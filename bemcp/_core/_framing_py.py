@@ -5,34 +5,53 @@ One message per line. A line longer than the limit is dropped as it streams in
 and the error can name the request.
 """
 
-HEAD_SIZE = 4096
+from operator import index
+
+from ._consts import HEAD_SIZE
 
 
 class Oversized:
     """A message over the size limit: its length and first bytes."""
 
-    __slots__ = ("size", "head")
+    __slots__ = ("_size", "_head")
 
     def __init__(self, size, head):
-        self.size = size
-        self.head = head
+        self._size = index(size)
+        if type(head) is not bytes:
+            raise TypeError(f"head must be bytes, not {type(head).__name__}")
+        self._head = head
+
+    @property
+    def size(self):
+        return self._size
+
+    @property
+    def head(self):
+        return self._head
 
 
 class Framer:
     """Splits a byte stream into lines; ``feed`` returns complete messages."""
 
     def __init__(self, max_size):
-        self.max_size = max_size
+        self._max_size = index(max_size)
         self._buf = bytearray()
         self._dropping = False
         self._dropped = 0
         self._head = b""
 
     @property
+    def max_size(self):
+        return self._max_size
+
+    @property
     def buffered(self):
         return len(self._buf)
 
     def feed(self, data):
+        """Complete messages (and Oversized ones) from ``data``, any bytes-like object."""
+        if type(data) is not bytes:
+            data = bytes(data)
         out = []
         start = 0
         n = len(data)
@@ -71,7 +90,7 @@ class Framer:
         return out
 
     def _emit(self, out, line, size):
-        if size > self.max_size:
+        if size > self._max_size:
             out.append(Oversized(size, bytes(line[:HEAD_SIZE])))
         elif size and line[0] == 0x7B or line[:size].strip():
             # A message starts with "{"; any other line counts unless it is blank.
@@ -79,7 +98,7 @@ class Framer:
 
     def _buffer(self, data, start):
         self._buf += data[start:] if start else data
-        if len(self._buf) > self.max_size:
+        if len(self._buf) > self._max_size:
             # Stop holding it: count the rest until the newline.
             self._dropping = True
             self._dropped = len(self._buf)

@@ -26,6 +26,7 @@ from time import monotonic
 
 from orjson import OPT_NON_STR_KEYS, dumps
 
+from .._core import FINISHED_ROW
 from ..percentiles import percentile
 from . import default_log_dir
 from .crash import (CrashReporter, close_fatal_file, crash_filename, open_fatal_file,
@@ -39,7 +40,7 @@ log = logging.getLogger("bemcp.logs")
 # as TaskWriter's payload starts), then that many records (the core's FinishedRow, in the
 # server's byte order).
 COUNT = struct.Struct("!I")
-RECORD = struct.Struct("=ddqqq")
+RECORD = FINISHED_ROW
 
 PERF_INTERVAL = 5.0      # seconds between perf.log samples
 TICK_BUSY = 0.002        # loop timer while requests finish: lag sample + hand-off (small batches)

@@ -13,7 +13,7 @@ import signal
 import time
 
 from .. import procfs
-from .._core import become_subreaper
+from .._os import become_subreaper
 from .child import POLL, REAP_WAIT
 
 log = logging.getLogger("bemcp.processes")

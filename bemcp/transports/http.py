@@ -26,7 +26,7 @@ import time
 
 from orjson import JSONDecodeError, dumps, loads
 
-from .._core._errors import (HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+from ..errors import (HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
                              METHOD_NOT_FOUND, PARSE_ERROR, UNSUPPORTED_PROTOCOL_VERSION)
 from ..connection import Peer
 from ..revisions import CLIENT_CAPABILITIES_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, SUPPORTED_VERSIONS, VERSION_KEY

@@ -14,7 +14,8 @@ import stat
 import sys
 import threading
 
-from .._core import ReaderProtocol, WriterProtocol, tune_allocator
+from .._os import tune_allocator
+from .._pipes import ReaderProtocol, WriterProtocol
 
 log = logging.getLogger("bemcp.transport")
 

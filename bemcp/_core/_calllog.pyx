@@ -1,5 +1,5 @@
 # cython: language_level=3, cdivision=True
-"""tasks.log from the core's finished rows, written by a native thread (compiled; twin: _tasklog_py.py).
+"""tasks.log from the core's finished rows, written by a native thread (compiled; twin: _calllog_py.py).
 
 The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
 to a ``TaskWriter``: one copy into a C queue, one signal. The writer's own thread,
@@ -24,12 +24,16 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport close, write
 from posix.fcntl cimport open, O_CLOEXEC
 
+from ._consts cimport N_STATES, STATE_OK, FinishedRow
+
 import os
 import struct
 
 from orjson import dumps, loads
 
-STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
+from ._consts import STATUS
+
+SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
 cdef enum:
     C_DIGEST_CACHE = 4096        # argument digests remembered (repeated calls hash once)
     DIGEST_CACHE_BYTES = 512     # longer arguments are digested each time rather than copied
@@ -238,10 +242,10 @@ cdef void _put_int(Out* out, long long value) noexcept nogil:
         buf[i + 1] = _PAIRS[2 * v + 1]
     else:
         i -= 1
-        buf[i] = <char>(48 + v)
+        buf[i] = <char>(c'0' + v)
     if negative:
         i -= 1
-        buf[i] = 45
+        buf[i] = c'-'
     _put_text(out, buf + i, 24 - i)
 
 
@@ -254,17 +258,17 @@ cdef void _put_milli(Out* out, double value) noexcept nogil:
         scaled = -scaled
     _put_int(out, scaled // 1000)
     scaled %= 1000
-    buf[0] = 46
-    buf[1] = <char>(48 + scaled // 100)
-    buf[2] = <char>(48 + scaled // 10 % 10)
-    buf[3] = <char>(48 + scaled % 10)
+    buf[0] = c'.'
+    buf[1] = <char>(c'0' + scaled // 100)
+    buf[2] = <char>(c'0' + scaled // 10 % 10)
+    buf[3] = <char>(c'0' + scaled % 10)
     _put_text(out, buf, 4)
 
 
 # -- finding id, name and arguments in a request line as sent -----------------------------------
 
 cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+    while i < n and (s[i] == c' ' or s[i] == c'\n' or s[i] == c'\r' or s[i] == c'\t'):
         i += 1
     return i
 
@@ -273,9 +277,9 @@ cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) 
     # s[i] is an opening quote: the index after the closing one, or -1.
     i += 1
     while i < n:
-        if s[i] == 92:      # a backslash: the next byte is escaped
+        if s[i] == c'\\':      # a backslash: the next byte is escaped
             i += 2
-        elif s[i] == 34:
+        elif s[i] == c'"':
             return i + 1
         else:
             i += 1
@@ -289,19 +293,19 @@ cdef Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) n
     if i >= n:
         return -1
     c = s[i]
-    if c == 34:
+    if c == c'"':
         return _string_end(s, i, n)
-    if c == 123 or c == 91:
+    if c == c'{' or c == c'[':
         while i < n:
             c = s[i]
-            if c == 34:
+            if c == c'"':
                 i = _string_end(s, i, n)
                 if i < 0:
                     return -1
                 continue
-            if c == 123 or c == 91:
+            if c == c'{' or c == c'[':
                 depth += 1
-            elif c == 125 or c == 93:
+            elif c == c'}' or c == c']':
                 depth -= 1
                 if depth == 0:
                     return i + 1
@@ -309,7 +313,7 @@ cdef Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) n
         return -1
     while i < n:   # a number, true, false or null
         c = s[i]
-        if c == 44 or c == 125 or c == 93 or c == 32 or c == 10 or c == 13 or c == 9:
+        if c == c',' or c == c'}' or c == c']' or c == c' ' or c == c'\n' or c == c'\r' or c == c'\t':
             break
         i += 1
     return i
@@ -326,17 +330,17 @@ cdef Py_ssize_t _members(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, bin
     # scanner leaves to a real parser (an escaped key, malformed text).
     cdef Py_ssize_t key, key_end, value, value_end
     i = _ws(s, i + 1, n)
-    if i < n and s[i] == 125:
+    if i < n and s[i] == c'}':
         return i + 1
     while i < n:
-        if s[i] != 34:
+        if s[i] != c'"':
             return -1
         key_end = _string_end(s, i, n)
         if key_end < 0:
             return -1
         key = i + 1
         key_end -= 1
-        if memchr(s + key, 92, key_end - key) != NULL:
+        if memchr(s + key, c'\\', key_end - key) != NULL:
             return -1
         i = _ws(s, key_end + 1, n)
         if i >= n or s[i] != 58:
@@ -344,7 +348,7 @@ cdef Py_ssize_t _members(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, bin
         value = _ws(s, i + 1, n)
         if top and _is(s, key, key_end, b"params", 6):
             spans.name_start = spans.args_start = -1   # the last "params" is the one that counts
-            if value < n and s[value] == 123:
+            if value < n and s[value] == c'{':
                 value_end = _members(s, value, n, False, spans)
             else:
                 value_end = _value_end(s, value, n)
@@ -363,9 +367,9 @@ cdef Py_ssize_t _members(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, bin
             spans.args_start = value
             spans.args_end = value_end
         i = _ws(s, value_end, n)
-        if i < n and s[i] == 44:
+        if i < n and s[i] == c',':
             i = _ws(s, i + 1, n)
-        elif i < n and s[i] == 125:
+        elif i < n and s[i] == c'}':
             return i + 1
         else:
             return -1
@@ -428,7 +432,7 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     cdef Py_ssize_t count, pos, end, i, n
     cdef Py_ssize_t dpos = 0
     cdef long long drow, dlen
-    cdef Row row
+    cdef FinishedRow row
     cdef Spans spans
     cdef const unsigned char* text
     cdef char hex[16]
@@ -443,17 +447,17 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     _put_int(&pid_text, pid)
     _put_text(&pid_text, b',"id":', 6)
     count = (base[0] << 24) | (base[1] << 16) | (base[2] << 8) | base[3]
-    pos = 4 + count * <Py_ssize_t>sizeof(Row)
+    pos = 4 + count * <Py_ssize_t>sizeof(FinishedRow)
     if pos > size:
         return BAD_BATCH
     for i in range(count):
-        memcpy(&row, base + 4 + i * sizeof(Row), sizeof(Row))   # unaligned in the payload
-        if row.state != 1:
+        memcpy(&row, base + 4 + i * sizeof(FinishedRow), sizeof(FinishedRow))   # unaligned in the payload
+        if row.state != STATE_OK:
             errors[0] += 1
         pos = _ws(base, pos, size)
-        if i and pos < size and base[pos] == 44:
+        if i and pos < size and base[pos] == c',':
             pos = _ws(base, pos + 1, size)
-        if pos >= size or base[pos] != 123:
+        if pos >= size or base[pos] != c'{':
             out.len = mark
             return BAD_BATCH
         spans.id_start = spans.name_start = spans.args_start = -1
@@ -489,7 +493,7 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
         else:
             _put_text(out, b"null", 4)
         _put_text(out, b',"status":', 10)
-        if 0 <= row.state < 7:
+        if 0 <= row.state < N_STATES:
             _put_status(out, row.state)
         else:
             _put_text(out, b'"', 1)
@@ -533,8 +537,8 @@ cdef Py_ssize_t _format(const unsigned char* base, Py_ssize_t size, double offse
     return count
 
 
-cdef const char* _STATUS_TEXT[7]
-cdef Py_ssize_t _STATUS_LEN[7]
+cdef const char* _STATUS_TEXT[N_STATES]
+cdef Py_ssize_t _STATUS_LEN[N_STATES]
 for _i, _s in enumerate(STATUS):
     _STATUS_TEXT[_i] = _s
     _STATUS_LEN[_i] = len(_s)

@@ -1,38 +1,36 @@
-"""The in-flight table (pure-Python twin of _watchdog.pyx).
+# cython: language_level=3
+"""The in-flight table (compiled; twin: _inflight_py.py).
 
 Every request the server is working on has one entry: id, method, tool, start,
 deadline, state and the task doing the work. Deadlines sit in one heap served by
 one timer handle, so a request costs a heap push, never a timer of its own.
 """
 
-import ctypes
-import heapq
-from time import monotonic
+from heapq import heapify, heappop, heappush
 
-from ._errors import INVALID_REQUEST, RpcError
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-STATE_RUNNING = 0
-STATE_OK = 1
-STATE_ERROR = 2
-STATE_TIMED_OUT = 3
-STATE_CANCELLED = 4
-STATE_KILLED = 5
-STATE_REJECTED = 6
+from ..errors import INVALID_REQUEST, RpcError
+from ._consts cimport N_STATES, STATE_RUNNING
+from ._consts import STATE_NAMES
 
-STATE_NAMES = ("running", "ok", "error", "timed_out", "cancelled", "killed", "rejected")
+SOURCE_HASH = BEMCP_SOURCE_HASH   # the sources this module was built from (setup.py)
 
 # Rebuild the heap once this many finished requests still sit in it.
-_COMPACT_MIN = 1024
+cdef Py_ssize_t _COMPACT_MIN = 1024
 
 
-class Request:
+cdef double now() noexcept nogil:
+    # The clock time.monotonic() reads, without a Python call.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class Request:
     """One in-flight request. ``state`` leaves RUNNING exactly once."""
 
-    __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
-                 "state", "task", "thread", "armed", "slot", "sink", "detail", "size", "line",
-                 "batch", "_entry")
-
-    def __init__(self, id, method, tool, params, start):
+    def __init__(self, id, method, tool, params, double start):
         self.id = id
         self.method = method
         self.tool = tool
@@ -45,12 +43,11 @@ class Request:
         self.thread = None
         self.armed = False
         self.slot = None
-        self.sink = None
-        self.detail = None      # what the tool reports for tasks.log, e.g. {"exit_code": 0}
-        self.size = 0           # bytes in: the request's line, with its newline
-        self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
-        self.batch = None       # the JSON-RPC batch its answer belongs in (2025-03-26 only)
-        self._entry = None      # its place in the deadline heap while armed
+        self.on_outcome = None
+        self.detail = None
+        self.size = 0
+        self.line = None
+        self.batch = None
 
     @property
     def running(self):
@@ -64,29 +61,24 @@ class Request:
         return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
 
 
-class _Deadline:
+cdef class _Deadline:
     """An entry of the deadline heap. When its request ends, the entry stays until popped or
     compacted, but lets go of the request: a finished call's task, params and result are
     never kept alive by a deadline still far ahead."""
 
-    __slots__ = ("at", "req")
-
-    def __init__(self, at, req):
-        self.at = at
-        self.req = req          # None once the request has ended: a tombstone pins nothing
-
-    def __lt__(self, other):
+    def __lt__(self, _Deadline other):
         return self.at < other.at
 
 
-class InFlightTable:
+cdef class InFlightTable:
     """Requests by id, their deadlines, and counts of how they ended."""
 
     def __init__(self, loop):
         self.loop = loop
         self.requests = {}
-        self.on_expire = None   # called with a Request whose deadline passed
-        self.counts = [0] * len(STATE_NAMES)
+        self.on_expire = None
+        for i in range(N_STATES):
+            self._counts[i] = 0
         self._heap = []
         self._stale = 0
         self._timer = None
@@ -95,61 +87,82 @@ class InFlightTable:
     def __len__(self):
         return len(self.requests)
 
+    @property
+    def counts(self):
+        """How many requests ended in each state, by state."""
+        return [self._counts[i] for i in range(N_STATES)]
+
     def get(self, id):
         return self.requests.get(id)
 
-    def open(self, id, method, tool, params):
+    cpdef Request open(self, object id, object method, object tool, object params):
         if id in self.requests:
             raise RpcError(INVALID_REQUEST, f"request id {id!r} is already in flight")
-        req = Request(id, method, tool, params, monotonic())
+        cdef Request req = Request.__new__(Request)
+        req.id = id
+        req.method = method
+        req.tool = tool
+        req.params = params
+        req.start = now()
+        req.state = STATE_RUNNING
         self.requests[id] = req
         return req
 
-    def close(self, req, state):
+    cpdef bint close(self, Request req, int state) except -1:
         """Take ``req`` out with its final state; False if it had already left."""
+        if req is None:
+            raise TypeError("req must be a Request, not NoneType")
+        if not STATE_RUNNING < state < N_STATES:
+            raise ValueError(f"not an end state: {state!r}")
         if req.state != STATE_RUNNING:
             return False
         req.state = state
-        req.end = monotonic()
+        req.end = now()
         del self.requests[req.id]
-        self.counts[state] += 1
+        self._counts[state] += 1
         if req._entry is not None:
             self._bury(req)
         return True
 
-    def _bury(self, req):
+    cdef _bury(self, Request req):
         req._entry.req = None
         req._entry = None
         self._stale += 1
         if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
             self._compact()
 
-    def arm(self, req, timeout):
+    cpdef arm(self, Request req, object timeout):
         """Give ``req`` a deadline ``timeout`` seconds from its start."""
+        if req is None:
+            raise TypeError("req must be a Request, not NoneType")
         if timeout is None or timeout <= 0:
             return
-        deadline = req.start + timeout
+        cdef double deadline = req.start + <double>timeout
+        cdef _Deadline entry = _Deadline.__new__(_Deadline)
         if req._entry is not None:   # armed again: the new deadline replaces the old one
             self._bury(req)
         req.deadline = deadline
         req.armed = True
-        req._entry = _Deadline(deadline, req)
-        heapq.heappush(self._heap, req._entry)
+        entry.at = deadline
+        entry.req = req
+        req._entry = entry
+        heappush(self._heap, entry)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
-    def _schedule(self, when):
+    cdef _schedule(self, double when):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self.loop.call_later(max(0.0, when - monotonic()), self._on_timer)
+        self._timer = self.loop.call_later(max(0.0, when - now()), self._on_timer)
 
     def _on_timer(self):
         self._timer = None
-        now = monotonic()
-        heap = self._heap
-        while heap and heap[0].at <= now:
-            req = heapq.heappop(heap).req
+        cdef double t = now()
+        cdef list heap = self._heap
+        cdef Request req
+        while heap and (<_Deadline>heap[0]).at <= t:
+            req = (<_Deadline>heappop(heap)).req
             if req is None:
                 self._stale -= 1
             else:
@@ -157,11 +170,11 @@ class InFlightTable:
                 req._entry = None
                 self.on_expire(req)
         if heap:
-            self._schedule(heap[0].at)
+            self._schedule((<_Deadline>heap[0]).at)
 
-    def _compact(self):
-        self._heap = [e for e in self._heap if e.req is not None]
-        heapq.heapify(self._heap)
+    cdef _compact(self):
+        self._heap = [e for e in self._heap if (<_Deadline>e).req is not None]
+        heapify(self._heap)
         self._stale = 0
 
     @property
@@ -170,15 +183,15 @@ class InFlightTable:
 
     def snapshot(self):
         """The in-flight requests as plain dicts, oldest first."""
-        now = monotonic()
+        cdef double t = now()
         rows = []
         for req in sorted(self.requests.values(), key=lambda r: r.start):
             rows.append({
                 "id": req.id,
                 "method": req.method,
                 "tool": req.tool,
-                "age_s": round(now - req.start, 3),
-                "deadline_in_s": round(req.deadline - now, 3) if req.armed else None,
+                "age_s": round(t - req.start, 3),
+                "deadline_in_s": round(req.deadline - t, 3) if req.armed else None,
                 "async": req.task is not None,
             })
         return rows
@@ -188,12 +201,3 @@ class InFlightTable:
             self._timer.cancel()
             self._timer = None
 
-
-def interrupt_thread(ident, exc_type):
-    """Raise ``exc_type`` in thread ``ident`` at its next bytecode; None clears a pending one.
-
-    True if a thread with that id exists. (The compiled twin calls the C API directly.)
-    """
-    found = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type is not None else None)
-    return found == 1

@@ -30,15 +30,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_broadcast(pthread_cond_t*)
 
 
-# The server's Dispatcher.take_finished records: the same 40 bytes as _dispatch.pxd's
-# FinishedRow (a test reads both twins' records with bemcp.logs.writer.RECORD).
-cdef struct Row:
-    double start
-    double end
-    long long state
-    long long size
-    long long sent
-
 
 # The lines being written: one growing C buffer.
 cdef struct Out:

@@ -1,4 +1,4 @@
-"""tasks.log from the core's finished rows (pure-Python twin of _tasklog.pyx).
+"""tasks.log from the core's finished rows (pure-Python twin of _calllog.pyx).
 
 The event loop hands each batch of finished tool calls (``Dispatcher.take_finished``)
 to a ``TaskWriter``, whose thread formats one JSON line per call and appends them to
@@ -14,7 +14,8 @@ from collections import deque
 
 from orjson import dumps, loads
 
-STATUS = (b'"running"', b'"ok"', b'"error"', b'"timed_out"', b'"cancelled"', b'"killed"', b'"rejected"')
+from ._consts import FINISHED_ROW, STATE_OK, STATUS
+
 DIGEST_CACHE = 4096      # argument digests remembered (repeated calls hash once)
 WAIT_SECONDS = 2.0       # a submitter waits this long on a full queue before calling the thread stuck
 _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_bytes", "arg_digest",
@@ -22,7 +23,6 @@ _FIXED = frozenset(("time", "pid", "id", "tool", "status", "duration_ms", "arg_b
 _PLAIN = (int, float, str, bool)
 _DETAIL = struct.Struct("=qq")   # a packed detail: row, length, then the JSON members
 _COUNT = struct.Struct("!I")
-_ROW = struct.Struct("=ddqqq")   # the compiled twin's Row; Dispatcher.take_finished's records
 # Formatted, not built as a dict and encoded.
 _LINE = (b'{"time":%b,"pid":%d,"id":%b,"tool":%b,"status":%b,"duration_ms":%b,'
          b'"arg_bytes":%d,"arg_digest":"%b","bytes_in":%b,"bytes_out":%b')
@@ -216,15 +216,15 @@ def _format(payload, offset, pid, packed, digest_of):
     if len(payload) < _COUNT.size:
         raise ValueError("a tasks batch needs its count")
     (count,) = _COUNT.unpack_from(payload)
-    pos = _COUNT.size + count * _ROW.size
+    pos = _COUNT.size + count * FINISHED_ROW.size
     if pos > len(payload):
         raise ValueError(f"a tasks batch of {count} rows is cut short")
-    records = _ROW.iter_unpack(memoryview(payload)[_COUNT.size:pos])
+    records = FINISHED_ROW.iter_unpack(memoryview(payload)[_COUNT.size:pos])
     out = []
     errors = 0
     details = _unpack_details(packed) if packed else None
     for i, (start, end, state, size, sent) in enumerate(records):
-        if state != 1:
+        if state != STATE_OK:
             errors += 1
         pos = _ws(payload, pos)
         if i and pos < len(payload) and payload[pos] == 0x2C:
@@ -247,7 +247,7 @@ def _format(payload, offset, pid, packed, digest_of):
         pos = line_end
         digest = digest_of(raw)
         line = _LINE % (
-            _milli(end + offset), pid, id, name, STATUS[state] if 0 <= state < 7 else b'"%d"' % state,
+            _milli(end + offset), pid, id, name, STATUS[state] if 0 <= state < len(STATUS) else b'"%d"' % state,
             _milli((end - start) * 1e3), len(raw), digest,
             b"%d" % size if size > 0 else b"null", b"%d" % sent if sent > 0 else b"null")
         if details:   # what the tool reported, e.g. an exit code
@@ -268,7 +268,7 @@ class TaskWriter:
     """
 
     def __init__(self, files, pid, key, limit, wake_fd=-1, wait=WAIT_SECONDS):
-        self.files = files
+        self._files = files
         self._pid = pid
         self._limit = limit
         self._wait = wait
@@ -288,6 +288,10 @@ class TaskWriter:
         self._running = True
         self._thread = threading.Thread(target=self._run, name="bemcp-tasks-log", daemon=True)
         self._thread.start()
+
+    @property
+    def files(self):
+        return self._files
 
     def submit(self, count, records, lines, details, offset):
         """Queue one batch (``Dispatcher.take_finished``'s ``count, records, lines, details``;
@@ -334,10 +338,10 @@ class TaskWriter:
                 except (ValueError, MemoryError) as exc:
                     with self._lock:
                         self._dropped += count
-                    if self.files.warn is not None:
-                        self.files.warn(f"bemcp: tasks.log writer: a batch of rows was dropped: {exc}")
+                    if self._files.warn is not None:
+                        self._files.warn(f"bemcp: tasks.log writer: a batch of rows was dropped: {exc}")
                 else:
-                    self.files.append("tasks", lines, count)
+                    self._files.append("tasks", lines, count)
                     rows = count
                 self._busy += time.monotonic() - began
                 with self._lock:
@@ -354,12 +358,12 @@ class TaskWriter:
         """``(calls, errors)`` written since the last call, and rows dropped in all."""
         with self._lock:
             calls, errors, self._calls, self._errors = self._calls, self._errors, 0, 0
-            return calls, errors, self._dropped + self.files.dropped
+            return calls, errors, self._dropped + self._files.dropped
 
     @property
     def dropped(self):
         """Rows that never reached tasks.log: too many waiting, or the directory failing."""
-        return self._dropped + self.files.dropped
+        return self._dropped + self._files.dropped
 
     @property
     def queued(self):
@@ -392,4 +396,4 @@ class TaskWriter:
         self._wake.set()
         self._thread.join()
         self._running = False
-        self.files.close()
+        self._files.close()

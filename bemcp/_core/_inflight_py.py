@@ -1,46 +1,30 @@
-# cython: language_level=3
-"""The in-flight table (compiled; twin: _watchdog_py.py).
+"""The in-flight table (pure-Python twin of _inflight.pyx).
 
 Every request the server is working on has one entry: id, method, tool, start,
 deadline, state and the task doing the work. Deadlines sit in one heap served by
 one timer handle, so a request costs a heap push, never a timer of its own.
 """
 
-from heapq import heapify, heappop, heappush
+import heapq
+from time import monotonic as now   # the clock the compiled twin reads in C
 
-from cpython.ref cimport PyObject
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from ..errors import INVALID_REQUEST, RpcError
+from ._consts import STATE_NAMES, STATE_RUNNING
 
-from ._errors import INVALID_REQUEST, RpcError
-
-STATE_RUNNING = C_STATE_RUNNING
-STATE_OK = C_STATE_OK
-STATE_ERROR = C_STATE_ERROR
-STATE_TIMED_OUT = C_STATE_TIMED_OUT
-STATE_CANCELLED = C_STATE_CANCELLED
-STATE_KILLED = C_STATE_KILLED
-STATE_REJECTED = C_STATE_REJECTED
-
-STATE_NAMES = ("running", "ok", "error", "timed_out", "cancelled", "killed", "rejected")
-
-cdef extern from "Python.h":
-    int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)
+N_STATES = len(STATE_NAMES)
 
 # Rebuild the heap once this many finished requests still sit in it.
-cdef Py_ssize_t _COMPACT_MIN = 1024
+_COMPACT_MIN = 1024
 
 
-cdef double now() noexcept nogil:
-    # The clock time.monotonic() reads, without a Python call.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef class Request:
+class Request:
     """One in-flight request. ``state`` leaves RUNNING exactly once."""
 
-    def __init__(self, id, method, tool, params, double start):
+    __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
+                 "state", "task", "thread", "armed", "slot", "on_outcome", "detail", "size", "line",
+                 "batch", "_entry")
+
+    def __init__(self, id, method, tool, params, start):
         self.id = id
         self.method = method
         self.tool = tool
@@ -48,20 +32,21 @@ cdef class Request:
         self.start = start
         self.end = 0.0
         self.deadline = 0.0
-        self.state = C_STATE_RUNNING
+        self.state = STATE_RUNNING
         self.task = None
         self.thread = None
         self.armed = False
         self.slot = None
-        self.sink = None
-        self.detail = None
-        self.size = 0
-        self.line = None
-        self.batch = None
+        self.on_outcome = None
+        self.detail = None      # what the tool reports for tasks.log, e.g. {"exit_code": 0}
+        self.size = 0           # bytes in: the request's line, with its newline
+        self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
+        self.batch = None       # the JSON-RPC batch its answer belongs in (2025-03-26 only)
+        self._entry = None      # its place in the deadline heap while armed
 
     @property
     def running(self):
-        return self.state == C_STATE_RUNNING
+        return self.state == STATE_RUNNING
 
     @property
     def state_name(self):
@@ -71,24 +56,29 @@ cdef class Request:
         return f"<Request id={self.id!r} method={self.method} tool={self.tool} {STATE_NAMES[self.state]}>"
 
 
-cdef class _Deadline:
+class _Deadline:
     """An entry of the deadline heap. When its request ends, the entry stays until popped or
     compacted, but lets go of the request: a finished call's task, params and result are
     never kept alive by a deadline still far ahead."""
 
-    def __lt__(self, _Deadline other):
+    __slots__ = ("at", "req")
+
+    def __init__(self, at, req):
+        self.at = at
+        self.req = req          # None once the request has ended: a tombstone pins nothing
+
+    def __lt__(self, other):
         return self.at < other.at
 
 
-cdef class InFlightTable:
+class InFlightTable:
     """Requests by id, their deadlines, and counts of how they ended."""
 
     def __init__(self, loop):
         self.loop = loop
         self.requests = {}
-        self.on_expire = None
-        for i in range(N_STATES):
-            self._counts[i] = 0
+        self.on_expire = None   # called with a Request whose deadline passed
+        self._counts = [0] * N_STATES
         self._heap = []
         self._stale = 0
         self._timer = None
@@ -99,27 +89,26 @@ cdef class InFlightTable:
 
     @property
     def counts(self):
-        return [self._counts[i] for i in range(N_STATES)]
+        """How many requests ended in each state, by state."""
+        return list(self._counts)
 
     def get(self, id):
         return self.requests.get(id)
 
-    cpdef Request open(self, object id, object method, object tool, object params):
+    def open(self, id, method, tool, params):
         if id in self.requests:
             raise RpcError(INVALID_REQUEST, f"request id {id!r} is already in flight")
-        cdef Request req = Request.__new__(Request)
-        req.id = id
-        req.method = method
-        req.tool = tool
-        req.params = params
-        req.start = now()
-        req.state = C_STATE_RUNNING
+        req = Request(id, method, tool, params, now())
         self.requests[id] = req
         return req
 
-    cpdef bint close(self, Request req, int state) except -1:
+    def close(self, req, state):
         """Take ``req`` out with its final state; False if it had already left."""
-        if req.state != C_STATE_RUNNING:
+        if type(req) is not Request:
+            raise TypeError(f"req must be a Request, not {type(req).__name__}")
+        if not STATE_RUNNING < state < N_STATES:
+            raise ValueError(f"not an end state: {state!r}")
+        if req.state != STATE_RUNNING:
             return False
         req.state = state
         req.end = now()
@@ -129,31 +118,30 @@ cdef class InFlightTable:
             self._bury(req)
         return True
 
-    cdef _bury(self, Request req):
+    def _bury(self, req):
         req._entry.req = None
         req._entry = None
         self._stale += 1
         if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
             self._compact()
 
-    cpdef arm(self, Request req, object timeout):
+    def arm(self, req, timeout):
         """Give ``req`` a deadline ``timeout`` seconds from its start."""
+        if type(req) is not Request:
+            raise TypeError(f"req must be a Request, not {type(req).__name__}")
         if timeout is None or timeout <= 0:
             return
-        cdef double deadline = req.start + <double>timeout
-        cdef _Deadline entry = _Deadline.__new__(_Deadline)
+        deadline = req.start + timeout
         if req._entry is not None:   # armed again: the new deadline replaces the old one
             self._bury(req)
         req.deadline = deadline
         req.armed = True
-        entry.at = deadline
-        entry.req = req
-        req._entry = entry
-        heappush(self._heap, entry)
+        req._entry = _Deadline(deadline, req)
+        heapq.heappush(self._heap, req._entry)
         if self._timer is None or deadline < self._timer_at:
             self._schedule(deadline)
 
-    cdef _schedule(self, double when):
+    def _schedule(self, when):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
@@ -161,11 +149,10 @@ cdef class InFlightTable:
 
     def _on_timer(self):
         self._timer = None
-        cdef double t = now()
-        cdef list heap = self._heap
-        cdef Request req
-        while heap and (<_Deadline>heap[0]).at <= t:
-            req = (<_Deadline>heappop(heap)).req
+        t = now()
+        heap = self._heap
+        while heap and heap[0].at <= t:
+            req = heapq.heappop(heap).req
             if req is None:
                 self._stale -= 1
             else:
@@ -173,11 +160,11 @@ cdef class InFlightTable:
                 req._entry = None
                 self.on_expire(req)
         if heap:
-            self._schedule((<_Deadline>heap[0]).at)
+            self._schedule(heap[0].at)
 
-    cdef _compact(self):
-        self._heap = [e for e in self._heap if (<_Deadline>e).req is not None]
-        heapify(self._heap)
+    def _compact(self):
+        self._heap = [e for e in self._heap if e.req is not None]
+        heapq.heapify(self._heap)
         self._stale = 0
 
     @property
@@ -186,7 +173,7 @@ cdef class InFlightTable:
 
     def snapshot(self):
         """The in-flight requests as plain dicts, oldest first."""
-        cdef double t = now()
+        t = now()
         rows = []
         for req in sorted(self.requests.values(), key=lambda r: r.start):
             rows.append({
@@ -204,12 +191,3 @@ cdef class InFlightTable:
             self._timer.cancel()
             self._timer = None
 
-
-def interrupt_thread(unsigned long ident, exc_type):
-    """Raise ``exc_type`` in thread ``ident`` at its next bytecode; None clears a pending one.
-
-    True if a thread with that id exists.
-    """
-    if exc_type is None:
-        return PyThreadState_SetAsyncExc(ident, NULL) == 1
-    return PyThreadState_SetAsyncExc(ident, <PyObject*>exc_type) == 1

@@ -1,12 +1,4 @@
-cdef enum:
-    C_STATE_RUNNING = 0
-    C_STATE_OK = 1
-    C_STATE_ERROR = 2
-    C_STATE_TIMED_OUT = 3
-    C_STATE_CANCELLED = 4
-    C_STATE_KILLED = 5
-    C_STATE_REJECTED = 6
-    N_STATES = 7
+from ._consts cimport N_STATES
 
 
 cdef class _Deadline
@@ -25,7 +17,7 @@ cdef class Request:
     cdef public object thread
     cdef public bint armed
     cdef public object slot
-    cdef public object sink
+    cdef public object on_outcome
     cdef public object detail
     cdef public Py_ssize_t size
     cdef public object line
