@@ -1013,52 +1013,55 @@ def _request_guard():
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    # The parent's callbacks by name, not super(): these run on every request.
-    begin = HttpToolsProtocol.on_message_begin
-    headers_complete = HttpToolsProtocol.on_headers_complete
+    begin = HttpToolsProtocol.on_message_begin   # by name, not super(): it runs on every request
 
     class Protocol(HttpToolsProtocol):
-        # One timer per connection, moved on by a deadline rather than cancelled and made
-        # again at each step of each request: it re-arms itself when it fires early. Whether
-        # the body is all in is uvicorn's to say (its cycle's more_body) when the timer
-        # fires, rather than a callback of ours on every request.
+        # One callback of ours per request (its start); the rest is read off uvicorn's
+        # state by a timer that runs only while a request is incomplete, once a second:
+        # its headers are in once uvicorn made the request's cycle (cycle.scope is the
+        # scope on_message_begin made), its body once the cycle has no more_body. The
+        # body's time runs from the first tick that sees the headers in (within a second
+        # of their arrival: never less than BODY_SECONDS).
         _timer = None
         _deadline = 0.0
-        _headers_in = False   # the headers of the request begun last have all arrived
+        _body_of = None       # the cycle whose body the deadline is for
 
         def connection_made(self, transport):
             super().connection_made(transport)
             self._deadline = self.loop.time() + HEADER_SECONDS
-            self._timer = self.loop.call_later(HEADER_SECONDS, self._check)
+            self._timer = self.loop.call_later(_TICK, self._check)
 
         def on_message_begin(self):
             begin(self)
-            self._headers_in = False
             self._deadline = self.loop.time() + HEADER_SECONDS
             if self._timer is None:
-                self._timer = self.loop.call_later(HEADER_SECONDS, self._check)
-
-        def on_headers_complete(self):
-            headers_complete(self)
-            self._headers_in = True
-            self._deadline = self.loop.time() + BODY_SECONDS
+                self._timer = self.loop.call_later(_TICK, self._check)
 
         def connection_lost(self, exc):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            self._body_of = None
             super().connection_lost(exc)
 
         def _check(self):
             self._timer = None
-            if self._headers_in and (self.cycle is None or not self.cycle.more_body):
-                return                  # idle between requests: uvicorn's keep-alive limit applies
-            left = self._deadline - self.loop.time()
-            if left > 0:
-                self._timer = self.loop.call_later(left, self._check)
-            else:
+            cycle = self.cycle
+            now = self.loop.time()
+            if cycle is not None and cycle.scope is self.scope:
+                if not cycle.more_body:
+                    return              # all in: being answered, or idle (uvicorn's keep-alive limit)
+                if self._body_of is not cycle:
+                    self._body_of = cycle
+                    self._deadline = now + BODY_SECONDS
+            if now >= self._deadline:
                 self.transport.close()
+                return
+            self._timer = self.loop.call_later(min(_TICK, self._deadline - now), self._check)
     return Protocol
+
+
+_TICK = 1.0   # how often the request guard looks at a request still arriving
 
 
 def uvicorn_config(app, host, port, **more):
