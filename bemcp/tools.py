@@ -389,8 +389,11 @@ class Tool:
 
     def finish(self, value, req):
         """The CallToolResult for a value the tool returned."""
-        if type(value) is str and "_meta" not in req.params:
-            return {"content": [{"type": "text", "text": value}]}  # fast path: plain text
+        if type(value) is str:   # fast path: plain text
+            result = {"content": [{"type": "text", "text": value}]}
+            if "_meta" in req.params and _is_modern(req):
+                result["resultType"] = "complete"
+            return result
         return self.to_result(value, _is_modern(req))
 
     def fail(self, exc, req):

@@ -5,13 +5,15 @@ node:http), on loopback; wrk keeps 64 connections busy with one request, all tar
 interleaved round by round, medians over rounds with p50/p99 latency:
 
 - floor: a bare ASGI app answering each POST with a canned JSON-RPC result
-  (benches/http_floor.py): what uvicorn itself costs.
+  (benches/http_floor.py), under uvicorn with `bemcp serve --http`'s settings
+  (bemcp.transports.http.uvicorn_config): what uvicorn itself costs.
 - bemcp 2026-07-28: `bemcp serve --http`, stateless POSTs answered with JSON.
 - bemcp session: the same server, a handshake-era session (Mcp-Session-Id), each
   answer on its own SSE stream with a priming event.
 - sdk 2026-07-28: the official Python SDK (MCPServer, stateless, JSON answers):
-  bemcp/bench/servers/sdk_http_echo.py, run by the SDK `bemcp bench` uses (this Python's,
-  or the one it installs into its peer cache).
+  bemcp/bench/servers/sdk_http_echo.py, under uvicorn as the SDK runs itself (its
+  defaults; access log off), run by the SDK `bemcp bench` uses (this Python's, or the one
+  it installs into its peer cache).
 - ts stateless: the official TypeScript SDK (stateless, JSON): ts_http_echo.mjs beside the
   SDK `bemcp bench` installs into its peer cache (node and npm needed).
 

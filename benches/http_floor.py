@@ -1,12 +1,16 @@
 """The floor of benches/http_bench.py: a bare ASGI app under the same uvicorn as bemcp
-(uvloop, httptools) that reads each POST body and answers a canned JSON-RPC result.
+(bemcp.transports.http.uvicorn_config: `bemcp serve --http`'s settings, with uvicorn's
+own httptools protocol) that reads each POST body and answers a canned JSON-RPC result.
 
-What is left above it is the MCP server's own cost. Usage: python http_floor.py PORT
+What is left above it is the MCP server's own cost, bemcp's request guard included.
+Usage: python http_floor.py PORT
 """
 
 import sys
 
 import uvicorn
+
+from bemcp.transports.http import uvicorn_config
 
 ANSWER = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"resultType":"complete"}}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(ANSWER))]
@@ -23,5 +27,4 @@ async def app(scope, receive, send):
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", int(sys.argv[1]), lifespan="off")).run()

@@ -45,6 +45,9 @@ REPLAY = 1024                    # events a stream keeps for resumption
 RETRY_MS = 1000
 _PREFIX = b'{"jsonrpc":"2.0","id":'
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_MIRRORED = frozenset((b"mcp-method", b"mcp-name", b"mcp-protocol-version"))   # headers the body must match
+_MODERN = frozenset(MODERN_VERSIONS)
+_SUPPORTED = frozenset(SUPPORTED_VERSIONS)
 # 2026-07-28: the HTTP status of a JSON-RPC error.
 _STATUS = {PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400, HEADER_MISMATCH: 400,
            -32021: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404}
@@ -138,24 +141,15 @@ class Exchange(Stream):
             self.session.asks.add(id)
         return id, future
 
-    # -- from the dispatcher ---------------------------------------------------------
-
-    def deliver(self, key, line, end):
-        if key != self.iid:
-            self.transport.routes.pop(key, None)   # a request to the client
-            self.push(line)
-            return
-        self.answer = answer = _PREFIX + self.id_json + line[end:]
-        self.error = line.startswith(b'"error"', end + 1)
-        if self.sse or self.frames:
-            self.push(answer)     # the last event of its stream; alone, it goes out as JSON
-        self.close()
+    # -- its end: answered (HttpTransport._deliver), cancelled, or its session ended ---
 
     def close(self):
         self.transport.routes.pop(self.iid, None)
         if self.session is not None:
             self.session.exchanges.pop(self.id, None)
-        self.finish()
+        self.finished = True
+        if self._changed is not None:
+            self.wake()
 
 
 class Session:
@@ -183,13 +177,20 @@ class Session:
         return self.next_no
 
     def keep(self, stream):
-        self.streams[stream.no] = stream
-        if len(self.streams) > KEPT_STREAMS:
-            for no in list(self.streams):
-                if self.streams[no].finished:
-                    del self.streams[no]
-                    if len(self.streams) <= KEPT_STREAMS:
+        streams = self.streams
+        streams[stream.no] = stream
+        over = len(streams) - KEPT_STREAMS
+        if over > 0:
+            # The oldest finished ones go (a dict keeps them oldest first), found without
+            # copying the table: usually one over the limit, the first one finished.
+            drop = []
+            for no, kept in streams.items():
+                if kept.finished:
+                    drop.append(no)
+                    if len(drop) == over:
                         break
+            for no in drop:
+                del streams[no]
 
 
 class HttpTransport:
@@ -210,6 +211,7 @@ class HttpTransport:
         # Session ids start with the node name: a load balancer can send a session home.
         self.node = node or secrets.token_hex(4)
         self._good_hosts = set()  # Host headers that passed the check
+        self._good_accepts = set()   # POST Accept headers that passed the check
         self.dispatcher = None
         self.loop = None
         self.routes = {}          # internal request id / our request id -> Exchange
@@ -271,18 +273,41 @@ class HttpTransport:
         return self.routes.get(req.id)
 
     def _write(self, data):
-        routes = self.routes
-        for line in data.split(b"\n"):
-            if not line.startswith(_PREFIX):
-                continue      # a notification for everyone goes through _broadcast instead
-            end = line.find(b",", 22)
-            try:
-                key = int(line[22:end])
-            except ValueError:
-                continue
-            exchange = routes.get(key)
-            if exchange is not None:
-                exchange.deliver(key, line, end)
+        # Usually one line: a request's answer, under the internal id it was dispatched with.
+        last = len(data) - 1
+        if data.find(b"\n") == last:
+            self._deliver(data, last)
+            return
+        start = 0
+        while start <= last:
+            end = data.find(b"\n", start)
+            if end < 0:
+                end = last + 1
+            self._deliver(data[start:end], end - start)
+            start = end + 1
+
+    def _deliver(self, line, size):
+        """Route a line the dispatcher wrote (``size`` bytes, without its newline) to its exchange."""
+        if not line.startswith(_PREFIX):
+            return        # a notification for everyone goes through _broadcast instead
+        end = line.find(b",", 22)
+        try:
+            key = int(line[22:end])
+        except ValueError:
+            return
+        exchange = self.routes.get(key)
+        if exchange is None:
+            return
+        if key != exchange.iid:
+            self.routes.pop(key, None)   # a request to the client
+            exchange.push(line[:size])
+            return
+        # The answer: the client's own id back in place of the internal one.
+        exchange.answer = answer = b"".join((_PREFIX, exchange.id_json, line[end:size]))
+        exchange.error = line.startswith(b'"error"', end + 1)
+        if exchange.sse or exchange.frames:
+            exchange.push(answer)     # the last event of its stream; alone, it goes out as JSON
+        exchange.close()
 
     def _broadcast(self, method, params):
         line = dumps({"jsonrpc": "2.0", "method": method, "params": params})
@@ -315,11 +340,29 @@ class HttpTransport:
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send):
-        kind = scope["type"]
-        if kind == "http":
-            await self.handle(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
+        # The whole exchange in one coroutine: the checks and the dispatch are plain
+        # calls that return the reply (status, headers, body), or a coroutine for the
+        # rest (a stream, GET, DELETE) when there is more to it.
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        if self.dispatcher is None:
+            await self.start()     # mounted in an app that does not pass lifespan on
+        headers, dup, outcome = self._open(scope, receive, send)
+        if outcome is None:        # a POST that passed the checks: its body, then its reply
+            message = await receive()
+            body = message.get("body", b"")
+            if message.get("more_body") or message["type"] != "http.request" or len(body) > self.max_body:
+                body = await self._body(headers, body, message, receive, send)
+                if body is None:
+                    return
+            outcome = self._post(headers, dup, body, receive, send)
+        if type(outcome) is tuple:
+            await send({"type": "http.response.start", "status": outcome[0], "headers": outcome[1]})
+            await send({"type": "http.response.body", "body": outcome[2]})
+        else:
+            await outcome
 
     async def _lifespan(self, receive, send):
         while True:
@@ -336,40 +379,54 @@ class HttpTransport:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def handle(self, scope, receive, send):
-        if self.dispatcher is None:
-            await self.start()     # mounted in an app that does not pass lifespan on
+    def _open(self, scope, receive, send):
+        """(headers, a header sent twice, outcome): the checks every request passes; outcome
+        None for a POST whose body is to be read next."""
         path = scope["path"]
-        if path != self.path and not self._mounted_here(path, scope.get("root_path", "")):
-            await _reply(send, 404, None, "Not found: the MCP endpoint is " + self.path)
-            return
         raw = scope["headers"]
         headers = dict(raw)
         dup = None
         if len(headers) != len(raw):
             headers, dup = _joined(raw)
+        if path != self.path and not self._mounted_here(path, scope.get("root_path", "")):
+            return headers, dup, _error(404, None, "Not found: the MCP endpoint is " + self.path)
         refusal = self._check_security(headers)
         if refusal is not None:
-            await _reply(send, refusal[0], None, refusal[1], extra=refusal[2])
-            return
+            return headers, dup, _error(refusal[0], None, refusal[1], extra=refusal[2])
         if self.closing:
-            await _reply(send, 503, None, "The server is shutting down")
-            return
+            return headers, dup, _error(503, None, "The server is shutting down")
         method = scope["method"]
         if method == "POST":
-            await self._post(headers, dup, receive, send)
-        elif method == "GET":
-            await self._get(headers, receive, send)
-        elif method == "DELETE":
-            await self._delete(headers, send)
-        else:
-            await _reply(send, 405, None, f"Method not allowed: {method}",
-                         extra=[(b"allow", b"GET, POST, DELETE")])
+            ctype = headers.get(b"content-type", b"")
+            if ctype != b"application/json" and not ctype.startswith(b"application/json"):
+                return headers, dup, _error(415, None, "Unsupported Media Type: the body must be application/json")
+            accept = headers.get(b"accept", b"")
+            if accept not in self._good_accepts and not self._accepts(accept):
+                return headers, dup, _error(406, None, "Not Acceptable: Accept must list application/json "
+                                                       "and text/event-stream")
+            return headers, dup, None
+        if method == "GET":
+            return headers, dup, self._get(headers, receive, send)
+        if method == "DELETE":
+            return headers, dup, self._delete(headers, send)
+        return headers, dup, _error(405, None, f"Method not allowed: {method}",
+                                    extra=[(b"allow", b"GET, POST, DELETE")])
 
     def _mounted_here(self, path, root):
         if root and path.startswith(root):
             path = path[len(root):]     # mounted under a prefix
         return path.rstrip("/") == self.path.rstrip("/") or (root and path in ("", "/"))
+
+    def _accepts(self, accept):
+        """Whether a POST's Accept takes both JSON and SSE answers (remembered if so)."""
+        # find(), not `in`: `in` on bytes first tries its operand as an int, and that
+        # failure (an exception made and cleared) costs more than the search.
+        if accept.find(b"*/*") < 0 and (accept.find(b"application/json") < 0
+                                        or accept.find(b"text/event-stream") < 0):
+            return False
+        if len(self._good_accepts) < 64:
+            self._good_accepts.add(accept)
+        return True
 
     def _check_security(self, headers):
         """(status, message, extra headers) to refuse the request with, or None."""
@@ -407,43 +464,25 @@ class HttpTransport:
 
     # -- POST ------------------------------------------------------------------------------
 
-    async def _post(self, headers, dup, receive, send):
-        ctype = headers.get(b"content-type", b"")
-        if not ctype.startswith(b"application/json"):
-            await _reply(send, 415, None, "Unsupported Media Type: the body must be application/json")
-            return
-        accept = headers.get(b"accept", b"")
-        if not (b"*/*" in accept or (b"application/json" in accept and b"text/event-stream" in accept)):
-            await _reply(send, 406, None,
-                         "Not Acceptable: Accept must list application/json and text/event-stream")
-            return
-        message = await receive()
-        body = message.get("body", b"")
-        if message.get("more_body") or message["type"] != "http.request" or len(body) > self.max_body:
-            body = await self._body(headers, body, message, receive, send)
-            if body is None:
-                return
+    def _post(self, headers, dup, body, receive, send):
+        """A POST's reply: (status, headers, body), or a coroutine that sends it."""
         try:
             msg = loads(body)
         except JSONDecodeError as exc:
-            await _reply(send, 400, None, f"Parse error: {exc}", code=PARSE_ERROR)
-            return
+            return _error(400, None, f"Parse error: {exc}", code=PARSE_ERROR)
         if type(msg) is not dict:
             what = "a batch" if type(msg) is list else "not a JSON object"
-            await _reply(send, 400, None, f"Invalid request: the body is {what}; send one message per POST",
-                         code=INVALID_REQUEST)
-            return
+            return _error(400, None, f"Invalid request: the body is {what}; send one message per POST")
         version = headers.get(b"mcp-protocol-version")
         if version is not None:
             version = version.decode("latin-1")
         session_id = headers.get(b"mcp-session-id")
         # 2026-07-28 by its header (a stray Mcp-Session-Id is ignored, as the spec asks),
         # or by its _meta when the header is missing (then answered -32020).
-        if version in MODERN_VERSIONS or (session_id is None and msg.get("method") != "initialize"
-                                          and _meta_version(msg) is not None):
-            await self._modern(headers, dup, version, msg, body, receive, send)
-        else:
-            await self._handshake(headers, version, session_id, msg, body, receive, send)
+        if version in _MODERN or (session_id is None and msg.get("method") != "initialize"
+                                  and _meta_version(msg) is not None):
+            return self._modern(headers, dup, version, msg, body, receive, send)
+        return self._handshake(headers, version, session_id, msg, body, receive, send)
 
     async def _body(self, headers, first, message, receive, send):
         """The rest of a body that did not come in one piece (``first``, from ``message``);
@@ -476,62 +515,51 @@ class HttpTransport:
 
     # -- 2026-07-28 -------------------------------------------------------------------------
 
-    async def _modern(self, headers, dup, version, msg, body, receive, send):
+    def _modern(self, headers, dup, version, msg, body, receive, send):
         method = msg.get("method")
         msg_id = msg.get("id")
         if method is None:
-            await _reply(send, 400, msg_id, "Invalid request: a 2026-07-28 client sends requests and "
-                                            "notifications only", code=INVALID_REQUEST)
-            return
+            return _error(400, msg_id, "Invalid request: a 2026-07-28 client sends requests and notifications only")
         if "id" not in msg:
-            await _empty(send, 202)       # no notification means anything over HTTP here
-            return
-        error = self._check_modern(headers, dup, version, msg)
+            return 202, [], b""       # no notification means anything over HTTP here
+        error = self._check_modern(headers, dup, version, method, msg)
         if error is not None:
-            await _reply(send, 404 if error[0] == METHOD_NOT_FOUND else 400, msg_id, error[1],
-                         code=error[0], data=error[2])
-            return
+            return _error(404 if error[0] == METHOD_NOT_FOUND else 400, msg_id, error[1],
+                          code=error[0], data=error[2])
         listen = method == "subscriptions/listen"
         if listen and b"text/event-stream" not in headers.get(b"accept", b""):
-            await _reply(send, 406, msg_id, "Not Acceptable: subscriptions/listen answers with an SSE stream")
-            return
+            return _error(406, msg_id, "Not Acceptable: subscriptions/listen answers with an SSE stream")
         exchange = self._exchange(None, msg, _MODERN_PEER, True)
         if exchange is None:
-            await _reply(send, 400, msg_id, "Invalid request: id must be a string or a number",
-                         code=INVALID_REQUEST)
-            return
+            return _error(400, msg_id, "Invalid request: id must be a string or a number")
         if listen:
             exchange.sse = True
-        self._dispatch(msg, body)
-        if exchange.answer is not None and not exchange.frames:
-            await self._send_answer(exchange, send, None)   # answered at once (an eager tool)
-            return
-        await self._respond(exchange, receive, send, None)
+        self.dispatcher.dispatch(msg, body)
+        return self._respond(exchange, receive, send, None)
 
-    def _check_modern(self, headers, dup, version, msg):
+    def _check_modern(self, headers, dup, version, method, msg):
         """(code, message, data) if the request's headers do not match its body."""
-        if dup in (b"mcp-method", b"mcp-name", b"mcp-protocol-version") or \
-                (dup is not None and dup.startswith(b"mcp-param-")):
+        if dup is not None and (dup in _MIRRORED or dup.startswith(b"mcp-param-")):
             return HEADER_MISMATCH, f"Header {dup.decode()} appears more than once", None
-        method = msg.get("method")
         if type(method) is not str:
             return INVALID_REQUEST, "Invalid request: method must be a string", None
         if version is None:
             return HEADER_MISMATCH, "The MCP-Protocol-Version header is required", None
-        if version not in SUPPORTED_VERSIONS:
+        if version not in _SUPPORTED:
             return UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version: {version!r}", \
                 {"supported": list(MODERN_VERSIONS), "requested": version}
         params = msg.get("params")
-        body_version = _meta_version(msg)
+        meta = params.get("_meta") if type(params) is dict else None
+        body_version = meta.get(VERSION_KEY) if type(meta) is dict else None
         if body_version is None:
             return INVALID_PARAMS, (f"params._meta must carry {VERSION_KEY} "
                                     "(and the client's capabilities) in 2026-07-28"), None
-        if type(params["_meta"].get(CLIENT_CAPABILITIES_KEY)) is not dict:
+        if type(meta.get(CLIENT_CAPABILITIES_KEY)) is not dict:
             return INVALID_PARAMS, f"params._meta must carry {CLIENT_CAPABILITIES_KEY} in 2026-07-28", None
         if body_version != version:
             return HEADER_MISMATCH, (f"MCP-Protocol-Version {version!r} does not match "
                                      f"{VERSION_KEY} {body_version!r} in the body"), None
-        if body_version not in MODERN_VERSIONS:
+        if body_version not in _MODERN:
             return UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version: {body_version!r}", \
                 {"supported": list(MODERN_VERSIONS), "requested": body_version}
         given = headers.get(b"mcp-method")
@@ -569,74 +597,56 @@ class HttpTransport:
 
     # -- handshake era ----------------------------------------------------------------------
 
-    async def _handshake(self, headers, version, session_id, msg, body, receive, send):
+    def _handshake(self, headers, version, session_id, msg, body, receive, send):
         msg_id = msg.get("id")
-        if version is not None and version not in SUPPORTED_VERSIONS:
-            await _reply(send, 400, msg_id, f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
-                         code=UNSUPPORTED_PROTOCOL_VERSION,
-                         data={"supported": list(SUPPORTED_VERSIONS), "requested": version})
-            return
+        if version is not None and version not in _SUPPORTED:
+            return _error(400, msg_id, f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
+                          code=UNSUPPORTED_PROTOCOL_VERSION,
+                          data={"supported": list(SUPPORTED_VERSIONS), "requested": version})
         method = msg.get("method")
         if session_id is None:
             if method != "initialize":
-                await _reply(send, 400, msg_id, "Bad Request: no Mcp-Session-Id (initialize first)",
-                             code=INVALID_REQUEST)
-                return
+                return _error(400, msg_id, "Bad Request: no Mcp-Session-Id (initialize first)")
             if len(self.sessions) >= self.max_sessions:
-                await _reply(send, 503, msg_id, f"Too many open sessions ({self.max_sessions}); "
-                                                "retry later", code=-32000)
-                return
+                return _error(503, msg_id, f"Too many open sessions ({self.max_sessions}); retry later",
+                              code=-32000)
             session = Session(f"{self.node}.{secrets.token_urlsafe(24)}")
             exchange = self._exchange(session, msg, session.peer, False)
             if exchange is None or "id" not in msg:
-                await _reply(send, 400, msg_id, "Invalid request: initialize needs an id", code=INVALID_REQUEST)
-                return
-            self._dispatch(msg, body)
+                return _error(400, msg_id, "Invalid request: initialize needs an id")
+            self.dispatcher.dispatch(msg, body)
             if exchange.answer is not None and not exchange.error:
                 self.sessions[session.id] = session
-                await _send_json(send, 200, exchange.answer, [(b"mcp-session-id", session.id.encode())])
-                return
-            await self._respond(exchange, receive, send, None)
-            return
+                return 200, _json_headers(len(exchange.answer)) + [(b"mcp-session-id", session.id.encode())], \
+                    exchange.answer
+            return self._respond(exchange, receive, send, None)
         session = self.sessions.get(session_id.decode("latin-1"))
         if session is None:
-            await _reply(send, 404, msg_id, "Not Found: no such session (it ended or expired); "
-                                            "initialize again", code=INVALID_REQUEST)
-            return
+            return _error(404, msg_id, "Not Found: no such session (it ended or expired); initialize again")
         session.last = time.monotonic()
         if method is None:
-            await self._client_answer(session, msg, send)
-            return
+            return self._client_answer(session, msg)
         if "id" not in msg:
             self._notification(session, msg, body)
-            await _empty(send, 202)
-            return
+            return 202, [], b""
         if method == "initialize":
-            await _reply(send, 400, msg_id, "Invalid request: this session is initialized already",
-                         code=INVALID_REQUEST)
-            return
+            return _error(400, msg_id, "Invalid request: this session is initialized already")
         if msg_id in session.exchanges:
-            await _reply(send, 400, msg_id, f"Invalid request: request id {msg_id!r} is already in use",
-                         code=INVALID_REQUEST)
-            return
+            return _error(400, msg_id, f"Invalid request: request id {msg_id!r} is already in use")
         exchange = self._exchange(session, msg, session.peer, False)
         if exchange is None:
-            await _reply(send, 400, None, "Invalid request: id must be a string or a number",
-                         code=INVALID_REQUEST)
-            return
+            return _error(400, None, "Invalid request: id must be a string or a number")
         session.exchanges[msg_id] = exchange
-        self._dispatch(msg, body)
-        await self._respond(exchange, receive, send, session)
+        self.dispatcher.dispatch(msg, body)
+        return self._respond(exchange, receive, send, session)
 
-    async def _client_answer(self, session, msg, send):
+    def _client_answer(self, session, msg):
         id = msg.get("id")
         if ("result" not in msg and "error" not in msg) or id not in session.asks:
-            await _reply(send, 400, id, "Invalid request: not an answer to a request of this session",
-                         code=INVALID_REQUEST)
-            return
+            return _error(400, id, "Invalid request: not an answer to a request of this session")
         session.asks.discard(id)
         self.dispatcher.dispatch(msg)
-        await _empty(send, 202)
+        return 202, [], b""
 
     def _notification(self, session, msg, body):
         method = msg.get("method")
@@ -671,27 +681,25 @@ class HttpTransport:
         self.routes[iid] = exchange
         return exchange
 
-    def _dispatch(self, msg, body):
-        self.dispatcher.dispatch(msg, body)
-
-    async def _respond(self, exchange, receive, send, session):
-        """Answer as JSON if nothing came before the answer, else stream it as SSE.
+    def _respond(self, exchange, receive, send, session):
+        """Answer as JSON if nothing came before the answer, else stream it as SSE: the
+        reply, or a coroutine that streams it while the request runs.
 
         A handshake-era session's requests always stream: the stream is resumable
         (Last-Event-ID), and from 2025-11-25 on it starts with a priming event.
         """
         if session is None and exchange.answer is not None and not exchange.frames:
-            await self._send_answer(exchange, send, session)
-            return
+            return self._answer_reply(exchange)     # answered at once (an eager tool)
         if session is not None:
             exchange.sse = True
         if exchange.finished and exchange.answer is not None:
             # Answered during dispatch: its whole stream goes out in one piece, with no
             # task watching for the client to leave and none waiting on the stream.
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-            body = self._open_stream(exchange, session) + _events(exchange, 0, session is not None)[0]
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return
+            return 200, list(_SSE), self._open_stream(exchange, session) + \
+                _events(exchange, 0, session is not None)[0]
+        return self._stream(exchange, receive, send, session)
+
+    async def _stream(self, exchange, receive, send, session):
         gone = []
         watcher = asyncio.ensure_future(_watch_disconnect(receive, exchange, gone))
         try:
@@ -701,10 +709,12 @@ class HttpTransport:
                 self._abandon(exchange)
                 return
             if not exchange.sse and exchange.answer is not None and not exchange.frames:
-                await self._send_answer(exchange, send, session)
+                status, headers, body = self._answer_reply(exchange)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
                 return
             exchange.sse = True
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            await send({"type": "http.response.start", "status": 200, "headers": list(_SSE)})
             first = self._open_stream(exchange, session)
             await self._pump(exchange, send, 0, session is not None, gone, first)
             if gone:
@@ -723,13 +733,13 @@ class HttpTransport:
         # A priming event: an id to resume from, and how soon to come back.
         return b"id: %d-0\nretry: %d\ndata: \n\n" % (exchange.no, RETRY_MS)
 
-    async def _send_answer(self, exchange, send, session):
+    def _answer_reply(self, exchange):
+        """A JSON answer: 200, or in 2026-07-28 the HTTP status of its JSON-RPC error."""
         body = exchange.answer
         status = 200
         if exchange.error and exchange.modern:
             status = _STATUS.get(loads(body)["error"].get("code"), 200)
-        await send({"type": "http.response.start", "status": status, "headers": _json_headers(len(body))})
-        await send({"type": "http.response.body", "body": body})
+        return status, _json_headers(len(body)), body
 
     def _abandon(self, exchange):
         # 2026-07-28: closing the response stream cancels the request. A handshake-era
@@ -822,7 +832,8 @@ class HttpTransport:
             return
         self._end_session(session)
         self.dispatcher.flush()
-        await _empty(send, 204)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
 
 _MODERN_PEER = Peer()   # nothing is agreed at initialize in 2026-07-28; per-request _meta says it
@@ -931,26 +942,23 @@ def _json_headers(size):
     return [_JSON, length]
 
 
-async def _send_json(send, status, body, extra=None):
-    headers = _json_headers(len(body))
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _empty(send, status):
-    await send({"type": "http.response.start", "status": status, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _reply(send, status, id, message, code=INVALID_REQUEST, data=None, extra=None):
-    """An HTTP error with a JSON-RPC error body."""
+def _error(status, id, message, code=INVALID_REQUEST, data=None, extra=None):
+    """An HTTP error with a JSON-RPC error body: (status, headers, body)."""
     error = {"code": code if status != 500 else INTERNAL_ERROR, "message": message}
     if data is not None:
         error["data"] = data
     body = dumps({"jsonrpc": "2.0", "id": id, "error": error})
-    await _send_json(send, status, body, extra)
+    headers = _json_headers(len(body))
+    if extra:
+        headers += extra
+    return status, headers, body
+
+
+async def _reply(send, status, id, message, code=INVALID_REQUEST, data=None, extra=None):
+    """Send an HTTP error with a JSON-RPC error body."""
+    status, headers, body = _error(status, id, message, code, data, extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- running under uvicorn ---------------------------------------------------------------------
@@ -1005,51 +1013,71 @@ def _request_guard():
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    begin = HttpToolsProtocol.on_message_begin   # by name, not super(): it runs on every request
+
     class Protocol(HttpToolsProtocol):
-        # One timer per connection, moved on by a deadline rather than cancelled and made
-        # again at each step of each request: it re-arms itself when it fires early.
+        # One callback of ours per request (its start); the rest is read off uvicorn's
+        # state by a timer that runs only while a request is incomplete, once a second:
+        # its headers are in once uvicorn made the request's cycle (cycle.scope is the
+        # scope on_message_begin made), its body once the cycle has no more_body. The
+        # body's time runs from the first tick that sees the headers in (within a second
+        # of their arrival: never less than BODY_SECONDS).
         _timer = None
         _deadline = 0.0
-        _waiting = True      # a request has begun (or may begin) and has not fully arrived
+        _body_of = None       # the cycle whose body the deadline is for
 
         def connection_made(self, transport):
             super().connection_made(transport)
-            self._arm(HEADER_SECONDS)
+            self._deadline = self.loop.time() + HEADER_SECONDS
+            self._timer = self.loop.call_later(_TICK, self._check)
 
         def on_message_begin(self):
-            super().on_message_begin()
-            self._waiting = True
-            self._arm(HEADER_SECONDS)
-
-        def on_headers_complete(self):
-            super().on_headers_complete()
-            self._deadline = self.loop.time() + BODY_SECONDS
-
-        def on_message_complete(self):
-            super().on_message_complete()
-            self._waiting = False
+            begin(self)
+            self._deadline = self.loop.time() + HEADER_SECONDS
+            if self._timer is None:
+                self._timer = self.loop.call_later(_TICK, self._check)
 
         def connection_lost(self, exc):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            self._body_of = None
             super().connection_lost(exc)
-
-        def _arm(self, seconds):
-            self._deadline = self.loop.time() + seconds
-            if self._timer is None:
-                self._timer = self.loop.call_later(seconds, self._check)
 
         def _check(self):
             self._timer = None
-            if not self._waiting:
-                return                  # idle between requests: uvicorn's keep-alive limit applies
-            left = self._deadline - self.loop.time()
-            if left > 0:
-                self._timer = self.loop.call_later(left, self._check)
-            else:
+            cycle = self.cycle
+            now = self.loop.time()
+            if cycle is not None and cycle.scope is self.scope:
+                if not cycle.more_body:
+                    return              # all in: being answered, or idle (uvicorn's keep-alive limit)
+                if self._body_of is not cycle:
+                    self._body_of = cycle
+                    self._deadline = now + BODY_SECONDS
+            if now >= self._deadline:
                 self.transport.close()
+                return
+            self._timer = self.loop.call_later(min(_TICK, self._deadline - now), self._check)
     return Protocol
+
+
+_TICK = 1.0   # how often the request guard looks at a request still arriving
+
+
+def uvicorn_config(app, host, port, **more):
+    """uvicorn as `bemcp serve --http` runs it (and the floor of benches/http_bench.py).
+
+    uvloop and httptools. Proxy headers off: bemcp never reads the client's address or
+    scheme (its checks are Host, Origin and the token), so rewriting them from
+    X-Forwarded-* would cost a middleware call on every request for nothing. ``more``:
+    further uvicorn settings (``http``: bemcp's protocol; ``lifespan``).
+    """
+    import uvicorn
+    settings = dict(loop="uvloop", http="httptools", lifespan="on", log_level="warning", access_log=False,
+                    proxy_headers=False, timeout_keep_alive=5, timeout_graceful_shutdown=3,
+                    server_header=False, limit_concurrency=4096)
+    settings.update(more)
+    return uvicorn.Config(app, host=host, port=port, **settings)
 
 
 def run_http(server, bind, token_file=None, origins=()):
@@ -1073,10 +1101,6 @@ def run_http(server, bind, token_file=None, origins=()):
             # raise the signal again once it has shut down.
             getattr(self, "_captured_signals", []).clear()
 
-    config = uvicorn.Config(transport, host=host, port=port, loop="uvloop", http=_request_guard(),
-                            lifespan="on", log_level="warning", access_log=False,
-                            timeout_keep_alive=5, timeout_graceful_shutdown=3,
-                            server_header=False, limit_concurrency=4096)
-    userver = Server(config)
+    userver = Server(uvicorn_config(transport, host, port, http=_request_guard()))
     userver.run()
     return 0 if userver.started else 1

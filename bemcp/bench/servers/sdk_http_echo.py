@@ -1,6 +1,10 @@
 """Echo MCP server on the official Python SDK over Streamable HTTP, stateless with JSON
-responses, under the uvicorn configuration bemcp uses (uvloop, httptools): the `sdk`
-peer of benches/http_bench.py. Usage: python sdk_http_echo.py PORT"""
+responses: the `sdk` peer of benches/http_bench.py. Usage: python sdk_http_echo.py PORT
+
+uvicorn as the SDK runs itself (MCPServer.run's streamable-http transport builds
+uvicorn.Config(app, host, port, log_level) and leaves the rest at uvicorn's defaults:
+uvloop and httptools when installed, as here by name, and proxy headers on), with the
+access log off as for every target of the bench."""
 
 import sys
 
