@@ -18,6 +18,7 @@ import pytest
 
 from _twins import load_core
 
+from bemcp._core._consts import RECENT
 from bemcp.logs.files import LogFiles
 
 pytestmark = pytest.mark.compiled
@@ -81,6 +82,7 @@ def _instances(core, loop, tmp_path):
         "InFlightTable": table,
         "Request": table.open(1, "m", None, None),
         "TaskWriter": _closed(core.TaskWriter(LogFiles(str(tmp_path / core.kind)), 1, b"k" * 16, 1)),
+        "_RecentMessages": core.modules["_dispatch"]._RecentMessages(),
     }
 
 
@@ -293,6 +295,22 @@ def test_both_dispatchers_write_the_same_bytes_for_random_streams(seed):
         _settle(loop)
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_both_rings_of_recent_messages_keep_the_same_last_messages(seed):
+    rnd = random.Random(2000 + seed)
+    rings = [core.modules["_dispatch"]._RecentMessages() for core in (C, PY)]
+    for _ in range(rnd.randrange(0, 3 * RECENT)):
+        message = rnd.choice(["tools/call", "ping", None, 7]), _ids(rnd), rnd.randrange(1 << 40)
+        for ring in rings:
+            ring.add(*message)
+    snapshots = [ring.snapshot() for ring in rings]
+    assert [r[1:] for r in snapshots[0]] == [r[1:] for r in snapshots[1]]
+    assert rings[0].count == rings[1].count and len(snapshots[0]) == min(RECENT, rings[0].count)
+    for snapshot in snapshots:
+        times = [r[0] for r in snapshot]
+        assert times == sorted(times)
 
 
 def _frames(items):

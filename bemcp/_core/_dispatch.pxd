@@ -1,3 +1,5 @@
+cimport cython
+
 from ._consts cimport RECENT, FinishedRow
 from ._framing cimport Framer, Oversized
 from ._inflight cimport InFlightTable, Request
@@ -24,6 +26,18 @@ cdef class Batch:
     cdef list lines          # its answers, each a JSON line
     cdef Py_ssize_t open     # its requests not yet ended
     cdef bint sealed         # all its messages have been dispatched
+
+
+@cython.final
+cdef class _RecentMessages:
+    cdef double times[RECENT]
+    cdef Py_ssize_t sizes[RECENT]
+    cdef list methods
+    cdef list ids
+    cdef readonly Py_ssize_t count   # messages in since the start
+
+    cpdef void add(self, object method, object id, Py_ssize_t size)
+    cpdef list snapshot(self)
 
 
 cdef class _FinishedCalls:
@@ -55,11 +69,7 @@ cdef class Dispatcher:
     cdef public object refusing
     cdef public Py_ssize_t active
     cdef public object queue
-    cdef double _recent_time[RECENT]
-    cdef Py_ssize_t _recent_size[RECENT]
-    cdef list _recent_methods
-    cdef list _recent_ids
-    cdef Py_ssize_t _recent_pos
+    cdef _RecentMessages _recent
     # Hooks (None or a callable; the class docstring says when each is called).
     cdef public object timeout_result      # (request) -> the outcome sent at its deadline
     cdef public object on_cancelled        # (request) after its task was cancelled
@@ -87,7 +97,6 @@ cdef class Dispatcher:
     cpdef feed(self, object data)
     cpdef dispatch(self, object msg, object line=*)
     cpdef handle_line(self, object line)
-    cdef inline void _remember(self, object method, object id, Py_ssize_t size)
     cpdef handle_message(self, object msg)
     cdef _batch_messages(self, list msgs)
     cdef _message(self, object msg)

@@ -114,6 +114,28 @@ cdef class Batch:
         self.sealed = False
 
 
+cdef class _RecentMessages:
+    """The last RECENT messages in, for crash reports: (time, method, id, size) each,
+    in a ring that allocates nothing per message."""
+
+    def __init__(self):
+        self.methods = [None] * RECENT
+        self.ids = [None] * RECENT
+
+    cpdef void add(self, object method, object id, Py_ssize_t size):
+        cdef Py_ssize_t i = self.count % RECENT
+        self.times[i] = now()
+        self.sizes[i] = size
+        self.methods[i] = method
+        self.ids[i] = id
+        self.count += 1
+
+    cpdef list snapshot(self):
+        """(time, method, id, size) of the last messages in, oldest first."""
+        return [(self.times[j % RECENT], self.methods[j % RECENT], self.ids[j % RECENT], self.sizes[j % RECENT])
+                for j in range(max(0, self.count - RECENT), self.count)]
+
+
 cdef class _FinishedCalls:
     """Finished tool calls kept for tasks.log until the logs take them: a FinishedRow
     and a copy of the request line each, in C buffers reused from tick to tick, so
@@ -214,9 +236,7 @@ cdef class Dispatcher:
         self.refusing = None
         self.active = 0
         self.queue = deque()
-        self._recent_methods = [None] * RECENT
-        self._recent_ids = [None] * RECENT
-        self._recent_pos = 0
+        self._recent = _RecentMessages()
         self.timeout_result = None
         self.on_cancelled = None
         self.on_exception = None
@@ -273,7 +293,7 @@ cdef class Dispatcher:
         try:
             msg = loads(line)
         except JSONDecodeError as exc:
-            self._remember(None, None, len(line))
+            self._recent.add(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
             # Valid JSON the parser refuses (a number beyond a double's range) is still
@@ -281,34 +301,22 @@ cdef class Dispatcher:
             self._send_error(recover_id(line[:HEAD_SIZE]), PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
-            self._remember((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))
+            self._recent.add((<dict>msg).get("method"), (<dict>msg).get("id"), len(line))
         self._line = line
         try:
             self.handle_message(msg)
         finally:
             self._line = None
 
-    cdef inline void _remember(self, object method, object id, Py_ssize_t size):
-        # A ring of the last RECENT messages in, for crash reports: no allocation per message.
-        cdef Py_ssize_t i = self._recent_pos % RECENT
-        self._recent_time[i] = now()
-        self._recent_size[i] = size
-        self._recent_methods[i] = method
-        self._recent_ids[i] = id
-        self._recent_pos += 1
-
     @property
     def received(self):
         """How many messages have come in."""
-        return self._recent_pos
+        return self._recent.count
 
     @property
     def recent(self):
         """(time, method, id, size) of the last messages in, oldest first."""
-        cdef Py_ssize_t start = max(0, self._recent_pos - RECENT)
-        return [(self._recent_time[j % RECENT], self._recent_methods[j % RECENT],
-                 self._recent_ids[j % RECENT], self._recent_size[j % RECENT])
-                for j in range(start, self._recent_pos)]
+        return self._recent.snapshot()
 
     cpdef handle_message(self, object msg):
         if type(msg) is list and self.batches:
@@ -621,7 +629,7 @@ cdef class Dispatcher:
                 self.on_exception(None, exc)
 
     cdef _oversized(self, Oversized item):
-        self._remember(None, None, item.size)
+        self._recent.add(None, None, item.size)
         if self.on_protocol_error is not None:
             self.on_protocol_error("oversized", item.size)
         self._send_error(recover_id(item.head), INVALID_REQUEST,

@@ -102,6 +102,30 @@ class Batch:
         self.sealed = False     # all its messages have been dispatched
 
 
+class _RecentMessages:
+    """The last RECENT messages in, for crash reports: (time, method, id, size) each
+    (the compiled twin keeps them in a ring of C arrays: no object per message)."""
+
+    __slots__ = ("_ring", "_count")
+
+    def __init__(self):
+        self._ring = deque(maxlen=RECENT)
+        self._count = 0
+
+    def add(self, method, id, size):
+        self._ring.append((monotonic(), method, id, size))
+        self._count += 1
+
+    @property
+    def count(self):
+        """Messages in since the start."""
+        return self._count
+
+    def snapshot(self):
+        """(time, method, id, size) of the last messages in, oldest first."""
+        return list(self._ring)
+
+
 class _FinishedCalls:
     """Finished tool calls kept for tasks.log until the logs take them: a FINISHED_ROW
     record and a copy of the request line each (the compiled twin keeps both in C
@@ -171,8 +195,7 @@ class Dispatcher:
         self.refusing = None               # a reason to refuse new tool calls (memory pressure)
         self.active = 0
         self.queue = deque()
-        self._recent = deque(maxlen=RECENT)   # (time, method, id, size) of the last messages in
-        self._received = 0
+        self._recent = _RecentMessages()
         self.timeout_result = None         # the hooks: see the class docstring
         self.on_cancelled = None
         self.on_exception = None
@@ -229,7 +252,7 @@ class Dispatcher:
         try:
             msg = loads(line)
         except JSONDecodeError as exc:
-            self._remember(None, None, len(line))
+            self._recent.add(None, None, len(line))
             if self.on_protocol_error is not None:
                 self.on_protocol_error("malformed", len(line))
             # Valid JSON the parser refuses (a number beyond a double's range) is still
@@ -237,26 +260,22 @@ class Dispatcher:
             self._send_error(recover_id(line[:HEAD_SIZE]), PARSE_ERROR, f"Parse error: {exc}")
             return
         if type(msg) is dict:
-            self._remember(msg.get("method"), msg.get("id"), len(line))
+            self._recent.add(msg.get("method"), msg.get("id"), len(line))
         self._line = line
         try:
             self.handle_message(msg)
         finally:
             self._line = None
 
-    def _remember(self, method, id, size):
-        self._recent.append((monotonic(), method, id, size))
-        self._received += 1
-
     @property
     def received(self):
         """How many messages have come in."""
-        return self._received
+        return self._recent.count
 
     @property
     def recent(self):
         """(time, method, id, size) of the last messages in, oldest first."""
-        return list(self._recent)
+        return self._recent.snapshot()
 
     def handle_message(self, msg):
         if type(msg) is list and self.batches:
@@ -556,7 +575,7 @@ class Dispatcher:
                 self.on_exception(None, exc)
 
     def _oversized(self, item):
-        self._remember(None, None, item.size)
+        self._recent.add(None, None, item.size)
         if self.on_protocol_error is not None:
             self.on_protocol_error("oversized", item.size)
         self._send_error(recover_id(item.head), INVALID_REQUEST,
