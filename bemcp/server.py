@@ -278,6 +278,11 @@ class Server:
         None (the watchdog does so under memory pressure); calls already running go on."""
         self.dispatcher.refusing = reason
 
+    def keep_finished_calls(self, on):
+        """Keep (or stop keeping) a record of each tool call as it ends, for the logs to
+        take (``dispatcher.take_finished``); the logs stop it once they have taken the last."""
+        self.dispatcher.keep_finished(on)
+
     def _after_plugins(self, handler):
         """``handler``, answering only once the plugins loading in the background have
         registered what they offer: a list or a lookup never misses a plugin's prompt or

@@ -128,7 +128,7 @@ class Logs:
             self._tick_handle.cancel()
             self._tick_handle = None
             self._flush_finished()
-            self.server.dispatcher.keep_finished(False)
+            self.server.keep_finished_calls(False)
         if self._call_log is not None:
             self._call_log.close()   # everything handed over is written
         if self._feeder is not None:
