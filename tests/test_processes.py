@@ -290,7 +290,9 @@ def test_send_signal_reaches_the_group(run):
         child = spawn(launch([PY, "-c", "import signal, sys, time\n"
                               "signal.signal(signal.SIGUSR1, lambda *a: (print('usr1', flush=True), sys.exit(7)))\n"
                               "print('ready', flush=True)\ntime.sleep(30)"]), sink)
-        assert await wait_until(lambda: b"ready" in sink.out)
+        # The whole line: unbuffered (PYTHONUNBUFFERED), print writes "ready" and its newline
+        # apart, and a signal between the two would cut the line short.
+        assert await wait_until(lambda: b"ready\n" in sink.out)
         assert child.send_signal(signal.SIGUSR1)
         return await child.done, sink.out
     assert run(main()) == (7, b"ready\nusr1\n")
