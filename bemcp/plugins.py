@@ -411,7 +411,8 @@ class PluginManager:
 
     def _settle(self, job, budget, why=None):
         """Decide ``job``'s outcome once (``why``: it was given up on, for that reason), and
-        report a failure at once."""
+        report a failure at once. Under the lock: a plugin's thread may be reporting its own
+        failure, and loading is not over until that report is made."""
         info = job.info
         with self._settling:
             if info.status != "pending":
@@ -433,7 +434,7 @@ class PluginManager:
             else:
                 info.status = LOADED
                 return
-        self._report_failure(info)
+            self._report_failure(info)
 
     def abandon_loading(self):
         """The server is stopping while plugins load: every plugin still loading is given up
