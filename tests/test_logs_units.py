@@ -16,6 +16,9 @@ from bemcp.logs.collector import COUNT, RECORD
 from bemcp.percentiles import percentile
 
 
+CARE_SECONDS = 30.0   # the longest a loaded machine may keep a log thread from running
+
+
 def directory_bytes(path):
     total = 0
     for name in os.listdir(path):
@@ -25,6 +28,16 @@ def directory_bytes(path):
             except FileNotFoundError:   # rotated away meanwhile
                 pass
     return total
+
+
+def wait_for(predicate, seconds):
+    """True once ``predicate()`` holds; False if it still does not after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def batch(calls):
@@ -222,30 +235,36 @@ def test_the_task_writer_rotates_caps_and_drops_what_it_cannot_hold(core, tmp_pa
     done = threading.Event()
 
     def caretaker():   # what the logs' feeder thread does: care for the directory when poked
-        while not done.is_set():
-            os.read(wake_r, 1) if not done.is_set() else None
+        while True:
+            os.read(wake_r, 1)
+            if done.is_set():
+                return
             writer.care()
-    helper = threading.Thread(target=caretaker)
+    helper = threading.Thread(target=caretaker, daemon=True)
     helper.start()
     calls = [((i, "echo", {"text": "x" * 100}), 1.0, 2.0, 1, 10, 10) for i in range(20)]
     _, records, lines = batch(calls)
     cap = 256 * 1024 + 64 * 1024   # the cap, give or take a tick
-    for _ in range(1000):   # ~3.5 MB of lines through a 256 KiB directory, paced like a server's ticks
-        assert writer.submit(20, records, lines, None, 0.0)
-        time.sleep(0.0005)
-        # A loaded machine may keep the caretaker from running for a while: past the cap, it
-        # must bring the directory back under it once it runs (without care it never would).
-        deadline = time.monotonic() + 5.0
-        while directory_bytes(str(tmp_path)) > cap:
-            assert time.monotonic() < deadline, "the directory stayed over its cap"
-            time.sleep(0.01)
-    writer.close()
-    done.set()
-    os.write(wake_w, b"x")
-    helper.join()
+
+    def back_under_cap():
+        return writer.queued == 0 and directory_bytes(str(tmp_path)) <= cap
+    try:
+        for _ in range(1000):   # ~3.5 MB of lines through a 256 KiB directory, paced like a server's ticks
+            assert writer.submit(20, records, lines, None, 0.0)
+            time.sleep(0.0005)
+            # A loaded machine may keep the writer and the caretaker from running for seconds:
+            # past the cap, the directory must be back under it once the writer has written
+            # what it holds and the caretaker has run (without care it never would).
+            if directory_bytes(str(tmp_path)) > cap:
+                assert wait_for(back_under_cap, CARE_SECONDS), "the directory stayed over its cap"
+    finally:   # a failure above must not leave the caretaker blocked on its pipe
+        writer.close()
+        done.set()
+        os.write(wake_w, b"x")
+        helper.join()
+        os.close(wake_r)
+        os.close(wake_w)
     writer.care()
-    os.close(wake_r)
-    os.close(wake_w)
     assert directory_bytes(str(tmp_path)) <= 256 * 1024
     assert len(generations(str(tmp_path), "tasks")) > 2
     for path in generations(str(tmp_path), "tasks"):
