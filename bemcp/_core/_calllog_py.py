@@ -99,7 +99,7 @@ def _members(s, i, top, spans):
         if key_end < 0:
             return -1
         key = s[i + 1:key_end - 1]
-        if b"\\" in key:
+        if key.find(b"\\") >= 0:   # not `in`: bytes tries an int first, raising and clearing an error
             return -1
         i = _ws(s, key_end)
         if i >= n or s[i] != 0x3A:
