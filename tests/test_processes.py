@@ -35,7 +35,7 @@ def launch(argv, cwd=None, env=None):
 
 
 class Collected:
-    """An on_output sink keeping both streams."""
+    """An on_output callback keeping both streams."""
 
     def __init__(self):
         self.streams = {1: bytearray(), 2: bytearray()}
@@ -71,20 +71,20 @@ async def wait_until(predicate, timeout=5.0):
 
 def test_output_status_and_streams(run):
     async def main():
-        sink = Collected()
+        output = Collected()
         child = spawn(launch([PY, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"]),
-                      sink)
+                      output)
         assert await child.done == 3
-        return child, sink
-    child, sink = run(main())
+        return child, output
+    child, output = run(main())
     assert child.returncode == 3 and not child.running
-    assert sink.out == b"out\n" and sink.err == b"err\n"
+    assert output.out == b"out\n" and output.err == b"err\n"
 
 
 def test_stdin_is_dev_null_unless_given(run):
     async def main():
-        sink = Collected()
-        child = spawn(launch(["cat"]), sink)
+        output = Collected()
+        child = spawn(launch(["cat"]), output)
         started = time.monotonic()
         await asyncio.wait_for(asyncio.shield(child.done), 5)
         assert time.monotonic() - started < 5
@@ -94,17 +94,17 @@ def test_stdin_is_dev_null_unless_given(run):
         assert await cat.write_stdin(b"hello ", close=False) == 6
         await cat.write_stdin(b"world", close=True)
         await cat.done
-        return sink, fed
-    sink, fed = run(main())
-    assert sink.out == b"" and fed.out == b"hello world"
+        return output, fed
+    output, fed = run(main())
+    assert output.out == b"" and fed.out == b"hello world"
 
 
 def test_large_stdin_does_not_block_the_loop(run):
     data = os.urandom(3 * 1024 * 1024)
 
     async def main():
-        sink = Collected()
-        child = spawn(launch(["cat"]), sink, stdin=True)
+        output = Collected()
+        child = spawn(launch(["cat"]), output, stdin=True)
         ticks = 0
 
         async def ticker():
@@ -116,9 +116,9 @@ def test_large_stdin_does_not_block_the_loop(run):
         await child.write_stdin(data, close=True)
         await child.done
         await tick
-        return sink, ticks
-    sink, ticks = run(main())
-    assert sink.out == data
+        return output, ticks
+    output, ticks = run(main())
+    assert output.out == data
     assert ticks > 1
 
 
@@ -156,11 +156,11 @@ def test_no_descriptor_of_ours_leaks_into_a_child(run):
     os.set_inheritable(inheritable, True)
     try:
         async def main():
-            sink = Collected()
+            output = Collected()
             child = spawn(launch([PY, "-c", "import os; print(sorted(map(int, os.listdir('/proc/self/fd'))))"
-                                  "; print(os.readlink('/proc/self/fd/0'))"]), sink)
+                                  "; print(os.readlink('/proc/self/fd/0'))"]), output)
             await child.done
-            return sink.out.decode().split("\n")
+            return output.out.decode().split("\n")
         fds, stdin = run(main())[:2]
     finally:
         os.close(inheritable)
@@ -190,11 +190,11 @@ def test_spawn_failures_are_spawn_errors(run, tmp_path):
 
 def test_the_env_and_cwd_reach_the_child(run, tmp_path):
     async def main():
-        sink = Collected()
+        output = Collected()
         child = spawn(launch([PY, "-c", "import os; print(os.getcwd()); print(os.environ['BEMCP_T_X'])"],
-                             cwd=str(tmp_path), env={"BEMCP_T_X": "42"}), sink)
+                             cwd=str(tmp_path), env={"BEMCP_T_X": "42"}), output)
         await child.done
-        return sink.out.decode().split()
+        return output.out.decode().split()
     assert run(main()) == [os.path.realpath(tmp_path), "42"]
 
 
@@ -203,9 +203,9 @@ def test_the_thread_fallback_without_pidfd(run, monkeypatch):
     monkeypatch.delattr(os, "pidfd_open")
 
     async def main():
-        sink = Collected()
-        child = spawn(launch(["echo", "hi"]), sink)
-        return await child.done, sink.out
+        output = Collected()
+        child = spawn(launch(["echo", "hi"]), output)
+        return await child.done, output.out
     assert run(main()) == (0, b"hi\n")
 
 
@@ -213,12 +213,12 @@ def test_the_popen_fallback(run, monkeypatch):
     monkeypatch.setattr(spawning, "_FORK_EXEC", None)
 
     async def main():
-        sink = Collected()
-        child = spawn(launch(["sh", "-c", "echo hi; exit 4"]), sink)
+        output = Collected()
+        child = spawn(launch(["sh", "-c", "echo hi; exit 4"]), output)
         code = await child.done
         with pytest.raises(SpawnError):
             spawn(Launch(["nope"], "/nonexistent/nope", "/", {}, "nope"), Collected())
-        return code, sink.out, child.popen.returncode
+        return code, output.out, child.popen.returncode
     assert run(main()) == (4, b"hi\n", 4)
 
 
@@ -253,8 +253,8 @@ def test_kill_reaches_descendants_that_left_the_session(run):
 
 def test_a_grandchild_holding_the_pipes_cannot_hang_a_foreground_command(run):
     async def main():
-        sink = Collected()
-        child = spawn(launch(["sh", "-c", "sleep 60 & echo started"]), sink, grace=0.3)
+        output = Collected()
+        child = spawn(launch(["sh", "-c", "sleep 60 & echo started"]), output, grace=0.3)
         assert await wait_until(lambda: len(tree_members(child.pid)) >= 2 or child.returncode is not None)
         tree = set(tree_members(child.pid))
         started = time.monotonic()
@@ -263,7 +263,7 @@ def test_a_grandchild_holding_the_pipes_cannot_hang_a_foreground_command(run):
         # What it left behind is stopped too.
         assert await wait_until(lambda: not live(tree - {child.pid}))
         await child.kill(0.3)
-        return code, took, sink.out
+        return code, took, output.out
     code, took, out = run(main())
     assert code == 0 and out == b"started\n"
     assert took < 3.0
@@ -271,10 +271,10 @@ def test_a_grandchild_holding_the_pipes_cannot_hang_a_foreground_command(run):
 
 def test_a_background_child_keeps_its_descendants_until_killed(run):
     async def main():
-        sink = Collected()
-        child = spawn(launch(["sh", "-c", "sleep 60 & echo $!"]), sink, foreground=False)
-        assert await wait_until(lambda: child.returncode is not None and sink.out)
-        grandchild = int(sink.out)
+        output = Collected()
+        child = spawn(launch(["sh", "-c", "sleep 60 & echo $!"]), output, foreground=False)
+        assert await wait_until(lambda: child.returncode is not None and output.out)
+        grandchild = int(output.out)
         await asyncio.sleep(processes.DRAIN_AFTER_EXIT + 0.2)
         assert live([grandchild]) == [grandchild]
         assert not child.done.done()       # the grandchild still holds the pipes
@@ -286,15 +286,15 @@ def test_a_background_child_keeps_its_descendants_until_killed(run):
 
 def test_send_signal_reaches_the_group(run):
     async def main():
-        sink = Collected()
+        output = Collected()
         child = spawn(launch([PY, "-c", "import signal, sys, time\n"
                               "signal.signal(signal.SIGUSR1, lambda *a: (print('usr1', flush=True), sys.exit(7)))\n"
-                              "print('ready', flush=True)\ntime.sleep(30)"]), sink)
+                              "print('ready', flush=True)\ntime.sleep(30)"]), output)
         # The whole line: unbuffered (PYTHONUNBUFFERED), print writes "ready" and its newline
         # apart, and a signal between the two would cut the line short.
-        assert await wait_until(lambda: b"ready\n" in sink.out)
+        assert await wait_until(lambda: b"ready\n" in output.out)
         assert child.send_signal(signal.SIGUSR1)
-        return await child.done, sink.out
+        return await child.done, output.out
     assert run(main()) == (7, b"ready\nusr1\n")
 
 

@@ -142,13 +142,13 @@ def register_commands(server):
         progress = None
         if ctx is not None and ctx.progress_token is not None:
             progress = ProgressLines(ctx, asyncio.get_running_loop())
-        sinks = (None, out.feed, err.feed)
+        captures = (None, out.feed, err.feed)
         if progress is None:
             def on_output(stream, data):
-                sinks[stream](data)
+                captures[stream](data)
         else:
             def on_output(stream, data):
-                sinks[stream](data)
+                captures[stream](data)
                 progress.feed(stream, data)
         child = start(launch, on_output, stdin=stdin is not None)
         loop = child.loop

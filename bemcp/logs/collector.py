@@ -303,7 +303,7 @@ class Logs:
                         last_perf = now
                         next_perf = now + self.perf_interval
                 except Exception as exc:   # the logs must never take the server down
-                    self._warn(f"bemcp: log writer error: {type(exc).__name__}: {exc}")
+                    self._warn(f"bemcp: log feeder error: {type(exc).__name__}: {exc}")
                 if stopping:
                     break
         finally:
