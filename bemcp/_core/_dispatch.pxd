@@ -28,6 +28,7 @@ cdef class Batch:
     cdef bint sealed         # all its messages have been dispatched
 
 
+# Final: the Dispatcher's add() calls are plain C calls (no look-up for a Python override).
 @cython.final
 cdef class _RecentMessages:
     cdef double times[RECENT]
