@@ -564,23 +564,25 @@ class HttpTransport:
         key = _NAMED.get(method)
         if key is not None:
             value = params.get(key)
-            name = _header_value(headers.get(b"mcp-name"))
+            raw = headers.get(b"mcp-name")
+            # A plain value read here; None and =?base64?...?= through _header_value.
+            name = raw.decode("latin-1").strip() if raw is not None and not raw.startswith(b"=?") \
+                else _header_value(raw)
             if name is None or name != value:
                 return HEADER_MISMATCH, f"The Mcp-Name header does not match the body's {key} {value!r}", None
             if method == "tools/call":
-                return self._check_params(headers, params)
+                tool = self.server.tools.get(value)
+                mirrored = _mirrored(tool) if tool is not None else None
+                return self._check_params(headers, params, mirrored) if mirrored else None
         if method == "initialize" or method not in self.dispatcher.methods and method != "tools/call":
             return METHOD_NOT_FOUND, f"Method not found: {method}", None
         return None
 
-    def _check_params(self, headers, params):
-        """Mcp-Param-* headers against the arguments a tool marked with x-mcp-header."""
-        tool = self.server.tools.get(params.get("name"))
-        if tool is None:
-            return None
+    def _check_params(self, headers, params, mirrored):
+        """Mcp-Param-* headers against the arguments a tool marked with x-mcp-header (``mirrored``)."""
         args = params.get("arguments")
         args = args if type(args) is dict else {}
-        for header, arg, kind in _mirrored(tool):
+        for header, arg, kind in mirrored:
             value = args.get(arg)
             given = _header_value(headers.get(b"mcp-param-" + header))
             if value is None:
@@ -613,7 +615,7 @@ class HttpTransport:
             self.dispatcher.dispatch(msg, body, exchange)
             if exchange.answer is not None and exchange.code is None:
                 self.sessions[session.id] = session
-                return 200, _json_headers(len(exchange.answer)) + [(b"mcp-session-id", session.id.encode())], \
+                return 200, _sized(len(exchange.answer)) + [(b"mcp-session-id", session.id.encode())], \
                     exchange.answer
             return self._respond(exchange, receive, send, None)
         session = self.sessions.get(session_id.decode("latin-1"))
@@ -684,14 +686,18 @@ class HttpTransport:
         (Last-Event-ID), and from 2025-11-25 on it starts with a priming event.
         """
         if session is None and exchange.answer is not None and not exchange.frames:
-            return self._answer_reply(exchange)     # answered at once (an eager tool)
+            # Answered at once (an eager tool): _answer_reply, inline.
+            body = exchange.answer
+            code = exchange.code
+            return 200 if code is None or not exchange.modern else _STATUS.get(code, 200), _sized(len(body)), body
         if session is not None:
             exchange.sse = True
         if exchange.finished and exchange.answer is not None:
             # Answered during dispatch: its whole stream goes out in one piece, with no
-            # task watching for the client to leave and none waiting on the stream.
-            return 200, list(_SSE), self._open_stream(exchange, session) + \
-                _events(exchange, 0, session is not None)[0]
+            # task watching for the client to leave and none waiting on the stream; sized,
+            # as a JSON answer is (no chunked framing, nothing a proxy could hold back).
+            body = self._open_stream(exchange, session) + _events(exchange, 0, session is not None)[0]
+            return 200, _sized(len(body), _EVENT_STREAM), body
         return self._stream(exchange, receive, send, session)
 
     async def _stream(self, exchange, receive, send, session):
@@ -734,7 +740,7 @@ class HttpTransport:
         status = 200
         if exchange.code is not None and exchange.modern:
             status = _STATUS.get(exchange.code, 200)
-        return status, _json_headers(len(body)), body
+        return status, _sized(len(body)), body
 
     def _abandon(self, exchange):
         # 2026-07-28: closing the response stream cancels the request. A handshake-era
@@ -924,17 +930,18 @@ def _same(value, given, kind):
 
 
 _JSON = (b"content-type", b"application/json")
+_EVENT_STREAM = (b"content-type", b"text/event-stream")
 _LENGTHS = {}
 
 
-def _json_headers(size):
-    """The headers of a JSON answer of ``size`` bytes (a new list: a middleware may change it)."""
+def _sized(size, kind=_JSON):
+    """The headers of a body of ``size`` bytes (a new list: a middleware may change it)."""
     length = _LENGTHS.get(size)
     if length is None:
         length = (b"content-length", b"%d" % size)
         if len(_LENGTHS) < 4096:    # answers repeat their sizes
             _LENGTHS[size] = length
-    return [_JSON, length]
+    return [kind, length]
 
 
 def _error(status, id, message, code=INVALID_REQUEST, data=None, extra=None):
@@ -943,7 +950,7 @@ def _error(status, id, message, code=INVALID_REQUEST, data=None, extra=None):
     if data is not None:
         error["data"] = data
     body = dumps({"jsonrpc": "2.0", "id": id, "error": error})
-    headers = _json_headers(len(body))
+    headers = _sized(len(body))
     if extra:
         headers += extra
     return status, headers, body
