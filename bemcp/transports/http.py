@@ -686,10 +686,7 @@ class HttpTransport:
         (Last-Event-ID), and from 2025-11-25 on it starts with a priming event.
         """
         if session is None and exchange.answer is not None and not exchange.frames:
-            # Answered at once (an eager tool): _answer_reply, inline.
-            body = exchange.answer
-            code = exchange.code
-            return 200 if code is None or not exchange.modern else _STATUS.get(code, 200), _sized(len(body)), body
+            return self._answer_reply(exchange)     # answered at once (an eager tool)
         if session is not None:
             exchange.sse = True
         if exchange.finished and exchange.answer is not None:
