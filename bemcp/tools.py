@@ -11,7 +11,7 @@ from typing import get_args, get_origin
 
 from orjson import dumps
 
-from .revisions import VERSION_KEY, request_version
+from .revisions import MODERN_VERSIONS, VERSION_KEY, request_version
 from .schema import compile_arguments_validator, is_typeddict, schema_for
 
 
@@ -360,9 +360,12 @@ class Tool:
 
     def start(self, args, req):
         """Validate and start a call: the tool's value, or an awaitable of it."""
-        params = req.params
+        params = req.params   # the tools/call's: a dict
         if "_meta" in params:
-            request_version(params)  # -32022 for a version we do not speak
+            meta = params["_meta"]
+            version = meta.get(VERSION_KEY) if type(meta) is dict else None
+            if version is not None and version not in MODERN_VERSIONS:
+                request_version(params)  # -32022 for a version we do not speak
         error = self._validate(args)
         if error is not None:
             raise ToolError(f"Invalid arguments for tool {self.name!r}: {error}")
@@ -391,8 +394,11 @@ class Tool:
         """The CallToolResult for a value the tool returned."""
         if type(value) is str:   # fast path: plain text
             result = {"content": [{"type": "text", "text": value}]}
-            if "_meta" in req.params and _is_modern(req):
-                result["resultType"] = "complete"
+            params = req.params
+            if "_meta" in params:
+                meta = params["_meta"]
+                if type(meta) is dict and VERSION_KEY in meta:   # _is_modern, inline
+                    result["resultType"] = "complete"
             return result
         return self.to_result(value, _is_modern(req))
 

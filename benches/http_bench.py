@@ -2,7 +2,13 @@
 
 Every Python target runs under uvicorn with uvloop and httptools (the TypeScript peer under
 node:http), on loopback; wrk keeps 64 connections busy with one request, all targets
-interleaved round by round, medians over rounds with p50/p99 latency:
+interleaved round by round, medians over rounds with p50/p99 latency, and the server's
+CPU time per request: the CPU time of the target's processes over the measured window
+(the scheduler's run time of each thread, /proc/PID/task/*/schedstat, else utime+stime
+of /proc/PID/stat) divided by the requests answered. On a machine shared with other work
+requests/s move with whatever else runs, while CPU per request holds (the cost of a
+request does not change when the server waits for a core), so the ratios are given from
+both; the load average at the start and the end says how busy the machine was.
 
 - floor: a bare ASGI app answering each POST with a canned JSON-RPC result
   (benches/http_floor.py), under uvicorn with `bemcp serve --http`'s settings
@@ -42,6 +48,7 @@ import orjson
 
 from bemcp.bench import default_cache_dir
 from bemcp.bench import peers as P
+from bemcp.bench.client import ProcessTree
 from bemcp.bench.report import num, table, x
 from bemcp.bench.stats import median, ratio
 
@@ -57,6 +64,11 @@ ECHO_MODERN = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                             "params": {"name": "echo", "arguments": {"text": "hello"}, "_meta": MODERN_META}})
 ECHO_LEGACY = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                             "params": {"name": "echo", "arguments": {"text": "hello"}}})
+
+
+def load():
+    """The load averages over 1, 5 and 15 minutes: what else the machine was doing."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def log(text):
@@ -103,12 +115,18 @@ def open_session(url):
 
 
 class Target:
-    def __init__(self, name, command, body, headers="", port=None, session=False):
+    def __init__(self, name, command, body, headers="", port=None, session=False, owner=None):
         self.name, self.command, self.body, self.headers = name, command, body, headers
         self.port = port or P.free_port()
         self.session = session
+        self.owner = owner        # the Target whose server this one talks to (command None)
         self.proc = None
         self.runs = []
+
+    @property
+    def tree(self):
+        """The server's processes (its own, or its owner's)."""
+        return ProcessTree((self.owner or self).proc.pid)
 
     @property
     def url(self):
@@ -133,28 +151,52 @@ class Target:
                 self.proc.wait()
 
 
-def wrk(url, body, headers, seconds, connections, threads):
+def wrk(url, body, headers, seconds, connections, threads, tree=None):
+    """One wrk run; with ``tree`` (the server's ProcessTree), its CPU µs per request too."""
     env = dict(os.environ, BODY=body.decode(), HEADERS=headers)
+    cpu0 = tree.cpu_seconds() if tree is not None else None
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", os.path.join(BENCHES, "http_load.lua"), url],
                          env=env, capture_output=True, text=True, check=True).stdout
+    cpu = tree.cpu_seconds() - cpu0 if tree is not None else None
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result = orjson.loads(line[7:])
     if result["non2xx"] or result["connect"] or result["read"] or result["write"]:
         raise RuntimeError(f"{url}: wrk saw errors: {result}")
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["cpu_us"] = cpu / result["requests"] * 1e6 if cpu is not None and result["requests"] else None
     return result
 
 
-def rows_of(named_runs, floor_rps, sdk_rps):
+def cpu_of(runs):
+    """Median server CPU µs per request over ``runs`` (None where it was not measured)."""
+    cpus = [r["cpu_us"] for r in runs if r.get("cpu_us") is not None]
+    return median(cpus) if cpus else None
+
+
+def rows_of(named_runs, floor, sdk):
+    """The table; ``floor`` and ``sdk``: those targets' runs (or None), the ratios' bases.
+
+    The CPU ratios are the base's CPU per request over the target's: like the req/s
+    ratios, above 1 means cheaper than the base.
+    """
+    floor_rps = median([r["rps"] for r in floor]) if floor else None
+    sdk_rps = median([r["rps"] for r in sdk]) if sdk else None
+    floor_cpu = cpu_of(floor) if floor else None
+    sdk_cpu = cpu_of(sdk) if sdk else None
     rows = []
     for name, runs in named_runs:
         rps = median([r["rps"] for r in runs])
+        cpu = cpu_of(runs)
         rows.append([name, num(rps), x(ratio(rps, floor_rps)), x(ratio(rps, sdk_rps)),
                      num(median([r["p50_us"] for r in runs]) / 1000, 2),
                      num(median([r["p99_us"] for r in runs]) / 1000, 2),
-                     sum(r["timeout"] for r in runs)])   # answers later than wrk's 2 s (an overloaded peer)
-    return table(["target", "req/s", "vs floor", "vs sdk", "p50 ms", "p99 ms", "timeouts"], rows)
+                     sum(r["timeout"] for r in runs),   # answers later than wrk's 2 s (an overloaded peer)
+                     num(cpu, 1) if cpu is not None else "–",
+                     x(ratio(floor_cpu, cpu)) if cpu is not None else "–",
+                     x(ratio(sdk_cpu, cpu)) if cpu is not None else "–"])
+    return table(["target", "req/s", "vs floor", "vs sdk", "p50 ms", "p99 ms", "timeouts",
+                  "cpu µs/req", "cpu vs floor", "cpu vs sdk"], rows)
 
 
 def peer_targets(py, skip):
@@ -191,15 +233,15 @@ def main():
         sys.exit("http_bench: needs wrk (Debian: apt-get install wrk)")
     py = sys.executable
     bemcp = [py, "-m", "bemcp", "serve", "--no-plugins", "--no-log-files", "--http", "{port}"]
-    bemcp_port = P.free_port()
+    served = Target("bemcp 2026-07-28", bemcp, ECHO_MODERN, MODERN_HEADERS)
     targets = [
         Target("floor", [py, os.path.join(BENCHES, "http_floor.py"), "{port}"], ECHO_MODERN, MODERN_HEADERS),
-        Target("bemcp 2026-07-28", bemcp, ECHO_MODERN, MODERN_HEADERS, port=bemcp_port),
-        Target("bemcp session", None, ECHO_LEGACY, port=bemcp_port, session=True),
+        served,
+        Target("bemcp session", None, ECHO_LEGACY, port=served.port, session=True, owner=served),
         *peer_targets(py, args.skip),
     ]
     targets = [t for t in targets if t.name.split()[0] not in args.skip]
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load at the start {load()}; "
           f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds interleaved\n")
     try:
         for t in targets:
@@ -207,16 +249,20 @@ def main():
         for r in range(args.rounds):
             for t in targets[r % len(targets):] + targets[:r % len(targets)]:
                 log(f"round {r + 1}/{args.rounds}: {t.name}")
-                t.runs.append(wrk(t.url, t.body, t.headers, args.seconds, args.connections, args.threads))
+                run = wrk(t.url, t.body, t.headers, args.seconds, args.connections, args.threads, t.tree)
+                log(f"  {run['rps']:,.0f} req/s, {run['cpu_us']:.1f} µs CPU per request")
+                t.runs.append(run)
     finally:
         for t in targets:
             t.down()
-    floor = next((median([r["rps"] for r in t.runs]) for t in targets if t.name == "floor"), None)
-    sdk = next((median([r["rps"] for r in t.runs]) for t in targets if t.name.startswith("sdk")), None)
+    floor = next((t.runs for t in targets if t.name == "floor"), None)
+    sdk = next((t.runs for t in targets if t.name.startswith("sdk")), None)
     print(rows_of([(t.name, t.runs) for t in targets], floor, sdk))
+    print("\ncpu µs/req: the server's CPU time (all its processes) over the measured window, per request;"
+          "\ncpu vs floor / vs sdk: that base's CPU per request over the target's (above 1: cheaper)")
 
     if args.nginx:
-        print(f"\nbemcp 2026-07-28 behind nginx (docs/deploy.md), load {os.getloadavg()[0]:.2f}\n")
+        print(f"\nbemcp 2026-07-28 behind nginx (docs/deploy.md), load {load()}\n")
         rows = []
         for n in (1, 2, 4):
             ports = [P.free_port() for _ in range(n)]
@@ -239,7 +285,7 @@ def main():
                     p.wait(10)
                 shutil.rmtree(tmp, ignore_errors=True)
         print(rows_of(rows, floor, sdk))
-    print(f"\nload at the end {os.getloadavg()[0]:.2f}")
+    print(f"\nload at the end {load()}")
 
 
 if __name__ == "__main__":

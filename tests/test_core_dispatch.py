@@ -262,6 +262,102 @@ async def test_dispatch_answers_a_parsed_message_at_once_and_logs_its_bytes(core
     assert [row[3] for row in RECORD.iter_unpack(records)] == [len(line) + 1]
 
 
+class Reply:
+    """A reply target, as a transport serving many clients passes one to dispatch()."""
+
+    def __init__(self, id):
+        self.id = id
+        self.answers = []
+
+    def answered(self, data, code):
+        self.answers.append((data, code))
+
+
+async def test_a_reply_target_gets_its_answer_under_its_own_id_and_nothing_else_does(core):
+    """Each way a request ends reaches the target once, encoded under the target's id,
+    with the error code; the write stream carries none of it."""
+    w = Wire(core)
+    w.d.keep_finished(True)
+    w.slot("quick", lambda args, req: args["text"])
+    w.d.methods["boom"] = lambda params, req: 1 / 0
+    w.d.methods["bad"] = lambda params, req: {"x": object()}
+    w.d.methods["refuse"] = lambda params, req: (_ for _ in ()).throw(RpcError(-32042, "no", {"k": 1}))
+    gate = w.gated("slow")
+    cases = [(call(-1, "quick", {"text": "hi"}), None), (request(-2, "nothing"), METHOD_NOT_FOUND),
+             (request(-3, "boom"), INTERNAL_ERROR), (request(-4, "bad"), INTERNAL_ERROR),
+             (request(-5, "refuse"), -32042), (call(-6, "quick", 1), INVALID_PARAMS),
+             ({"jsonrpc": "1.0", "id": -7, "method": "ping"}, INVALID_REQUEST)]
+    answers = []
+    for n, (msg, code) in enumerate(cases):
+        reply = Reply(f"client-{n}")
+        w.d.dispatch(msg, None, reply)
+        [(data, got)] = reply.answers
+        answer = orjson.loads(data)
+        assert not data.endswith(b"\n") and answer["id"] == f"client-{n}" and got == code, (msg, answer)
+        assert ("error" in answer) == (code is not None)
+        answers.append(data)
+    assert text_of(orjson.loads(answers[0])) == "hi"
+    assert orjson.loads(answers[4])["error"] == {"code": -32042, "message": "no", "data": {"k": 1}}
+    assert w.writes == [] and len(w.exceptions) == 1
+    # Answered later, from a task: still to its target, and a timeout the same way.
+    reply = Reply("late")
+    w.d.dispatch(request(-8, "slow"), None, reply)
+    assert reply.answers == []
+    gate.set_result({"done": True})
+    await w.settle()
+    assert [orjson.loads(a) for a, _ in reply.answers] == [{"jsonrpc": "2.0", "id": "late", "result": {"done": True}}]
+    w.slot("stuck", lambda args, req: asyncio.sleep(10), timeout=0.01)
+    reply = Reply(0)
+    w.d.dispatch(call(-9, "stuck", {}), None, reply)
+    for _ in range(200):
+        if reply.answers:
+            break
+        await asyncio.sleep(0.005)
+    assert reply.answers[0][1] == REQUEST_TIMEOUT and orjson.loads(reply.answers[0][0])["id"] == 0
+    assert w.writes == []
+    count, records, lines, details = w.d.take_finished()
+    from bemcp._core import FINISHED_ROW as RECORD
+    sent = [row[4] for row in RECORD.iter_unpack(records)]
+    assert sent[0] == len(answers[0])     # bytes out: the answer as the target got it
+    with pytest.raises(TypeError):
+        w.d.dispatch([request(-10, "ping")], None, Reply(1))
+
+
+async def test_a_reply_target_follows_a_deferred_call_and_an_answer_sent_for_it(core):
+    w = Wire(core)
+    deferred = []
+    w.d.on_unknown_tool = lambda id, params: deferred.append((id, params, w.d.hold())) or True
+    reply = Reply("c1")
+    w.d.dispatch(call(-1, "later", {"text": "x"}), None, reply)
+    assert reply.answers == [] and deferred[0][2] is reply
+    w.slot("later", lambda args, req: args["text"])
+    w.d.call_tool(*deferred[0])
+    assert [orjson.loads(a)["id"] for a, _ in reply.answers] == ["c1"] and w.writes == []
+    # An answer built by the layer above (a task created for the call) goes to the target too.
+    w.d.methods["made"] = lambda params, req: w.d.send({"jsonrpc": "2.0", "id": req.id, "error":
+                                                        {"code": -32050, "message": "m"}}) or asyncio.sleep(10)
+    reply = Reply("c2")
+    w.d.dispatch(request(-2, "made"), None, reply)
+    assert [(orjson.loads(a)["id"], code) for a, code in reply.answers] == [("c2", -32050)]
+    w.d.cancel(-2)
+
+
+async def test_what_was_written_before_a_reply_reaches_the_write_stream_first(core):
+    # A request to the client a tool sent goes out before the answer that follows it.
+    w = Wire(core)
+    order = []
+    w.d.write = lambda data: order.append(("write", orjson.loads(data)["method"]))
+
+    def ask_and_answer(args, req):
+        w.d.send_request("roots/list", {})
+        return "done"
+    w.slot("asks", ask_and_answer)
+    reply = Reply(7)
+    reply.answered = lambda data, code: order.append(("answer", orjson.loads(data)["id"]))
+    w.d.dispatch(call(-1, "asks", {}), None, reply)
+    assert order == [("write", "roots/list"), ("answer", 7)]
+
+
 @pytest.mark.parametrize("id", [1.5, -2.25, 1e2, 0, -7, "", "x" * 300])
 async def test_any_string_or_number_is_an_id_and_comes_back_as_sent(core, id):
     w = Wire(core)

@@ -79,6 +79,7 @@ cdef class Dispatcher:
     cdef public object on_client_response  # (message) for a response to no request of ours
     cdef public object on_unknown_tool     # (id, params) -> True if it answers the call itself
     cdef object _line
+    cdef object _reply           # the reply target of the message being dispatched
     cdef public bint batches     # JSON-RPC batches accepted (the 2025-03-26 revision has them)
     cdef Batch _batch            # the Batch whose messages are being dispatched
     cdef list _ready             # batches whose every answer is in, to go out at the next flush
@@ -96,7 +97,7 @@ cdef class Dispatcher:
     cdef object _done
 
     cpdef feed(self, object data)
-    cpdef dispatch(self, object msg, object line=*)
+    cpdef dispatch(self, object msg, object line=*, object reply=*)
     cpdef handle_line(self, object line)
     cpdef handle_message(self, object msg)
     cdef _batch_messages(self, list msgs)
@@ -123,9 +124,11 @@ cdef class Dispatcher:
     cdef dict _busy_data(self, ToolSlot slot)
     cpdef bint stop(self, Request req, object state, object outcome=*) except -1
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=*) except -2
-    cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2
-    cdef inline _join_batch(self, Request req)
-    cdef _respond(self, Batch batch, bytes data)
+    cdef Py_ssize_t _result_to(self, Batch batch, object reply, object id, object result) except -2
+    cdef Py_ssize_t _error_to(self, Batch batch, object reply, object id, int code, str message,
+                              object data) except -2
+    cdef inline _answer_where(self, Request req)
+    cdef _respond(self, Batch batch, object reply, bytes data, object code)
     cdef _batch_ready(self, Batch batch)
     cdef _emit(self, bytes data)
     cpdef flush_soon(self)

@@ -244,6 +244,7 @@ cdef class Dispatcher:
         self.on_client_response = None
         self.on_unknown_tool = None
         self._line = None
+        self._reply = None
         self.batches = False
         self._batch = None
         self._ready = []
@@ -277,15 +278,27 @@ cdef class Dispatcher:
             self._reading = False
         self.flush()
 
-    cpdef dispatch(self, object msg, object line=None):
+    cpdef dispatch(self, object msg, object line=None, object reply=None):
         """One message a transport already parsed (``line``: its bytes, for the logs):
-        dispatch it, then write what it produced at once, as feed() does."""
+        dispatch it, then write what it produced at once, as feed() does.
+
+        ``reply``: where the message's answer goes instead of the write stream, for a
+        transport that serves many clients through one dispatcher. It has ``id``, the id
+        the answer carries (the message may carry one the transport gave it, unique
+        among all clients), and ``answered(data, code)``, called once with the answer
+        encoded (one JSON message, no newline) and its JSON-RPC error code (None for a
+        result). One message, not a batch.
+        """
+        if reply is not None and type(msg) is not dict:
+            raise TypeError("dispatch: a reply target is for one message (a dict)")
         self._reading = True
         self._line = line
+        self._reply = reply
         try:
             self.handle_message(msg)
         finally:
             self._line = None
+            self._reply = None
             self._reading = False
         self.flush()
 
@@ -397,7 +410,7 @@ cdef class Dispatcher:
         except RpcError as exc:
             self._send_error(id, exc.code, exc.message)
             return
-        self._join_batch(req)
+        self._answer_where(req)
         try:
             result = handler(params, req)
         except RpcError as exc:
@@ -434,14 +447,23 @@ cdef class Dispatcher:
                 return
         self._begin_tool(id, slot, <dict>params, None)
 
-    def call_tool(self, id, params, Batch batch=None):
+    def call_tool(self, id, params, held=None):
         """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it).
 
-        ``batch``: what ``hold()`` returned when it was deferred.
+        ``held``: what ``hold()`` returned when it was deferred.
         """
-        if batch is None:
+        cdef Batch batch
+        if held is None:
             self._call_tool(id, params)
             return
+        if type(held) is not Batch:
+            self._reply = held
+            try:
+                self._call_tool(id, params)
+            finally:
+                self._reply = None
+            return
+        batch = <Batch>held
         self._batch = batch
         try:
             self._call_tool(id, params)
@@ -452,11 +474,13 @@ cdef class Dispatcher:
             self._batch_ready(batch)
 
     def hold(self):
-        """The message being dispatched will be answered later: its batch (None if it is
-        not in one) waits for it. Pass the batch back to ``call_tool``."""
+        """The message being dispatched will be answered later: where its answer goes,
+        to pass back to ``call_tool`` (its batch, which waits for it, or its reply
+        target; None if neither)."""
         if self._batch is not None:
             self._batch.open += 1
-        return self._batch
+            return self._batch
+        return self._reply
 
     @property
     def in_batch(self):
@@ -491,7 +515,7 @@ cdef class Dispatcher:
             return
         req.on_outcome = on_outcome
         if on_outcome is None:
-            self._join_batch(req)
+            self._answer_where(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
             req.size = len(self._line)
@@ -696,13 +720,9 @@ cdef class Dispatcher:
                 self._calls.add(req, -1)
             req.on_outcome(result, None)
             return
-        try:
-            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
-        except TypeError as exc:
-            data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
+        cdef Py_ssize_t sent = self._result_to(req.batch, req.reply, req.id, result)
         if self._keeping:
-            self._calls.add(req, len(data))
-        self._respond(req.batch, data)
+            self._calls.add(req, sent)
 
     cdef _answer_error(self, Request req, object exc):
         cdef Py_ssize_t sent = -1
@@ -710,7 +730,7 @@ cdef class Dispatcher:
             if req.on_outcome is not None:
                 req.on_outcome(None, exc)
             else:
-                sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
+                sent = self._error_to(req.batch, req.reply, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
                 self._calls.add(req, sent)
 
@@ -752,11 +772,9 @@ cdef class Dispatcher:
             sent = -1
             req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
-            sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
+            sent = self._error_to(req.batch, req.reply, req.id, error.code, error.message, error.data)
         elif outcome is not None:
-            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE)
-            sent = len(data)
-            self._respond(req.batch, data)
+            sent = self._result_to(req.batch, req.reply, req.id, outcome)
         if self._keeping:
             self._calls.add(req, sent)
         self._cancel_task(req)
@@ -791,21 +809,45 @@ cdef class Dispatcher:
 
     cdef Py_ssize_t _send_error(self, object id, int code, str message, object data=None) except -2:
         """Answer the message being dispatched with an error."""
-        return self._error_to(self._batch, id, code, message, data)
+        return self._error_to(self._batch, self._reply, id, code, message, data)
 
-    cdef Py_ssize_t _error_to(self, Batch batch, object id, int code, str message, object data) except -2:
-        cdef bytes encoded = _error_bytes(id, code, message, data)
-        self._respond(batch, encoded)
+    cdef Py_ssize_t _result_to(self, Batch batch, object reply, object id, object result) except -2:
+        """Send ``result`` as the answer to request ``id`` (see _respond); the bytes sent."""
+        cdef bytes data
+        if reply is not None:
+            id = reply.id
+        try:
+            data = dumps({"jsonrpc": "2.0", "id": id, "result": result},
+                         option=OPT_APPEND_NEWLINE if reply is None else 0)
+        except TypeError as exc:
+            return self._error_to(batch, reply, id, INTERNAL_ERROR,
+                                  f"Internal error: result is not JSON-serializable: {exc}", None)
+        self._respond(batch, reply, data, None)
+        return len(data)
+
+    cdef Py_ssize_t _error_to(self, Batch batch, object reply, object id, int code, str message,
+                              object data) except -2:
+        """Send an error as the answer to request ``id`` (see _respond); the bytes sent."""
+        if reply is not None:
+            id = reply.id
+        cdef bytes encoded = _error_bytes(id, code, message, data, reply is None)
+        self._respond(batch, reply, encoded, code)
         return len(encoded)
 
-    cdef inline _join_batch(self, Request req):
+    cdef inline _answer_where(self, Request req):
+        # A request is answered where the message it came in is: its batch, its reply target.
         if self._batch is not None:
             req.batch = self._batch
             self._batch.open += 1
+        req.reply = self._reply
 
-    cdef _respond(self, Batch batch, bytes data):
-        """An answer: to the client, or into the batch its request came in."""
-        if batch is None:
+    cdef _respond(self, Batch batch, object reply, bytes data, object code):
+        """An answer: to its reply target, into the batch its request came in, or to the client."""
+        if reply is not None:
+            if self._out:
+                self.flush()   # what was written before it (a request to the client) goes first
+            reply.answered(data, code)
+        elif batch is None:
             self._emit(data)
         else:
             batch.lines.append(data)
@@ -874,8 +916,15 @@ cdef class Dispatcher:
 
     def send(self, message):
         """Send an already-built answer (a dict) to the client; one given while a batch is
-        being dispatched goes into that batch."""
-        self._respond(self._batch, dumps(message, option=OPT_APPEND_NEWLINE))
+        being dispatched goes into that batch, one given while a message with a reply
+        target is, to that target (under the id it carries)."""
+        reply = self._reply
+        if reply is None:
+            self._respond(self._batch, None, dumps(message, option=OPT_APPEND_NEWLINE), None)
+            return
+        error = message.get("error")
+        self._respond(None, reply, dumps(dict(message, id=reply.id)),
+                      (<dict>error).get("code") if type(error) is dict else None)
 
     cdef _emit(self, bytes data):
         self._out.append(data)
@@ -932,8 +981,9 @@ cdef bytes _batch_bytes(list lines):
     return b"[" + b",".join([line[:len(line) - 1] for line in lines]) + b"]\n"
 
 
-cdef bytes _error_bytes(object id, int code, str message, object data):
+cdef bytes _error_bytes(object id, int code, str message, object data, bint line=True):
+    # ``line``: with the newline that ends it on the write stream.
     error = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE)
+    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE if line else 0)

@@ -203,6 +203,7 @@ class Dispatcher:
         self.on_client_response = None
         self.on_unknown_tool = None
         self._line = None                  # the line being handled
+        self._reply = None                 # the reply target of the message being dispatched
         self.batches = False               # JSON-RPC batches accepted (the 2025-03-26 revision has them)
         self._batch = None                 # the Batch whose messages are being dispatched
         self._ready = []                   # batches whose every answer is in, to go out at the next flush
@@ -236,15 +237,27 @@ class Dispatcher:
             self._reading = False
         self.flush()
 
-    def dispatch(self, msg, line=None):
+    def dispatch(self, msg, line=None, reply=None):
         """One message a transport already parsed (``line``: its bytes, for the logs):
-        dispatch it, then write what it produced at once, as feed() does."""
+        dispatch it, then write what it produced at once, as feed() does.
+
+        ``reply``: where the message's answer goes instead of the write stream, for a
+        transport that serves many clients through one dispatcher. It has ``id``, the id
+        the answer carries (the message may carry one the transport gave it, unique
+        among all clients), and ``answered(data, code)``, called once with the answer
+        encoded (one JSON message, no newline) and its JSON-RPC error code (None for a
+        result). One message, not a batch.
+        """
+        if reply is not None and type(msg) is not dict:
+            raise TypeError("dispatch: a reply target is for one message (a dict)")
         self._reading = True
         self._line = line
+        self._reply = reply
         try:
             self.handle_message(msg)
         finally:
             self._line = None
+            self._reply = None
             self._reading = False
         self.flush()
 
@@ -352,7 +365,7 @@ class Dispatcher:
         except RpcError as exc:
             self._send_error(id, exc.code, exc.message)
             return
-        self._join_batch(req)
+        self._answer_where(req)
         try:
             result = handler(params, req)
         except RpcError as exc:
@@ -387,14 +400,22 @@ class Dispatcher:
                 return
         self._begin_tool(id, slot, params, None)
 
-    def call_tool(self, id, params, batch=None):
+    def call_tool(self, id, params, held=None):
         """Dispatch a tools/call again (after ``on_unknown_tool`` deferred it).
 
-        ``batch``: what ``hold()`` returned when it was deferred.
+        ``held``: what ``hold()`` returned when it was deferred.
         """
-        if batch is None:
+        if held is None:
             self._call_tool(id, params)
             return
+        if type(held) is not Batch:
+            self._reply = held
+            try:
+                self._call_tool(id, params)
+            finally:
+                self._reply = None
+            return
+        batch = held
         self._batch = batch
         try:
             self._call_tool(id, params)
@@ -405,11 +426,13 @@ class Dispatcher:
             self._batch_ready(batch)
 
     def hold(self):
-        """The message being dispatched will be answered later: its batch (None if it is
-        not in one) waits for it. Pass the batch back to ``call_tool``."""
+        """The message being dispatched will be answered later: where its answer goes,
+        to pass back to ``call_tool`` (its batch, which waits for it, or its reply
+        target; None if neither)."""
         if self._batch is not None:
             self._batch.open += 1
-        return self._batch
+            return self._batch
+        return self._reply
 
     @property
     def in_batch(self):
@@ -442,7 +465,7 @@ class Dispatcher:
             return
         req.on_outcome = on_outcome
         if on_outcome is None:
-            self._join_batch(req)
+            self._answer_where(req)
         if self._line is not None:
             # Bytes on the wire, with the newline (which the framer may have left on the line).
             req.size = len(self._line) + (not self._line.endswith(b"\n"))
@@ -636,13 +659,9 @@ class Dispatcher:
                 self._calls.add(req, -1)
             req.on_outcome(result, None)
             return
-        try:
-            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": result}, option=OPT_APPEND_NEWLINE)
-        except TypeError as exc:
-            data = _error_bytes(req.id, INTERNAL_ERROR, f"Internal error: result is not JSON-serializable: {exc}", None)
+        sent = self._result_to(req.batch, req.reply, req.id, result)
         if self._keeping:
-            self._calls.add(req, len(data))
-        self._respond(req.batch, data)
+            self._calls.add(req, sent)
 
     def _answer_error(self, req, exc):
         if self._close(req, STATE_ERROR):
@@ -650,7 +669,7 @@ class Dispatcher:
             if req.on_outcome is not None:
                 req.on_outcome(None, exc)
             else:
-                sent = self._error_to(req.batch, req.id, exc.code, exc.message, exc.data)
+                sent = self._error_to(req.batch, req.reply, req.id, exc.code, exc.message, exc.data)
             if self._keeping:
                 self._calls.add(req, sent)
 
@@ -692,11 +711,9 @@ class Dispatcher:
             sent = -1
             req.on_outcome(None if error is not None else outcome, error)
         elif error is not None:
-            sent = self._error_to(req.batch, req.id, error.code, error.message, error.data)
+            sent = self._error_to(req.batch, req.reply, req.id, error.code, error.message, error.data)
         elif outcome is not None:
-            data = dumps({"jsonrpc": "2.0", "id": req.id, "result": outcome}, option=OPT_APPEND_NEWLINE)
-            sent = len(data)
-            self._respond(req.batch, data)
+            sent = self._result_to(req.batch, req.reply, req.id, outcome)
         if self._keeping:
             self._calls.add(req, sent)
         self._cancel_task(req)
@@ -731,21 +748,43 @@ class Dispatcher:
 
     def _send_error(self, id, code, message, data=None):
         """Answer the message being dispatched with an error."""
-        return self._error_to(self._batch, id, code, message, data)
+        return self._error_to(self._batch, self._reply, id, code, message, data)
 
-    def _error_to(self, batch, id, code, message, data):
-        encoded = _error_bytes(id, code, message, data)
-        self._respond(batch, encoded)
+    def _result_to(self, batch, reply, id, result):
+        """Send ``result`` as the answer to request ``id`` (see _respond); the bytes sent."""
+        if reply is not None:
+            id = reply.id
+        try:
+            data = dumps({"jsonrpc": "2.0", "id": id, "result": result},
+                         option=OPT_APPEND_NEWLINE if reply is None else 0)
+        except TypeError as exc:
+            return self._error_to(batch, reply, id, INTERNAL_ERROR,
+                                  f"Internal error: result is not JSON-serializable: {exc}", None)
+        self._respond(batch, reply, data, None)
+        return len(data)
+
+    def _error_to(self, batch, reply, id, code, message, data):
+        """Send an error as the answer to request ``id`` (see _respond); the bytes sent."""
+        if reply is not None:
+            id = reply.id
+        encoded = _error_bytes(id, code, message, data, reply is None)
+        self._respond(batch, reply, encoded, code)
         return len(encoded)
 
-    def _join_batch(self, req):
+    def _answer_where(self, req):
+        # A request is answered where the message it came in is: its batch, its reply target.
         if self._batch is not None:
             req.batch = self._batch
             self._batch.open += 1
+        req.reply = self._reply
 
-    def _respond(self, batch, data):
-        """An answer: to the client, or into the batch its request came in."""
-        if batch is None:
+    def _respond(self, batch, reply, data, code):
+        """An answer: to its reply target, into the batch its request came in, or to the client."""
+        if reply is not None:
+            if self._out:
+                self.flush()   # what was written before it (a request to the client) goes first
+            reply.answered(data, code)
+        elif batch is None:
             self._emit(data)
         else:
             batch.lines.append(data)
@@ -813,8 +852,15 @@ class Dispatcher:
 
     def send(self, message):
         """Send an already-built answer (a dict) to the client; one given while a batch is
-        being dispatched goes into that batch."""
-        self._respond(self._batch, dumps(message, option=OPT_APPEND_NEWLINE))
+        being dispatched goes into that batch, one given while a message with a reply
+        target is, to that target (under the id it carries)."""
+        reply = self._reply
+        if reply is None:
+            self._respond(self._batch, None, dumps(message, option=OPT_APPEND_NEWLINE), None)
+            return
+        error = message.get("error")
+        self._respond(None, reply, dumps(dict(message, id=reply.id)),
+                      error.get("code") if type(error) is dict else None)
 
     def _emit(self, data):
         self._out.append(data)
@@ -871,8 +917,9 @@ def _batch_bytes(lines):
     return b"[" + b",".join([line[:-1] for line in lines]) + b"]\n"
 
 
-def _error_bytes(id, code, message, data):
+def _error_bytes(id, code, message, data, line=True):
+    # ``line``: with the newline that ends it on the write stream.
     error = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE)
+    return dumps({"jsonrpc": "2.0", "id": id, "error": error}, option=OPT_APPEND_NEWLINE if line else 0)

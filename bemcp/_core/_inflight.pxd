@@ -22,6 +22,7 @@ cdef class Request:
     cdef public Py_ssize_t size
     cdef public object line
     cdef public object batch
+    cdef public object reply
     cdef _Deadline _entry      # its place in the deadline heap while armed
 
 

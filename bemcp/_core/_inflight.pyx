@@ -48,6 +48,7 @@ cdef class Request:
         self.size = 0
         self.line = None
         self.batch = None
+        self.reply = None
 
     @property
     def running(self):

@@ -22,7 +22,7 @@ class Request:
 
     __slots__ = ("id", "method", "tool", "params", "start", "end", "deadline",
                  "state", "task", "thread", "armed", "slot", "on_outcome", "detail", "size", "line",
-                 "batch", "_entry")
+                 "batch", "reply", "_entry")
 
     def __init__(self, id, method, tool, params, start):
         self.id = id
@@ -42,6 +42,7 @@ class Request:
         self.size = 0           # bytes in: the request's line, with its newline
         self.line = None        # that line, kept for tasks.log while the dispatcher keeps rows
         self.batch = None       # the JSON-RPC batch its answer belongs in (2025-03-26 only)
+        self.reply = None       # the transport's target for its answer (Dispatcher.dispatch)
         self._entry = None      # its place in the deadline heap while armed
 
     @property

@@ -6,8 +6,8 @@ stream a message goes on, the headers each era requires, and the security checks
 
 - Each request's id is swapped for a process-unique internal one (a negative int)
   before it reaches the dispatcher, so the in-flight table serves every client
-  without id clashes; its answer comes back through ``write`` and is routed to its
-  exchange by that id, which then gets the client's own id back.
+  without id clashes; its exchange is the dispatch's reply target, so the answer is
+  encoded once, under the client's own id, and handed straight to it.
 - The era is chosen per request: an ``initialize`` or a ``Mcp-Session-Id`` means the
   handshake era (sessions, the GET stream, resumable SSE, requests to the client);
   ``MCP-Protocol-Version: 2026-07-28`` means a stateless exchange.
@@ -106,8 +106,7 @@ class Stream:
 class Exchange(Stream):
     """One client request in flight: a Connection for the server (its messages go here)."""
 
-    __slots__ = ("transport", "session", "id", "id_json", "iid", "peer", "modern", "answer", "error",
-                 "sse", "asks")
+    __slots__ = ("transport", "session", "id", "iid", "peer", "modern", "answer", "code", "sse", "asks")
 
     def __init__(self, transport, session, msg_id, iid, peer, modern):
         # Stream's fields, set here: one call less on every request.
@@ -118,13 +117,12 @@ class Exchange(Stream):
         self.no = 0
         self.transport = transport
         self.session = session
-        self.id = msg_id
-        self.id_json = dumps(msg_id)
+        self.id = msg_id          # the client's (the dispatcher answers under it: Dispatcher.dispatch)
         self.iid = iid
         self.peer = peer
         self.modern = modern
-        self.answer = None        # the final JSON line, with the client's id
-        self.error = False
+        self.answer = None        # the final JSON message, with the client's id
+        self.code = None          # its JSON-RPC error code (None: a result)
         self.sse = False          # committed to an SSE response
         self.asks = None
 
@@ -141,10 +139,17 @@ class Exchange(Stream):
             self.session.asks.add(id)
         return id, future
 
-    # -- its end: answered (HttpTransport._deliver), cancelled, or its session ended ---
+    # -- its end: answered, cancelled, or its session ended ------------------------------
+
+    def answered(self, data, code):
+        """The dispatcher's answer (a reply target's end of Dispatcher.dispatch)."""
+        self.answer = data
+        self.code = code
+        if self.sse or self.frames:
+            self.push(data)     # the last event of its stream; alone, it goes out as JSON
+        self.close()
 
     def close(self):
-        self.transport.routes.pop(self.iid, None)
         if self.session is not None:
             self.session.exchanges.pop(self.id, None)
         self.finished = True
@@ -214,7 +219,7 @@ class HttpTransport:
         self._good_accepts = set()   # POST Accept headers that passed the check
         self.dispatcher = None
         self.loop = None
-        self.routes = {}          # internal request id / our request id -> Exchange
+        self.routes = {}          # id of our request to a client -> the Exchange it goes out on
         self.sessions = {}
         self._next_iid = 0
         self._starting = None
@@ -270,10 +275,11 @@ class HttpTransport:
     # -- routing what the dispatcher writes --------------------------------------------
 
     def _route(self, req):
-        return self.routes.get(req.id)
+        return req.reply     # the Exchange it came in on
 
     def _write(self, data):
-        # Usually one line: a request's answer, under the internal id it was dispatched with.
+        # Answers go to their exchanges directly (Exchange.answered): what comes this way
+        # is our requests to clients, each to go out on the exchange that asked.
         last = len(data) - 1
         if data.find(b"\n") == last:
             self._deliver(data, last)
@@ -295,19 +301,9 @@ class HttpTransport:
             key = int(line[22:end])
         except ValueError:
             return
-        exchange = self.routes.get(key)
-        if exchange is None:
-            return
-        if key != exchange.iid:
-            self.routes.pop(key, None)   # a request to the client
+        exchange = self.routes.pop(key, None)
+        if exchange is not None:
             exchange.push(line[:size])
-            return
-        # The answer: the client's own id back in place of the internal one.
-        exchange.answer = answer = b"".join((_PREFIX, exchange.id_json, line[end:size]))
-        exchange.error = line.startswith(b'"error"', end + 1)
-        if exchange.sse or exchange.frames:
-            exchange.push(answer)     # the last event of its stream; alone, it goes out as JSON
-        exchange.close()
 
     def _broadcast(self, method, params):
         line = dumps({"jsonrpc": "2.0", "method": method, "params": params})
@@ -534,7 +530,7 @@ class HttpTransport:
             return _error(400, msg_id, "Invalid request: id must be a string or a number")
         if listen:
             exchange.sse = True
-        self.dispatcher.dispatch(msg, body)
+        self.dispatcher.dispatch(msg, body, exchange)
         return self._respond(exchange, receive, send, None)
 
     def _check_modern(self, headers, dup, version, method, msg):
@@ -568,23 +564,25 @@ class HttpTransport:
         key = _NAMED.get(method)
         if key is not None:
             value = params.get(key)
-            name = _header_value(headers.get(b"mcp-name"))
+            raw = headers.get(b"mcp-name")
+            # A plain value read here; None and =?base64?...?= through _header_value.
+            name = raw.decode("latin-1").strip() if raw is not None and not raw.startswith(b"=?") \
+                else _header_value(raw)
             if name is None or name != value:
                 return HEADER_MISMATCH, f"The Mcp-Name header does not match the body's {key} {value!r}", None
             if method == "tools/call":
-                return self._check_params(headers, params)
+                tool = self.server.tools.get(value)
+                mirrored = _mirrored(tool) if tool is not None else None
+                return self._check_params(headers, params, mirrored) if mirrored else None
         if method == "initialize" or method not in self.dispatcher.methods and method != "tools/call":
             return METHOD_NOT_FOUND, f"Method not found: {method}", None
         return None
 
-    def _check_params(self, headers, params):
-        """Mcp-Param-* headers against the arguments a tool marked with x-mcp-header."""
-        tool = self.server.tools.get(params.get("name"))
-        if tool is None:
-            return None
+    def _check_params(self, headers, params, mirrored):
+        """Mcp-Param-* headers against the arguments a tool marked with x-mcp-header (``mirrored``)."""
         args = params.get("arguments")
         args = args if type(args) is dict else {}
-        for header, arg, kind in _mirrored(tool):
+        for header, arg, kind in mirrored:
             value = args.get(arg)
             given = _header_value(headers.get(b"mcp-param-" + header))
             if value is None:
@@ -614,10 +612,10 @@ class HttpTransport:
             exchange = self._exchange(session, msg, session.peer, False)
             if exchange is None or "id" not in msg:
                 return _error(400, msg_id, "Invalid request: initialize needs an id")
-            self.dispatcher.dispatch(msg, body)
-            if exchange.answer is not None and not exchange.error:
+            self.dispatcher.dispatch(msg, body, exchange)
+            if exchange.answer is not None and exchange.code is None:
                 self.sessions[session.id] = session
-                return 200, _json_headers(len(exchange.answer)) + [(b"mcp-session-id", session.id.encode())], \
+                return 200, _sized(len(exchange.answer)) + [(b"mcp-session-id", session.id.encode())], \
                     exchange.answer
             return self._respond(exchange, receive, send, None)
         session = self.sessions.get(session_id.decode("latin-1"))
@@ -637,7 +635,7 @@ class HttpTransport:
         if exchange is None:
             return _error(400, None, "Invalid request: id must be a string or a number")
         session.exchanges[msg_id] = exchange
-        self.dispatcher.dispatch(msg, body)
+        self.dispatcher.dispatch(msg, body, exchange)
         return self._respond(exchange, receive, send, session)
 
     def _client_answer(self, session, msg):
@@ -678,7 +676,6 @@ class HttpTransport:
         # A session's requests always stream (resumable, primed); see _respond.
         exchange.sse = session is not None and msg.get("method") != "initialize"
         msg["id"] = iid
-        self.routes[iid] = exchange
         return exchange
 
     def _respond(self, exchange, receive, send, session):
@@ -694,9 +691,10 @@ class HttpTransport:
             exchange.sse = True
         if exchange.finished and exchange.answer is not None:
             # Answered during dispatch: its whole stream goes out in one piece, with no
-            # task watching for the client to leave and none waiting on the stream.
-            return 200, list(_SSE), self._open_stream(exchange, session) + \
-                _events(exchange, 0, session is not None)[0]
+            # task watching for the client to leave and none waiting on the stream; sized,
+            # as a JSON answer is (no chunked framing, nothing a proxy could hold back).
+            body = self._open_stream(exchange, session) + _events(exchange, 0, session is not None)[0]
+            return 200, _sized(len(body), _EVENT_STREAM), body
         return self._stream(exchange, receive, send, session)
 
     async def _stream(self, exchange, receive, send, session):
@@ -737,9 +735,9 @@ class HttpTransport:
         """A JSON answer: 200, or in 2026-07-28 the HTTP status of its JSON-RPC error."""
         body = exchange.answer
         status = 200
-        if exchange.error and exchange.modern:
-            status = _STATUS.get(loads(body)["error"].get("code"), 200)
-        return status, _json_headers(len(body)), body
+        if exchange.code is not None and exchange.modern:
+            status = _STATUS.get(exchange.code, 200)
+        return status, _sized(len(body)), body
 
     def _abandon(self, exchange):
         # 2026-07-28: closing the response stream cancels the request. A handshake-era
@@ -929,17 +927,18 @@ def _same(value, given, kind):
 
 
 _JSON = (b"content-type", b"application/json")
+_EVENT_STREAM = (b"content-type", b"text/event-stream")
 _LENGTHS = {}
 
 
-def _json_headers(size):
-    """The headers of a JSON answer of ``size`` bytes (a new list: a middleware may change it)."""
+def _sized(size, kind=_JSON):
+    """The headers of a body of ``size`` bytes (a new list: a middleware may change it)."""
     length = _LENGTHS.get(size)
     if length is None:
         length = (b"content-length", b"%d" % size)
         if len(_LENGTHS) < 4096:    # answers repeat their sizes
             _LENGTHS[size] = length
-    return [_JSON, length]
+    return [kind, length]
 
 
 def _error(status, id, message, code=INVALID_REQUEST, data=None, extra=None):
@@ -948,7 +947,7 @@ def _error(status, id, message, code=INVALID_REQUEST, data=None, extra=None):
     if data is not None:
         error["data"] = data
     body = dumps({"jsonrpc": "2.0", "id": id, "error": error})
-    headers = _json_headers(len(body))
+    headers = _sized(len(body))
     if extra:
         headers += extra
     return status, headers, body
