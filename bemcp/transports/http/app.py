@@ -1,47 +1,29 @@
-"""Streamable HTTP: an ASGI application serving both MCP eras on one endpoint.
-
-No JSON-RPC logic lives here: the dispatcher every connection shares answers the
-requests. This module owns what HTTP adds: the endpoint, sessions, which response
-stream a message goes on, the headers each era requires, and the security checks.
-
-- Each request's id is swapped for a process-unique internal one (a negative int)
-  before it reaches the dispatcher, so the in-flight table serves every client
-  without id clashes; its exchange is the dispatch's reply target, so the answer is
-  encoded once, under the client's own id, and handed straight to it.
-- The era is chosen per request: an ``initialize`` or a ``Mcp-Session-Id`` means the
-  handshake era (sessions, the GET stream, resumable SSE, requests to the client);
-  ``MCP-Protocol-Version: 2026-07-28`` means a stateless exchange.
-- An answer with nothing before it goes out as ``application/json``; the first
-  notification or request to the client for an open request turns its response into
-  an SSE stream.
+"""The ASGI application: the endpoint, both eras chosen per request, which response stream
+a message goes on, the headers each era requires, and the security checks (the package's
+docstring says how requests reach the shared dispatcher).
 """
 
 import asyncio
 import base64
 import hmac
-import ipaddress
-import logging
 import secrets
 import time
 
 from orjson import JSONDecodeError, dumps, loads
 
-from ..errors import (HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
-                             METHOD_NOT_FOUND, PARSE_ERROR, UNSUPPORTED_PROTOCOL_VERSION)
-from ..connection import Peer
-from ..revisions import CLIENT_CAPABILITIES_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS, SUPPORTED_VERSIONS, VERSION_KEY
-
-log = logging.getLogger("bemcp.transport.http")
+from ...connection import Peer
+from ...errors import (HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST,
+                       METHOD_NOT_FOUND, MISSING_CLIENT_CAPABILITY, PARSE_ERROR,
+                       UNSUPPORTED_PROTOCOL_VERSION)
+from ...revisions import (CLIENT_CAPABILITIES_KEY, HANDSHAKE_VERSIONS, MODERN_VERSIONS,
+                          SUPPORTED_VERSIONS, VERSION_KEY)
+from .streams import Exchange, Session, Stream, sse_events
 
 PATH = "/mcp"
 KEEPALIVE_SECONDS = 15.0
-HEADER_SECONDS = 10.0            # a client gets this long to send a request's headers,
-BODY_SECONDS = 30.0              # ... and this long for its body
-STALL_SECONDS = 60.0             # ... and to take an SSE event off the server's hands
+STALL_SECONDS = 60.0             # a client gets this long to take an SSE event off the server's hands
 SESSION_IDLE_SECONDS = 1800.0
 MAX_SESSIONS = 4096
-KEPT_STREAMS = 32                # finished SSE streams a session keeps for resumption
-REPLAY = 1024                    # events a stream keeps for resumption
 RETRY_MS = 1000
 _PREFIX = b'{"jsonrpc":"2.0","id":'
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
@@ -50,152 +32,10 @@ _MODERN = frozenset(MODERN_VERSIONS)
 _SUPPORTED = frozenset(SUPPORTED_VERSIONS)
 # 2026-07-28: the HTTP status of a JSON-RPC error.
 _STATUS = {PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400, HEADER_MISMATCH: 400,
-           -32021: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404}
+           MISSING_CLIENT_CAPABILITY: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404}
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no")]
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _NO_PRIMING = HANDSHAKE_VERSIONS[:-1]   # priming events came with 2025-11-25
-
-
-def is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class Stream:
-    """Messages waiting for an SSE response (an exchange's, or a session's GET stream)."""
-
-    __slots__ = ("frames", "base", "finished", "_changed", "no")
-
-    def __init__(self, no=0):
-        self.frames = []          # JSON lines, in order; a resumed stream replays from here
-        self.base = 0             # how many older frames were dropped (kept: the last REPLAY)
-        self.finished = False
-        self._changed = None
-        self.no = no              # its number in the session (event ids are "no-index")
-
-    def push(self, line):
-        frames = self.frames
-        frames.append(line)
-        if len(frames) > REPLAY:
-            # A long stream (a GET stream, a listen) keeps only its recent events.
-            drop = len(frames) - REPLAY // 2
-            del frames[:drop]
-            self.base += drop
-        self.wake()
-
-    def finish(self):
-        self.finished = True
-        self.wake()
-
-    def wake(self):
-        changed = self._changed
-        if changed is not None and not changed.done():
-            changed.set_result(None)
-
-    def changed(self, loop):
-        if self._changed is None or self._changed.done():
-            self._changed = loop.create_future()
-        return self._changed
-
-
-class Exchange(Stream):
-    """One client request in flight: a Connection for the server (its messages go here)."""
-
-    __slots__ = ("transport", "session", "id", "iid", "peer", "modern", "answer", "code", "sse", "asks")
-
-    def __init__(self, transport, session, msg_id, iid, peer, modern):
-        # Stream's fields, set here: one call less on every request.
-        self.frames = []
-        self.base = 0
-        self.finished = False
-        self._changed = None
-        self.no = 0
-        self.transport = transport
-        self.session = session
-        self.id = msg_id          # the client's (the dispatcher answers under it: Dispatcher.dispatch)
-        self.iid = iid
-        self.peer = peer
-        self.modern = modern
-        self.answer = None        # the final JSON message, with the client's id
-        self.code = None          # its JSON-RPC error code (None: a result)
-        self.sse = False          # committed to an SSE response
-        self.asks = None
-
-    # -- Connection ------------------------------------------------------------------
-
-    def notify(self, method, params):
-        if self.answer is None:
-            self.push(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
-
-    def send_request(self, method, params):
-        id, future = self.transport.dispatcher.send_request(method, params)
-        self.transport.routes[id] = self        # its line is on its way through write()
-        if self.session is not None:
-            self.session.asks.add(id)
-        return id, future
-
-    # -- its end: answered, cancelled, or its session ended ------------------------------
-
-    def answered(self, data, code):
-        """The dispatcher's answer (a reply target's end of Dispatcher.dispatch)."""
-        self.answer = data
-        self.code = code
-        if self.sse or self.frames:
-            self.push(data)     # the last event of its stream; alone, it goes out as JSON
-        self.close()
-
-    def close(self):
-        if self.session is not None:
-            self.session.exchanges.pop(self.id, None)
-        self.finished = True
-        if self._changed is not None:
-            self.wake()
-
-
-class Session:
-    """A handshake-era client: what it agreed at initialize, its streams and its asks."""
-
-    __slots__ = ("id", "peer", "exchanges", "asks", "streams", "get_stream", "last", "next_no")
-
-    def __init__(self, id):
-        self.id = id
-        self.peer = Peer()
-        self.exchanges = {}       # client request id -> Exchange in flight
-        self.asks = set()         # ids of our requests to this client not yet answered
-        self.streams = {}         # stream number -> Stream (for Last-Event-ID)
-        self.get_stream = None
-        self.last = time.monotonic()
-        self.next_no = 0
-
-    def notify(self, method, params):
-        """A notification unrelated to any request: on the GET stream, if one is open."""
-        if self.get_stream is not None and not self.get_stream.finished:
-            self.get_stream.push(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
-
-    def new_stream_no(self):
-        self.next_no += 1
-        return self.next_no
-
-    def keep(self, stream):
-        streams = self.streams
-        streams[stream.no] = stream
-        over = len(streams) - KEPT_STREAMS
-        if over > 0:
-            # The oldest finished ones go (a dict keeps them oldest first), found without
-            # copying the table: usually one over the limit, the first one finished.
-            drop = []
-            for no, kept in streams.items():
-                if kept.finished:
-                    drop.append(no)
-                    if len(drop) == over:
-                        break
-            for no in drop:
-                del streams[no]
 
 
 class HttpTransport:
@@ -693,7 +533,7 @@ class HttpTransport:
             # Answered during dispatch: its whole stream goes out in one piece, with no
             # task watching for the client to leave and none waiting on the stream; sized,
             # as a JSON answer is (no chunked framing, nothing a proxy could hold back).
-            body = self._open_stream(exchange, session) + _events(exchange, 0, session is not None)[0]
+            body = self._open_stream(exchange, session) + sse_events(exchange, 0, session is not None)[0]
             return 200, _sized(len(body), _EVENT_STREAM), body
         return self._stream(exchange, receive, send, session)
 
@@ -753,7 +593,7 @@ class HttpTransport:
         pending = first
         while True:
             if i < stream.base + len(stream.frames):
-                events, i = _events(stream, i, with_ids)
+                events, i = sse_events(stream, i, with_ids)
                 pending += events
             if pending:
                 try:
@@ -848,19 +688,6 @@ def _joined(raw):
         else:
             headers[name] = value
     return headers, dup
-
-
-def _events(stream, start, with_ids):
-    """``stream``'s frames from ``start`` as SSE events, and the index after the last."""
-    frames = stream.frames
-    base = stream.base
-    end = base + len(frames)
-    parts = []
-    for k in range(max(start, base), end):
-        if with_ids:
-            parts.append(b"id: %d-%d\n" % (stream.no, k + 1))
-        parts.append(b"data: " + frames[k - base] + b"\n\n")
-    return b"".join(parts), end
 
 
 async def _watch_disconnect(receive, stream, gone):
@@ -958,148 +785,3 @@ async def _reply(send, status, id, message, code=INVALID_REQUEST, data=None, ext
     status, headers, body = _error(status, id, message, code, data, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-# -- running under uvicorn ---------------------------------------------------------------------
-
-MISSING_EXTRA = 'bemcp: serving over HTTP needs the HTTP extra: pip install "bemcp[http]"'
-
-
-def parse_bind(text):
-    """``[HOST:]PORT`` -> (host, port); the host defaults to loopback."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]") if sep else "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--http {text!r}: expected [HOST:]PORT, e.g. 8000 or 127.0.0.1:8000")
-    return host or "127.0.0.1", int(port)
-
-
-def read_token(path):
-    """The bearer token: from ``path`` (its first line), else $BEMCP_HTTP_TOKEN; None if neither."""
-    import os
-    if path:
-        with open(path, "rb") as f:
-            token = f.read().strip()
-        if len(token) < 16:
-            raise ValueError(f"--http-token-file {path}: the token must be at least 16 characters")
-        return token
-    token = os.environ.get("BEMCP_HTTP_TOKEN", "").strip()
-    if token and len(token) < 16:
-        raise ValueError("BEMCP_HTTP_TOKEN: the token must be at least 16 characters")
-    return token.encode() if token else None
-
-
-def app_for(server, bind, token_file=None, origins=()):
-    """The transport `bemcp serve --http` runs: its security follows from where it binds."""
-    host, port = parse_bind(bind)
-    token = read_token(token_file)
-    loopback = is_loopback(host)
-    if not loopback and token is None:
-        raise ValueError(f"refusing to serve {host} (not a loopback address) without a token: "
-                         "pass --http-token-file PATH or set BEMCP_HTTP_TOKEN")
-    # On loopback, only loopback host names: a DNS-rebound name never reaches the server.
-    hosts = set(LOOPBACK_HOSTS) | {host if ":" not in host else f"[{host}]"} if loopback else None
-    return HttpTransport(server, token=token, allowed_hosts=hosts, allowed_origins=origins,
-                         node=str(port)), host, port
-
-
-def _request_guard():
-    """uvicorn's httptools protocol, closing connections whose request does not arrive in time.
-
-    uvicorn has no such limit: a client that connects and sends nothing, half a request
-    line or half a body would keep its connection, and enough of them the server's
-    slots. A request gets HEADER_SECONDS for its headers, then BODY_SECONDS for its body.
-    """
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    begin = HttpToolsProtocol.on_message_begin   # by name, not super(): it runs on every request
-
-    class Protocol(HttpToolsProtocol):
-        # One callback of ours per request (its start); the rest is read off uvicorn's
-        # state by a timer that runs only while a request is incomplete, once a second:
-        # its headers are in once uvicorn made the request's cycle (cycle.scope is the
-        # scope on_message_begin made), its body once the cycle has no more_body. The
-        # body's time runs from the first tick that sees the headers in (within a second
-        # of their arrival: never less than BODY_SECONDS).
-        _timer = None
-        _deadline = 0.0
-        _body_of = None       # the cycle whose body the deadline is for
-
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._deadline = self.loop.time() + HEADER_SECONDS
-            self._timer = self.loop.call_later(_TICK, self._check)
-
-        def on_message_begin(self):
-            begin(self)
-            self._deadline = self.loop.time() + HEADER_SECONDS
-            if self._timer is None:
-                self._timer = self.loop.call_later(_TICK, self._check)
-
-        def connection_lost(self, exc):
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._body_of = None
-            super().connection_lost(exc)
-
-        def _check(self):
-            self._timer = None
-            cycle = self.cycle
-            now = self.loop.time()
-            if cycle is not None and cycle.scope is self.scope:
-                if not cycle.more_body:
-                    return              # all in: being answered, or idle (uvicorn's keep-alive limit)
-                if self._body_of is not cycle:
-                    self._body_of = cycle
-                    self._deadline = now + BODY_SECONDS
-            if now >= self._deadline:
-                self.transport.close()
-                return
-            self._timer = self.loop.call_later(min(_TICK, self._deadline - now), self._check)
-    return Protocol
-
-
-_TICK = 1.0   # how often the request guard looks at a request still arriving
-
-
-def uvicorn_config(app, host, port, **more):
-    """uvicorn as `bemcp serve --http` runs it (and the floor of benches/http_bench.py).
-
-    uvloop and httptools. Proxy headers off: bemcp never reads the client's address or
-    scheme (its checks are Host, Origin and the token), so rewriting them from
-    X-Forwarded-* would cost a middleware call on every request for nothing. ``more``:
-    further uvicorn settings (``http``: bemcp's protocol; ``lifespan``).
-    """
-    import uvicorn
-    settings = dict(loop="uvloop", http="httptools", lifespan="on", log_level="warning", access_log=False,
-                    proxy_headers=False, timeout_keep_alive=5, timeout_graceful_shutdown=3,
-                    server_header=False, limit_concurrency=4096)
-    settings.update(more)
-    return uvicorn.Config(app, host=host, port=port, **settings)
-
-
-def run_http(server, bind, token_file=None, origins=()):
-    """Serve ``server`` over Streamable HTTP under uvicorn (uvloop, httptools); the exit code."""
-    try:
-        import httptools  # noqa: F401  (uvicorn would fall back to h11 silently)
-        import uvicorn
-    except ImportError:
-        import sys
-        print(MISSING_EXTRA, file=sys.stderr)
-        return 2
-    transport, host, port = app_for(server, bind, token_file, origins)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            # Open SSE streams end now, so the graceful shutdown does not wait on them.
-            if transport.loop is not None:
-                transport.loop.call_soon_threadsafe(transport.begin_shutdown)
-            super().handle_exit(sig, frame)
-            # A stop asked for is a clean exit (status 0, as over stdio): uvicorn would
-            # raise the signal again once it has shut down.
-            getattr(self, "_captured_signals", []).clear()
-
-    userver = Server(uvicorn_config(transport, host, port, http=_request_guard()))
-    userver.run()
-    return 0 if userver.started else 1
