@@ -1,4 +1,4 @@
-"""bemcp: a fast, trustworthy stdio MCP server and framework."""
+"""bemcp: a fast, trustworthy MCP server (stdio and Streamable HTTP) and framework."""
 
 __version__ = "0.1.0"
 

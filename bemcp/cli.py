@@ -14,7 +14,8 @@ def build_parser(only=None):
     import argparse
 
     from . import __version__
-    parser = argparse.ArgumentParser(prog="bemcp", description="A fast, trustworthy stdio MCP server.",
+    parser = argparse.ArgumentParser(prog="bemcp",
+                                     description="A fast, trustworthy MCP server (stdio and Streamable HTTP).",
                                      formatter_class=config.help_formatter)
     parser.add_argument("--version", action="version", version=f"bemcp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -17,7 +17,7 @@ from . import __version__
 from ._core import USE_EXTENSIONS, Dispatcher, RpcError, ToolSlot
 from ._os import interrupt_thread
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
-                            RESOURCE_NOT_FOUND)
+                     RESOURCE_NOT_FOUND)
 from .client_log import LOG_LEVELS, SENT
 from .config import Config
 from .connection import Connection, Peer

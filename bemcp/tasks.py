@@ -19,8 +19,7 @@ import os
 from time import monotonic
 
 from ._core import STATE_CANCELLED, RpcError
-from .errors import (INVALID_PARAMS, METHOD_NOT_FOUND,
-                            MISSING_CLIENT_CAPABILITY, SERVER_BUSY)
+from .errors import INVALID_PARAMS, METHOD_NOT_FOUND, MISSING_CLIENT_CAPABILITY, SERVER_BUSY
 from .revisions import CLIENT_CAPABILITIES_KEY, TASKS_EXTENSION, request_version
 
 RELATED_TASK_KEY = "io.modelcontextprotocol/related-task"
