@@ -76,7 +76,7 @@ class Server:
         # Set while every tool is registered; cleared while plugins load in the background.
         self.tools_ready = asyncio.Event()
         self.tools_ready.set()
-        self._waiting_calls = set()
+        self._background = set()       # tasks kept until done (late start callbacks, calls awaiting plugins)
         self._shutdown_callbacks = []
         self._log_handler = None
         self.recorders = []            # f(kind, fields) for every forensics event (record())
@@ -214,10 +214,10 @@ class Server:
             return
         if asyncio.iscoroutine(result):
             task = self.loop.create_task(result)
-            self._waiting_calls.add(task)
+            self._background.add(task)
 
             def done(task):
-                self._waiting_calls.discard(task)
+                self._background.discard(task)
                 if not task.cancelled() and task.exception() is not None:
                     self.report_crash(task.exception(), where=where)
             task.add_done_callback(done)
@@ -406,8 +406,8 @@ class Server:
             return False
         # The tool may belong to a plugin still loading: look again once loading ends.
         task = self.loop.create_task(self._call_when_ready(id, params, self.dispatcher.hold()))
-        self._waiting_calls.add(task)
-        task.add_done_callback(self._waiting_calls.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return True
 
     async def _call_when_ready(self, id, params, batch):

@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import enum
+import functools
 import inspect
 import logging
 import re
@@ -337,6 +338,16 @@ class Tool:
                                  "required": ["result"]}
                 wrap = True
         return input_schema, output_schema, wrap
+
+    @functools.cached_property
+    def header_arguments(self):
+        """(header name lowered, argument, JSON type) of each argument its schema marks with
+        x-mcp-header: 2026-07-28 clients mirror those into Mcp-Param-* headers."""
+        found = []
+        for arg, prop in (self.input_schema.get("properties") or {}).items():
+            if type(prop) is dict and type(prop.get("x-mcp-header")) is str:
+                found.append((prop["x-mcp-header"].lower().encode("latin-1"), arg, prop.get("type")))
+        return found
 
     def definition(self):
         """This tool's entry in tools/list."""

@@ -412,7 +412,7 @@ class HttpTransport:
                 return HEADER_MISMATCH, f"The Mcp-Name header does not match the body's {key} {value!r}", None
             if method == "tools/call":
                 tool = self.server.tools.get(value)
-                mirrored = _mirrored(tool) if tool is not None else None
+                mirrored = tool.header_arguments if tool is not None else None
                 return self._check_params(headers, params, mirrored) if mirrored else None
         if method == "initialize" or method not in self.dispatcher.methods and method != "tools/call":
             return METHOD_NOT_FOUND, f"Method not found: {method}", None
@@ -723,23 +723,6 @@ def _header_value(raw):
         except (ValueError, UnicodeDecodeError):
             return "\x00invalid"
     return text.strip()
-
-
-_mirror_cache = {}
-
-
-def _mirrored(tool):
-    """(header name lowered, argument, JSON type) of each argument marked x-mcp-header."""
-    schema = tool.input_schema
-    cached = _mirror_cache.get(id(schema))
-    if cached is not None and cached[0] is schema:
-        return cached[1]
-    found = []
-    for arg, prop in (schema.get("properties") or {}).items():
-        if type(prop) is dict and type(prop.get("x-mcp-header")) is str:
-            found.append((prop["x-mcp-header"].lower().encode("latin-1"), arg, prop.get("type")))
-    _mirror_cache[id(schema)] = (schema, found)
-    return found
 
 
 def _same(value, given, kind):
